@@ -1,0 +1,67 @@
+"""Profiles and paths: the one place that says where inputs and outputs live.
+
+A *profile* picks the inputs of every chapter; the code path is the same for all of them.
+
+* ``demo`` (default): the real IU-Xray reports and labels, synthetic phantom images and a
+  small model of BiomedCLIP's architecture. Runs offline on a laptop CPU in minutes.
+* ``full``: the real study: BiomedCLIP and the Open-I IU-Xray PNG images.
+
+Paths can be moved with environment variables: ``IUXRAY_DATA_DIR`` (caches, label tables,
+splits; default ``<repo>/data``) and ``IUXRAY_OUTPUT_DIR`` (metrics JSON; default
+``<repo>/outputs``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a profile runs on."""
+
+    name: str
+    model: str
+    images: str
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "demo": Profile(
+        name="demo",
+        model="tiny",
+        images="phantoms",
+        description="real IU-Xray reports and labels, synthetic phantom images, a small "
+                    "BiomedCLIP-architecture model; offline, CPU, minutes",
+    ),
+    "full": Profile(
+        name="full",
+        model="biomedclip",
+        images="openi",
+        description="BiomedCLIP (hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224) "
+                    "on the Open-I IU-Xray PNG images; GPU recommended",
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``; an unknown name raises ``ValueError`` listing valid ones."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}") from None
+
+
+def data_dir() -> Path:
+    """Folder for caches, label tables and splits (``IUXRAY_DATA_DIR``)."""
+    return Path(os.environ.get("IUXRAY_DATA_DIR", REPO_ROOT / "data"))
+
+
+def output_dir(profile: str) -> Path:
+    """Folder for one profile's metrics JSON files (``IUXRAY_OUTPUT_DIR/<profile>``)."""
+    return Path(os.environ.get("IUXRAY_OUTPUT_DIR", REPO_ROOT / "outputs")) / profile

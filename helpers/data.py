@@ -1,0 +1,435 @@
+"""IU-Xray reports -> one row per image with labels -> report-level stratified split.
+
+Inputs ship inside the ``torchxrayvision`` package (or are given as paths):
+
+* ``NLMCXR_reports.tgz``: 3,955 report XMLs (FINDINGS / IMPRESSION text, MeSH terms and
+  the ids of the report's images);
+* ``nlmcxr_dicom_metadata.csv.gz``: DICOM header fields per image (``View Position``,
+  ``Patient Orientation``, ...);
+* ``nlmcxr_tsne_pa.csv.gz``: a frontal/lateral call per image derived from the pixels
+  (t-SNE clustering by the torchxrayvision authors).
+
+Everything that cannot be used is counted, never silently dropped: see
+:class:`LoadReport`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tarfile
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import labels as L
+from .config import data_dir
+from .io import atomic_write_csv, frame_hash, sha256_file
+
+log = logging.getLogger(__name__)
+
+FRONTAL_VIEWS = ("PA", "AP", "FRONTAL")
+"""View values that are frontal: PA, AP, and frontal with PA/AP unknown (``FRONTAL``)."""
+VIEW_VALUES = ("PA", "AP", "FRONTAL", "LATERAL", "UNKNOWN")
+VIEW_ALIASES = {"frontal": FRONTAL_VIEWS, "lateral": ("LATERAL",), "all": VIEW_VALUES}
+
+
+def package_file(name: str) -> Path:
+    """Path of a data file shipped inside ``torchxrayvision/data``."""
+    import torchxrayvision
+
+    return Path(torchxrayvision.__file__).parent / "data" / name
+
+
+@dataclass
+class LoadReport:
+    """What the loader saw: counts of everything kept, repaired or left out."""
+
+    archive: str
+    archive_sha256: str
+    n_xml: int = 0
+    n_reports: int = 0
+    malformed: list[str] = field(default_factory=list)
+    reports_without_text: list[str] = field(default_factory=list)
+    reports_without_images: list[str] = field(default_factory=list)
+    images_without_report: list[str] = field(default_factory=list)
+    images_without_metadata: list[str] = field(default_factory=list)
+
+    def summary(self) -> pd.DataFrame:
+        """A two-column table (what, count) for the book."""
+        rows = [
+            ("report XML files in the archive", self.n_xml),
+            ("malformed XML (skipped)", len(self.malformed)),
+            ("reports parsed", self.n_reports),
+            ("reports with no FINDINGS and no IMPRESSION text", len(self.reports_without_text)),
+            ("reports with no image", len(self.reports_without_images)),
+            ("images in the DICOM metadata but in no report", len(self.images_without_report)),
+            ("report images missing from the DICOM metadata", len(self.images_without_metadata)),
+        ]
+        return pd.DataFrame(rows, columns=["what", "count"])
+
+
+def _text(el: ET.Element | None) -> str:
+    return " ".join((el.text or "").split()) if el is not None else ""
+
+
+def parse_report(xml_bytes: bytes, name: str) -> dict:
+    """One report XML -> dict(report_id, findings, impression, indication, mesh, image_ids).
+
+    Raises ``ValueError`` naming ``name`` when the XML cannot be parsed or has no id.
+    """
+    try:
+        root = ET.fromstring(xml_bytes)
+    except ET.ParseError as e:
+        raise ValueError(f"{name}: malformed report XML ({e})") from None
+    uid = root.find("uId")
+    if uid is None or not uid.get("id"):
+        raise ValueError(f"{name}: report XML has no <uId id=...>")
+    sections = {a.get("Label", "").upper(): _text(a) for a in root.iter("AbstractText")}
+    return {
+        "report_id": uid.get("id"),
+        "findings": sections.get("FINDINGS", ""),
+        "impression": sections.get("IMPRESSION", ""),
+        "indication": sections.get("INDICATION", ""),
+        "mesh": ";".join(_text(m) for m in root.findall("./MeSH/major")),
+        "image_ids": [p.get("id") for p in root.findall("parentImage") if p.get("id")],
+    }
+
+
+def load_reports(archive: str | os.PathLike | None = None) -> tuple[pd.DataFrame, LoadReport]:
+    """Read every report XML from the IU-Xray ``.tgz`` archive.
+
+    Parameters
+    ----------
+    archive : path to ``NLMCXR_reports.tgz``; ``None`` uses the copy in torchxrayvision.
+
+    Returns
+    -------
+    reports : DataFrame, one row per report (report_id, findings, impression, indication,
+        mesh, image_ids as a list), sorted by numeric report id.
+    report : :class:`LoadReport` with the counts of malformed and empty reports.
+    """
+    path = Path(archive) if archive is not None else package_file("NLMCXR_reports.tgz")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"report archive not found: {path} (expected the IU-Xray NLMCXR_reports.tgz; "
+            f"it ships with torchxrayvision, or run `python -m helpers.download`)")
+    try:
+        tar = tarfile.open(path, "r:gz")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise ValueError(f"cannot read report archive {path}: {e} "
+                         f"(expected a gzipped tar of report XMLs)") from None
+    rep = LoadReport(archive=str(path), archive_sha256=sha256_file(path, 12))
+    rows = []
+    with tar:
+        for member in tar:
+            if not (member.isfile() and member.name.endswith(".xml")):
+                continue
+            rep.n_xml += 1
+            try:
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                rows.append(parse_report(data, member.name))
+            except (ValueError, tarfile.TarError, EOFError, OSError) as e:
+                rep.malformed.append(member.name)
+                warnings.warn(f"skipped {e}", stacklevel=2)
+    df = pd.DataFrame(rows)
+    df["_n"] = df.report_id.str.extract(r"(\d+)", expand=False).astype(int)
+    df = df.sort_values("_n").drop(columns="_n").reset_index(drop=True)
+    rep.n_reports = len(df)
+    no_text = (df.findings.str.len() == 0) & (df.impression.str.len() == 0)
+    rep.reports_without_text = df.report_id[no_text].tolist()
+    rep.reports_without_images = df.report_id[df.image_ids.str.len() == 0].tolist()
+    return df, rep
+
+
+def load_metadata(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """DICOM header fields per image, plus the pixel-derived frontal/lateral call.
+
+    Returns a frame indexed by image id with columns ``dicom_view`` (raw View Position),
+    ``orientation`` (raw Patient Orientation), ``rows``, ``columns``, ``tsne_view``.
+    """
+    p = Path(path) if path is not None else package_file("nlmcxr_dicom_metadata.csv.gz")
+    if not p.is_file():
+        raise FileNotFoundError(f"DICOM metadata not found: {p} (expected nlmcxr_dicom_metadata.csv.gz)")
+    m = pd.read_csv(p, usecols=["imageid", "View Position", "Patient Orientation", "Rows", "Columns"])
+    m = m.rename(columns={"imageid": "image_id", "View Position": "dicom_view",
+                          "Patient Orientation": "orientation", "Rows": "rows", "Columns": "columns"})
+    tsne_path = package_file("nlmcxr_tsne_pa.csv.gz")
+    if tsne_path.is_file():
+        t = pd.read_csv(tsne_path).rename(columns={"imageid": "image_id", "tsne-view": "tsne_view"})
+        m = m.merge(t, on="image_id", how="left")
+    else:
+        m["tsne_view"] = np.nan
+    return m.set_index("image_id")
+
+
+_DICOM_VIEW = {"PA": "PA", "AP": "AP", "LL": "LATERAL", "RL": "LATERAL", "LATERAL": "LATERAL",
+               "LARGE LATERAL": "LATERAL"}
+
+
+def infer_views(images: pd.DataFrame) -> pd.DataFrame:
+    """Fill in each image's view, recording where the answer came from.
+
+    Rules, first that applies wins (``view_source``):
+
+    1. ``pixels``: the pixel-derived frontal/lateral call shipped with torchxrayvision
+       (a t-SNE clustering of the images; its authors note that the DICOM view tags are
+       noisy and that this call is of higher quality). PA -> ``FRONTAL``, L -> ``LATERAL``;
+       where the DICOM tag agrees that the image is frontal, its PA/AP value is kept.
+    2. ``dicom``: the DICOM View Position (PA, AP; LL/RL/LATERAL -> LATERAL).
+    3. ``orientation``: DICOM Patient Orientation: ['L','F'] or ['R','F'] is frontal
+       (``FRONTAL``: PA or AP unknown); ['A','F'] or ['P','F'] is lateral.
+    4. ``report-pair``: in a two-image report whose other image is known, the unknown one is
+       the other kind (a frontal + lateral exam).
+    5. ``none``: ``UNKNOWN``.
+
+    ``images`` needs columns image_id, report_id, dicom_view, orientation, tsne_view.
+    Returns a copy with ``view`` and ``view_source``.
+    """
+    df = images.reset_index(drop=True)
+    view = pd.Series("UNKNOWN", index=df.index, dtype=object)
+    src = pd.Series("none", index=df.index, dtype=object)
+
+    dv = df.dicom_view.map(_DICOM_VIEW)
+    px = df.tsne_view.map({"PA": "FRONTAL", "L": "LATERAL"})
+    m = px.notna()
+    view[m], src[m] = px[m], "pixels"
+    keep_tag = m & (px == "FRONTAL") & dv.isin(["PA", "AP"])
+    view[keep_tag] = dv[keep_tag]
+
+    m = (src == "none") & dv.notna()
+    view[m], src[m] = dv[m], "dicom"
+
+    ori = df.orientation.fillna("")
+    fr = ori.str.contains(r"\['[LR]', 'F'\]", regex=True)
+    la = ori.str.contains(r"\['[AP]', 'F'\]", regex=True)
+    m = (src == "none") & fr
+    view[m], src[m] = "FRONTAL", "orientation"
+    m = (src == "none") & la
+    view[m], src[m] = "LATERAL", "orientation"
+
+    df["view"], df["view_source"] = view, src
+    for rid, g in df.groupby("report_id"):
+        if len(g) != 2:
+            continue
+        known = g[g.view != "UNKNOWN"]
+        unknown = g[g.view == "UNKNOWN"]
+        if len(known) == 1 and len(unknown) == 1:
+            other = "LATERAL" if known.view.iloc[0] in FRONTAL_VIEWS else "FRONTAL"
+            df.loc[unknown.index, "view"] = other
+            df.loc[unknown.index, "view_source"] = "report-pair"
+    return df
+
+
+def label_reports(reports: pd.DataFrame, labeler: L.ReportLabeler | None = None) -> pd.DataFrame:
+    """Three-valued text labels and binary MeSH labels for every report.
+
+    Returns ``reports`` with 14 columns ``text:<label>`` (1, 0, -1, NaN) from the report text
+    (FINDINGS + IMPRESSION) and 14 columns ``mesh:<label>`` (0/1) from the MeSH terms.
+    """
+    labeler = labeler or L.ReportLabeler()
+    text = (reports.findings.fillna("") + " " + reports.impression.fillna("")).str.strip()
+    raw = labeler.label_many(text.tolist())
+    raw.columns = [f"text:{c}" for c in raw.columns]
+    mesh = pd.DataFrame([L.mesh_labels([t for t in s.split(";") if t]) for s in reports.mesh])
+    mesh = mesh[list(L.CHEXPERT_LABELS)]
+    mesh.columns = [f"mesh:{c}" for c in mesh.columns]
+    return pd.concat([reports.reset_index(drop=True), raw, mesh], axis=1)
+
+
+@dataclass
+class LabelTable:
+    """The study's label table and how it was made.
+
+    ``images`` has one row per image: image_id, report_id, view, view_source, findings,
+    impression, mesh, the 14 binary labels (named as in :data:`labels.CHEXPERT_LABELS`),
+    ``text:<label>`` three-valued labels and ``mesh:<label>`` MeSH labels.
+    ``reports`` has one row per report (including those with no image).
+    """
+
+    images: pd.DataFrame
+    reports: pd.DataFrame
+    load_report: LoadReport
+    uncertain_policy: str
+    hash: str
+
+    @property
+    def labels(self) -> list[str]:
+        return list(L.CHEXPERT_LABELS)
+
+
+def build_label_table(reports_path: str | os.PathLike | None = None,
+                      metadata_path: str | os.PathLike | None = None,
+                      uncertain_policy: str = "positive",
+                      cache_dir: str | os.PathLike | None = None) -> LabelTable:
+    """Reports + metadata -> :class:`LabelTable` (cached on disk, keyed by inputs and rules).
+
+    Parameters
+    ----------
+    reports_path, metadata_path : archives; ``None`` uses the copies in torchxrayvision.
+    uncertain_policy : how uncertain mentions become binary labels (see :func:`labels.binarize`).
+    cache_dir : where the labelled report table is cached; default ``data_dir()/cache``.
+    """
+    if uncertain_policy not in L.UNCERTAIN_POLICIES:
+        raise ValueError(f"uncertain_policy={uncertain_policy!r} is not valid; "
+                         f"expected one of {L.UNCERTAIN_POLICIES}")
+    reports, rep = load_reports(reports_path)
+    cache = Path(cache_dir) if cache_dir is not None else data_dir() / "cache"
+    key = f"{rep.archive_sha256}-{L.ReportLabeler.fingerprint()}"
+    cpath = cache / f"report_labels-{key}.csv"
+    label_cols = [f"{p}:{c}" for p in ("text", "mesh") for c in L.CHEXPERT_LABELS]
+    if cpath.is_file():
+        cached = pd.read_csv(cpath, dtype={"report_id": str})
+        if list(cached.report_id) == list(reports.report_id) and set(label_cols) <= set(cached.columns):
+            labelled = pd.concat([reports, cached[label_cols]], axis=1)
+        else:
+            cached = None
+    else:
+        cached = None
+    if cached is None:
+        labelled = label_reports(reports)
+        atomic_write_csv(cpath, labelled[["report_id"] + label_cols])
+
+    three = labelled[[f"text:{c}" for c in L.CHEXPERT_LABELS]]
+    binary = L.binarize(three.set_axis(list(L.CHEXPERT_LABELS), axis=1), uncertain_policy)
+    labelled = pd.concat([labelled, binary], axis=1)
+
+    meta = load_metadata(metadata_path)
+    img = labelled[["report_id", "image_ids"]].explode("image_ids").dropna()
+    img = img.rename(columns={"image_ids": "image_id"}).reset_index(drop=True)
+    rep.images_without_report = sorted(set(meta.index) - set(img.image_id))
+    rep.images_without_metadata = sorted(set(img.image_id) - set(meta.index))
+    img = img.merge(meta, left_on="image_id", right_index=True, how="left")
+    img = infer_views(img)
+    keep = ["report_id", "findings", "impression", "mesh"] + list(L.CHEXPERT_LABELS) + label_cols
+    images = img[["image_id", "report_id", "view", "view_source", "dicom_view", "rows", "columns"]]
+    images = images.merge(labelled[keep], on="report_id", how="left").reset_index(drop=True)
+    n_img = labelled.image_ids.str.len()
+    reports_out = labelled.drop(columns=["image_ids"]).assign(n_images=n_img.values)
+    return LabelTable(images=images, reports=reports_out, load_report=rep,
+                      uncertain_policy=uncertain_policy, hash=frame_hash(images))
+
+
+def resolve_views(views: Sequence[str] | str) -> tuple[str, ...]:
+    """Expand view names and aliases (``frontal``, ``lateral``, ``all``) to view values.
+
+    Raises ``ValueError`` naming a view that is neither a value nor an alias.
+    """
+    if isinstance(views, str):
+        views = [views]
+    out: list[str] = []
+    for v in views:
+        if v in VIEW_ALIASES:
+            out += VIEW_ALIASES[v]
+        elif v.upper() in VIEW_VALUES:
+            out.append(v.upper())
+        else:
+            raise ValueError(f"unknown view {v!r}; expected one of {VIEW_VALUES} "
+                             f"or an alias {tuple(VIEW_ALIASES)}")
+    return tuple(dict.fromkeys(out))
+
+
+SPLITS = ("train", "val", "test")
+
+
+def make_split(images: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0,
+               views: Sequence[str] | str = "frontal",
+               label_names: Sequence[str] = L.CHEXPERT_LABELS) -> pd.DataFrame:
+    """Report-level multi-label stratified train/val/test split.
+
+    Reports (not images) are assigned to splits, so no report's images appear in two splits.
+    Stratification is iterative (Sechidis et al. 2011, ``iterative-stratification``) on the
+    report's binary labels, so rare labels are spread over the splits in proportion.
+
+    Parameters
+    ----------
+    images : one row per image, with report_id, view and the binary label columns.
+    fractions : (train, val, test), positive, summing to 1.
+    seed : random seed; the same seed gives the same split.
+    views : which images take part (view values or aliases, default ``frontal``).
+
+    Returns
+    -------
+    The images of the allowed views with a ``split`` column, ordered by split then image id.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    fr = np.asarray(fractions, dtype=float)
+    if fr.shape != (3,) or (fr <= 0).any() or abs(fr.sum() - 1) > 1e-6:
+        raise ValueError(f"fractions={tuple(fractions)} is not valid; expected three positive "
+                         f"numbers (train, val, test) summing to 1")
+    allowed = resolve_views(views)
+    sel = images[images.view.isin(allowed)]
+    if sel.empty:
+        raise ValueError(f"no image has a view in {allowed}")
+    rep = sel.groupby("report_id", sort=True)[list(label_names)].max()
+    y = rep.to_numpy()
+    ids = rep.index.to_numpy()
+    outer = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fr[2], random_state=seed)
+    trval, test = next(outer.split(np.zeros(len(y)), y))
+    inner = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fr[1] / (fr[0] + fr[1]),
+                                             random_state=seed)
+    tr, va = next(inner.split(np.zeros(len(trval)), y[trval]))
+    assign = pd.Series("", index=ids, dtype=object)
+    assign.iloc[trval[tr]] = "train"
+    assign.iloc[trval[va]] = "val"
+    assign.iloc[test] = "test"
+    out = sel.assign(split=sel.report_id.map(assign).values)
+    out["split"] = pd.Categorical(out.split, categories=list(SPLITS), ordered=True)
+    return out.sort_values(["split", "image_id"]).reset_index(drop=True)
+
+
+def save_split(split: pd.DataFrame, folder: str | os.PathLike | None = None,
+               label_names: Sequence[str] = L.CHEXPERT_LABELS) -> tuple[Path, str]:
+    """Save the split (image_id, report_id, view, split, labels) as CSV; return (path, hash).
+
+    The file name carries the content hash, ``split-<hash>.csv``; a ``split.csv`` copy
+    points to the latest one.
+    """
+    folder = Path(folder) if folder is not None else data_dir()
+    cols = ["image_id", "report_id", "view", "split"] + list(label_names)
+    table = split[cols]
+    h = frame_hash(table)
+    path = folder / f"split-{h}.csv"
+    atomic_write_csv(path, table)
+    atomic_write_csv(folder / "split.csv", table)
+    return path, h
+
+
+def split_table(split: pd.DataFrame, label_names: Sequence[str] = L.CHEXPERT_LABELS) -> pd.DataFrame:
+    """Per-split counts: reports, images, and positives per label (rows: labels + totals)."""
+    out = {}
+    for s, g in split.groupby("split", observed=True):
+        col = {"reports": g.report_id.nunique(), "images": len(g)}
+        col.update({c: int(g[c].sum()) for c in label_names})
+        out[s] = col
+    return pd.DataFrame(out)
+
+
+@dataclass
+class StudyData:
+    """The label table, the split built from it, and the split's content hash."""
+
+    table: LabelTable
+    split: pd.DataFrame
+    split_path: Path
+    split_hash: str
+
+
+def load_study_data(uncertain_policy: str = "positive", seed: int = 0,
+                    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                    views: Sequence[str] | str = "frontal",
+                    reports_path: str | os.PathLike | None = None) -> StudyData:
+    """Label table + report-level split, as every chapter uses them (cached, deterministic).
+
+    The split is saved as ``data_dir()/split-<hash>.csv``; the hash goes into page stamps.
+    """
+    table = build_label_table(reports_path or None, uncertain_policy=uncertain_policy)
+    split = make_split(table.images, fractions=fractions, seed=seed, views=views)
+    path, h = save_split(split)
+    return StudyData(table=table, split=split, split_path=path, split_hash=h)

@@ -1,0 +1,269 @@
+"""Execute the book's chapters with papermill: ``python -m helpers.run``.
+
+Examples::
+
+    python -m helpers.run                         # every chapter in _toc.yml order, demo profile
+    python -m helpers.run 01_data -p uncertain_policy negative
+    python -m helpers.run --profile full          # the real study (see "Reproducing the paper")
+    python -m helpers.run --list-params           # every chapter's parameters and defaults
+
+Chapters are the jupytext sources ``notebooks/NN_name.py``; executed copies are written to
+``book/chapters/NN_name.ipynb`` (where the book reads them), atomically: a chapter that
+fails leaves ``NN_name.failed.ipynb`` beside it and the previous good copy in place.
+
+Every ``-p name value`` is checked before anything runs: the name must be a parameter
+that a selected chapter declares in its ``parameters`` cell, and the value must parse as
+the type of that parameter's default (int, float, bool, str, list). A parameter is given
+to each selected chapter that declares it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import PROFILES, REPO_ROOT, get_profile
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+EXECUTED_DIR = REPO_ROOT / "book" / "chapters"
+KERNEL_NAME = "iuxray-book"
+
+
+class ParameterError(ValueError):
+    """A parameter that no selected chapter declares, or a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared notebook parameter: its name, default value and a comment, if any."""
+
+    name: str
+    default: Any
+    comment: str
+
+    @property
+    def type_name(self) -> str:
+        return type(self.default).__name__ if self.default is not None else "any"
+
+
+def toc_chapters(toc: Path = REPO_ROOT / "_toc.yml") -> list[str]:
+    """Chapter names (``NN_name``) in the order of ``_toc.yml`` entries under book/chapters/."""
+    import yaml
+
+    names: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "file" and isinstance(v, str) and v.startswith("book/chapters/"):
+                    names.append(Path(v).stem)
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for x in node:
+                walk(x)
+
+    walk(yaml.safe_load(toc.read_text()))
+    return names
+
+
+def notebook_path(name: str) -> Path:
+    """The jupytext source of a chapter given as ``01_data``, ``01_data.py`` or a path."""
+    p = Path(name)
+    if p.suffix in (".py", ".ipynb") and p.exists():
+        return p.with_suffix(".py") if p.with_suffix(".py").exists() else p
+    cand = NOTEBOOK_DIR / f"{p.stem}.py"
+    if not cand.exists():
+        valid = ", ".join(sorted(x.stem for x in NOTEBOOK_DIR.glob("[0-9]*.py")))
+        raise FileNotFoundError(f"no chapter {name!r} (looked for {cand}); chapters: {valid}")
+    return cand
+
+
+def read_notebook(path: Path):
+    """The chapter as an nbformat notebook (jupytext reads the py:percent source)."""
+    import jupytext
+
+    return jupytext.read(path)
+
+
+def declared_parameters(nb) -> dict[str, Param]:
+    """Parameters declared in the cell tagged ``parameters``: name -> :class:`Param`.
+
+    Each parameter is a top-level assignment of a literal (``name = 3  # comment``).
+    """
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            src = cell.source
+            lines = src.splitlines()
+            out: dict[str, Param] = {}
+            for node in ast.parse(src).body:
+                if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+                    if isinstance(target, ast.Name) and node.value is not None:
+                        line = lines[node.end_lineno - 1]
+                        comment = line.split("#", 1)[1].strip() if "#" in line else ""
+                        out[target.id] = Param(target.id, ast.literal_eval(node.value), comment)
+            return out
+    return {}
+
+
+def coerce(param: Param, raw: str) -> Any:
+    """Parse the command-line string ``raw`` as the type of ``param``'s default.
+
+    Raises :class:`ParameterError` naming the parameter, the value and the expected type.
+    """
+    d = param.default
+
+    def fail() -> ParameterError:
+        return ParameterError(f"parameter {param.name!r}: value {raw!r} is not a valid "
+                              f"{param.type_name} (default: {d!r})")
+
+    if isinstance(d, bool):
+        low = raw.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise fail()
+    if isinstance(d, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise fail() from None
+    if isinstance(d, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise fail() from None
+    if isinstance(d, (list, tuple)):
+        try:
+            v = json.loads(raw)
+        except json.JSONDecodeError:
+            try:
+                v = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                v = [x.strip() for x in raw.split(",") if x.strip()]
+        if not isinstance(v, (list, tuple)):
+            v = [v]
+        return list(v)
+    if isinstance(d, str):
+        return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def resolve_parameters(chapters: Sequence[str], raw: Sequence[tuple[str, str]],
+                       profile: str) -> dict[str, dict[str, Any]]:
+    """Check every ``(name, value)`` against the chapters' declarations.
+
+    Returns chapter -> parameters to inject (``profile`` included). Raises
+    :class:`ParameterError` (unknown name, with the valid ones listed; wrong type) or
+    ``ValueError`` (unknown profile) before anything executes.
+    """
+    get_profile(profile)
+    decl = {c: declared_parameters(read_notebook(notebook_path(c))) for c in chapters}
+    out: dict[str, dict[str, Any]] = {c: {} for c in chapters}
+    for c in chapters:
+        if "profile" in decl[c]:
+            out[c]["profile"] = profile
+    for name, value in raw:
+        if name == "profile":
+            raise ParameterError("give the profile with --profile, not -p profile")
+        owners = [c for c in chapters if name in decl[c]]
+        if not owners:
+            valid = sorted({p for d in decl.values() for p in d} - {"profile"})
+            raise ParameterError(
+                f"parameter {name!r} is not declared by {', '.join(chapters)}; "
+                f"valid parameters: {', '.join(valid) or '(none)'}")
+        for c in owners:
+            out[c][name] = coerce(decl[c][name], value)
+    return out
+
+
+def ensure_kernel(name: str = KERNEL_NAME) -> str:
+    """Register a Jupyter kernel for this Python (``sys.prefix``) if none of that name exists."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return name
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=name, display_name="Python (iuxray-book)", prefix=sys.prefix)
+    return name
+
+
+def execute(chapter: str, parameters: dict[str, Any], out_dir: Path = EXECUTED_DIR,
+            kernel: str | None = None, progress: bool = True) -> Path:
+    """Execute one chapter with papermill; write ``out_dir/<chapter>.ipynb`` atomically."""
+    import nbformat
+    import papermill as pm
+
+    src = notebook_path(chapter)
+    nb = read_notebook(src)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{src.stem}.ipynb"
+    tmp_in = out_dir / f".{src.stem}.input.ipynb"
+    tmp_out = out_dir / f".{src.stem}.running.ipynb"
+    nbformat.write(nb, tmp_in)
+    try:
+        pm.execute_notebook(str(tmp_in), str(tmp_out), parameters=parameters,
+                            kernel_name=kernel or ensure_kernel(), progress_bar=progress,
+                            cwd=str(REPO_ROOT), log_output=False)
+    except BaseException:
+        if tmp_out.exists():
+            os.replace(tmp_out, out_dir / f"{src.stem}.failed.ipynb")
+        raise
+    finally:
+        tmp_in.unlink(missing_ok=True)
+    os.replace(tmp_out, final)
+    (out_dir / f"{src.stem}.failed.ipynb").unlink(missing_ok=True)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("chapters", nargs="*", help="chapters (e.g. 01_data); default: all in _toc.yml")
+    ap.add_argument("--profile", default="demo", help=f"one of {', '.join(PROFILES)} (default demo)")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                    metavar=("NAME", "VALUE"), help="set a chapter parameter (repeatable)")
+    ap.add_argument("--out", type=Path, default=EXECUTED_DIR, help="folder for executed copies")
+    ap.add_argument("--kernel", default=None, help="Jupyter kernel (default: this Python)")
+    ap.add_argument("--list-params", action="store_true", help="print chapters' parameters and exit")
+    args = ap.parse_args(argv)
+    try:
+        chapters = [notebook_path(c).stem for c in args.chapters] or toc_chapters()
+        if args.list_params:
+            for c in chapters:
+                print(c)
+                for p in declared_parameters(read_notebook(notebook_path(c))).values():
+                    print(f"  {p.name} = {p.default!r}  ({p.type_name}) {p.comment}")
+            return 0
+        params = resolve_parameters(chapters, [tuple(x) for x in args.parameter], args.profile)
+    except (ParameterError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from tqdm.auto import tqdm
+
+    for c in tqdm(chapters, desc=f"chapters ({args.profile})", unit="chapter"):
+        t0 = time.perf_counter()
+        path = execute(c, params[c], args.out, args.kernel)
+        tqdm.write(f"{c}: {time.perf_counter() - t0:.1f} s -> {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
