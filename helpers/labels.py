@@ -153,7 +153,7 @@ MENTIONS: dict[str, list] = {
         "fracture", "fractures", "fractured", "fracture deformity", "fracture deformities",
     ],
     "Support Devices": [
-        "pacemaker", "pacer", "aicd", "defibrillator", "catheter", "catheters", "picc",
+        "pacemaker", "pacer", "aicd", "icd", "defibrillator", "catheter", "catheters", "picc",
         "picc line", "central line", "central venous catheter", "port-a-cath", "porta cath",
         "port catheter", "endotracheal tube", "et tube", "nasogastric tube", "ng tube",
         "feeding tube", "enteric tube", "chest tube", "chest tubes", "tracheostomy",

@@ -1,0 +1,61 @@
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def write_tgz(path: Path, members: dict[str, bytes]) -> Path:
+    """A gzipped tar holding the given members (name -> bytes)."""
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+REPORT_XML = """<?xml version="1.0" encoding="utf-8"?>
+<eCitation><uId id="CXR{n}"/><MedlineCitation><Article><Abstract>
+<AbstractText Label="FINDINGS">{findings}</AbstractText>
+<AbstractText Label="IMPRESSION">{impression}</AbstractText>
+</Abstract></Article></MedlineCitation>
+<MeSH><major>{mesh}</major></MeSH>
+<parentImage id="CXR{n}_IM-0001-1001"></parentImage>
+</eCitation>"""
+
+
+@pytest.fixture
+def tiny_archive(tmp_path):
+    """An archive with two good reports and one malformed XML."""
+    members = {
+        "ecgen-radiology/1.xml": REPORT_XML.format(n=1, findings="Heart size normal.",
+                                                   impression="No acute disease.", mesh="normal").encode(),
+        "ecgen-radiology/2.xml": REPORT_XML.format(n=2, findings="Cardiomegaly.",
+                                                   impression="", mesh="Cardiomegaly").encode(),
+        "ecgen-radiology/3.xml": b"<eCitation><uId id='CXR3'/>",  # truncated
+    }
+    return write_tgz(tmp_path / "reports.tgz", members)
+
+
+@pytest.fixture(scope="session")
+def data_env(tmp_path_factory):
+    """A private IUXRAY_DATA_DIR for the session, so tests never touch the user's caches."""
+    d = tmp_path_factory.mktemp("data")
+    old = os.environ.get("IUXRAY_DATA_DIR")
+    os.environ["IUXRAY_DATA_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("IUXRAY_DATA_DIR", None)
+    else:
+        os.environ["IUXRAY_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def label_table(data_env):
+    from helpers.data import build_label_table
+
+    return build_label_table()
