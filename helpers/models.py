@@ -1,0 +1,292 @@
+"""Loading CLIP models through open_clip, and the ``tiny`` BiomedCLIP-architecture model.
+
+``load_model(spec)`` accepts:
+
+* ``biomedclip``: ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`` (needs the
+  network, or a Hugging Face cache);
+* ``hf-hub:ORG/NAME``: any open_clip model on the hub;
+* ``local-dir:PATH``: a folder with ``open_clip_config.json`` (with ``model_cfg``),
+  ``open_clip_model.safetensors`` (or ``.bin``) and fast tokenizer files; for an HF text tower,
+  a ``config.json`` of that tower in the same folder makes loading fully offline;
+* ``tiny``: the demo model (see :func:`tiny_dir`), a ``local-dir:`` folder loaded by the same call.
+
+The ``tiny`` architecture is BiomedCLIP's, scaled down: a timm ViT image tower (patch 16 at
+224 px, so the same 14x14 token grid, CLS token, linear projection) and a Hugging Face BERT
+text tower with ``hf_proj_type: mlp``, ``hf_pooler_type: cls_last_hidden_state_pooler`` and a
+256-token context, with a WordPiece tokenizer trained by ``tokenizers``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .config import REPO_ROOT, data_dir
+from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+BIOMEDCLIP_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+SPEC_FORMS = ("biomedclip", "tiny", "local-dir:PATH", "hf-hub:ORG/NAME")
+
+# OpenAI CLIP normalisation, as in BiomedCLIP's preprocess_cfg
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Sizes of the tiny model. Image: ViT (width, depth, heads); text: BERT; shared embed."""
+
+    embed_dim: int = 128
+    vit_width: int = 128
+    vit_depth: int = 4
+    vit_heads: int = 4
+    bert_width: int = 128
+    bert_depth: int = 2
+    bert_heads: int = 4
+    vocab_size: int = 3000
+    context_length: int = 256
+    image_size: int = 224
+    patch_size: int = 16
+
+
+def _register_timm_tiny(cfg: TinyConfig = TinyConfig()) -> str:
+    """Register the tiny ViT with timm (idempotent); return its timm model name."""
+    import timm
+    from timm.models import register_model
+    from timm.models.vision_transformer import _create_vision_transformer
+
+    name = f"vit_iuxray_tiny_w{cfg.vit_width}_d{cfg.vit_depth}_patch{cfg.patch_size}_{cfg.image_size}"
+    if name in timm.list_models(name):
+        return name
+
+    def _fn(pretrained: bool = False, **kwargs):
+        args = dict(patch_size=cfg.patch_size, embed_dim=cfg.vit_width, depth=cfg.vit_depth,
+                    num_heads=cfg.vit_heads, mlp_ratio=3.0, img_size=cfg.image_size)
+        return _create_vision_transformer("vit_tiny_patch16_224", pretrained=False, **dict(args, **kwargs))
+
+    _fn.__name__ = name
+    register_model(_fn)
+    return name
+
+
+def train_wordpiece(texts: Iterable[str], folder: str | os.PathLike, vocab_size: int = 3000,
+                    context_length: int = 256) -> Path:
+    """Train a lower-casing BERT WordPiece tokenizer on ``texts``; save fast tokenizer files.
+
+    Writes ``tokenizer.json``, ``vocab.txt``, ``tokenizer_config.json`` and
+    ``special_tokens_map.json`` into ``folder`` (loadable by ``AutoTokenizer``).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, min_frequency=1)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    atomic_write_text(folder / "tokenizer.json", tok.to_str())
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    atomic_write_text(folder / "vocab.txt", "".join(f"{t}\n" for t, _ in vocab))
+    atomic_write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "BertTokenizerFast", "do_lower_case": True,
+        "model_max_length": context_length, "pad_token": "[PAD]", "unk_token": "[UNK]",
+        "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"})
+    atomic_write_json(folder / "special_tokens_map.json", {
+        "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+        "mask_token": "[MASK]"})
+    return folder
+
+
+def build_tiny(folder: str | os.PathLike, texts: Iterable[str], cfg: TinyConfig = TinyConfig(),
+               seed: int = 0) -> Path:
+    """Write a randomly initialised tiny model as a ``local-dir:`` folder, from configs alone.
+
+    Parameters
+    ----------
+    folder : output folder (created).
+    texts : corpus for the WordPiece tokenizer.
+    cfg : sizes. seed : torch seed of the initial weights.
+    """
+    import open_clip
+    from transformers import BertConfig
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok_dir = train_wordpiece(texts, folder, cfg.vocab_size, cfg.context_length)
+    vocab_size = sum(1 for _ in open(tok_dir / "vocab.txt", encoding="utf-8"))
+    bert = BertConfig(vocab_size=vocab_size, hidden_size=cfg.bert_width,
+                      num_hidden_layers=cfg.bert_depth, num_attention_heads=cfg.bert_heads,
+                      intermediate_size=cfg.bert_width * 4, max_position_embeddings=cfg.context_length,
+                      pad_token_id=0)
+    atomic_write_text(folder / "config.json", bert.to_json_string())
+    model_cfg = {
+        "embed_dim": cfg.embed_dim,
+        "vision_cfg": {"timm_model_name": _register_timm_tiny(cfg), "timm_model_pretrained": False,
+                       "timm_pool": "", "timm_proj": "linear", "image_size": cfg.image_size},
+        "text_cfg": {"hf_model_name": ".", "hf_tokenizer_name": ".", "hf_proj_type": "mlp",
+                     "hf_pooler_type": "cls_last_hidden_state_pooler",
+                     "context_length": cfg.context_length},
+    }
+    atomic_write_json(folder / "open_clip_config.json", {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD)},
+        "tiny_config": cfg.__dict__,
+    })
+    torch.manual_seed(seed)
+    import logging
+
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # "no CLIP weights found": expected here
+    try:
+        model = open_clip.create_model(f"local-dir:{folder}", load_weights=False,
+                                       text_cfg=_local_text_cfg(folder, model_cfg["text_cfg"]))
+    finally:
+        root.level = level
+    save_weights(model, folder)
+    return folder
+
+
+def save_weights(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
+    """Save a model's state dict as ``open_clip_model.safetensors`` in ``folder``, atomically."""
+    from safetensors.torch import save
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return atomic_write_bytes(Path(folder) / "open_clip_model.safetensors", save(sd))
+
+
+def _local_text_cfg(folder: Path, text_cfg: dict) -> dict:
+    """``text_cfg`` with ``hf_model_name`` pointing at ``folder`` when it holds the tower config.
+
+    The HF text tower is built from its ``config.json`` (weights come from the CLIP
+    checkpoint), so a folder with that file loads without the network.
+    """
+    t = dict(text_cfg)
+    if (folder / "config.json").is_file() and (t.get("hf_model_name") in (".", "", None)
+                                               or not Path(str(t.get("hf_model_name"))).is_dir()):
+        t["hf_model_name"] = str(folder.resolve())
+    t["hf_model_pretrained"] = False
+    return t
+
+
+def tiny_dir() -> Path:
+    """Folder of the ``tiny`` demo model: ``data_dir()/models/tiny`` (built on first use)."""
+    return data_dir() / "models" / "tiny"
+
+
+def tiny_corpus() -> list[str]:
+    """Texts for the tiny model's tokenizer: FINDINGS + IMPRESSION of the train-split reports."""
+    from .data import load_study_data
+
+    d = load_study_data()
+    train = set(d.split.report_id[d.split.split == "train"])
+    r = d.table.reports
+    r = r[r.report_id.isin(train)]
+    return (r.findings.fillna("") + " " + r.impression.fillna("")).tolist()
+
+
+@dataclass
+class ModelInfo:
+    """What was loaded: for page stamps and cache keys."""
+
+    spec: str
+    source: str
+    n_params: int
+    weights_sha256: str
+    embed_dim: int
+    image_size: int
+    context_length: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """Short id for stamps: spec plus the first 12 hex digits of the weights hash."""
+        return f"{self.spec}@{self.weights_sha256[:12]}"
+
+
+def _weights_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def resolve_spec(spec: str) -> tuple[str, Path | None]:
+    """Map a spec to (open_clip model name, local folder or None). Unknown forms raise."""
+    if spec == "biomedclip":
+        return BIOMEDCLIP_ID, None
+    if spec == "tiny":
+        d = tiny_dir()
+        if not (d / "open_clip_model.safetensors").is_file():
+            build_tiny(d, tiny_corpus())
+        return f"local-dir:{d}", d
+    if spec.startswith("local-dir:"):
+        d = Path(spec[len("local-dir:"):])
+        if not d.is_dir():
+            raise FileNotFoundError(f"model folder not found: {d} (from spec {spec!r}); expected a "
+                                    f"folder with open_clip_config.json and open_clip_model.safetensors")
+        cfg = d / "open_clip_config.json"
+        if not cfg.is_file():
+            raise FileNotFoundError(f"{cfg} is missing: a local-dir: model needs open_clip_config.json "
+                                    f"with a 'model_cfg' entry")
+        if not any((d / n).is_file() for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
+                                                 "open_clip_model.bin")):
+            raise FileNotFoundError(f"no weights in {d}: expected open_clip_model.safetensors (or .bin); "
+                                    f"copy the checkpoint there, or fetch it with `python -m helpers.download`")
+        return f"local-dir:{d}", d
+    if spec.startswith("hf-hub:"):
+        return spec, None
+    raise ValueError(f"unknown model spec {spec!r}; accepted forms: {', '.join(SPEC_FORMS)}")
+
+
+def load_model(spec: str, device: str | torch.device = "cpu"):
+    """Load a CLIP model with open_clip.
+
+    Returns
+    -------
+    model : ``open_clip.CustomTextCLIP`` in eval mode on ``device``.
+    preprocess : open_clip's validation transform (PIL image -> float tensor (3, S, S)).
+    tokenizer : open_clip tokenizer (list of str -> int64 tensor (n, context_length)).
+    info : :class:`ModelInfo`.
+    """
+    import open_clip
+
+    _register_timm_tiny()
+    name, folder = resolve_spec(spec)
+    kwargs: dict[str, Any] = {}
+    if folder is not None:
+        cfg = json.loads((folder / "open_clip_config.json").read_text())
+        if "tiny_config" in cfg:
+            _register_timm_tiny(TinyConfig(**cfg["tiny_config"]))
+        text_cfg = cfg["model_cfg"].get("text_cfg", {})
+        if "hf_model_name" in text_cfg:
+            kwargs["text_cfg"] = _local_text_cfg(folder, text_cfg)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, **kwargs)
+    tokenizer = open_clip.get_tokenizer(name)
+    model.eval()
+    vis = model.visual
+    image_size = vis.image_size[0] if isinstance(vis.image_size, (tuple, list)) else vis.image_size
+    norm = [t for t in preprocess.transforms if type(t).__name__ == "Normalize"][0]
+    with torch.no_grad():
+        embed_dim = int(model.encode_text(tokenizer(["x"]).to(device)).shape[-1])
+    info = ModelInfo(
+        spec=spec, source=name, n_params=sum(p.numel() for p in model.parameters()),
+        weights_sha256=_weights_hash(model), embed_dim=embed_dim,
+        image_size=int(image_size), context_length=int(tokenizer.context_length),
+        mean=tuple(float(x) for x in norm.mean), std=tuple(float(x) for x in norm.std))
+    return model, preprocess, tokenizer, info
