@@ -220,7 +220,7 @@ def _bad_message(path: str, err: str) -> str:
 
 def to_model_input(batch: torch.Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (B, S, S) grey levels -> float (B, 3, S, S), normalised as open_clip does."""
-    x = torch.as_tensor(np.asarray(batch)) if not isinstance(batch, torch.Tensor) else batch
+    x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.array(batch))
     x = x.float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -158,7 +158,7 @@ def finding_boxes() -> dict[str, np.ndarray]:
     v = pd.read_csv(_pkg("vinbigdata-train.csv.gz")).dropna(subset=["x_min"])
     heart = v[v.class_name == "Cardiomegaly"].groupby("image_id")[["x_min", "y_min", "x_max", "y_max"]].mean()
     for cls in ("Consolidation", "Pleural thickening", "Aortic enlargement"):
-        g = v[v.class_name == cls].join(heart, on="image_id", rsuffix="_h", how="inner")
+        g = v[v.class_name == cls].merge(heart.add_suffix("_h"), left_on="image_id", right_index=True, how="inner")
         hw, hh = g.x_max_h - g.x_min_h, g.y_max_h - g.y_min_h
         hcx, hcy = (g.x_min_h + g.x_max_h) / 2, (g.y_min_h + g.y_max_h) / 2
         cx, cy = (g.x_min + g.x_max) / 2, (g.y_min + g.y_max) / 2
@@ -257,7 +257,7 @@ def _ellipse_mask(S: int, cx: float, cy: float, ax: float, ay: float, angle: flo
 
 
 def render(labels: Mapping[str, int] | Sequence[int], seed: int, style: str = "source",
-           size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+           size: int = 224, with_anatomy: bool = False):
     """Render one phantom.
 
     Parameters
@@ -271,6 +271,8 @@ def render(labels: Mapping[str, int] | Sequence[int], seed: int, style: str = "s
     -------
     image : uint8 (size, size), grey levels.
     masks : uint16 (size, size), bit k set where finding ``CHEXPERT_LABELS[k]`` is.
+    anatomy : only with ``with_anatomy=True``: dict of bool (size, size) masks ``lungs`` and
+        ``body`` in output coordinates.
     """
     st = get_style(style)
     if not isinstance(labels, Mapping):
@@ -495,7 +497,11 @@ def render(labels: Mapping[str, int] | Sequence[int], seed: int, style: str = "s
         if c in pos and m.any():
             w_ = cv2.warpAffine(m.astype(np.uint8), M, (S, S), flags=cv2.INTER_NEAREST)
             bits |= (w_.astype(np.uint16) << LABEL_BIT[c])
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), bits
+    out = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if with_anatomy:
+        warp = lambda m: cv2.warpAffine(m.astype(np.uint8), M, (S, S), flags=cv2.INTER_NEAREST).astype(bool)  # noqa: E731
+        return out, bits, {"lungs": warp(an.lungs), "body": warp(body)}
+    return out, bits
 
 
 def _clip_to(rng: np.random.Generator, box: tuple[float, float, float, float],

@@ -254,6 +254,48 @@ pol["uncertain mentions"] = (three == L.UNCERTAIN).sum()
 pol.style.format({"positive": "{:.3f}", "negative": "{:.3f}"})
 
 # %% [markdown]
+# ## What the `demo` profile's images are
+#
+# The `demo` profile cannot ship IU-Xray's images, so every frontal image id gets a synthetic
+# radiograph (a *phantom*) whose findings are that image's real labels. The anatomy is grounded
+# in real annotations that ship with torchxrayvision: lung fields come from hundreds of
+# radiologist-drawn lung masks, and each finding's position and size are sampled from
+# radiologists' boxes for that class (NIH ChestX-ray14; VinDr-CXR for consolidation, pleural
+# thickening and mediastinal widening). Each finding is drawn together with its exact pixel mask
+# (red outline below), which chapter 6 uses as ground truth for Grad-CAM.
+#
+# Two acquisition *styles* give the distribution shift the study is about: `source` (crisp,
+# high contrast: the style the demo model is pretrained on) and `target` (brighter, lower
+# contrast, grainier, blurrier, tilted and shifted: the style of the demo's IU-Xray images).
+# Phantoms are caricatures: every finding is visible by construction, anatomy is simplified, and
+# there is no patient variation beyond what the sampled masks and boxes give. They let the
+# pipeline run end to end and make saliency checkable pixel by pixel; they say nothing about
+# how BiomedCLIP sees real radiographs.
+
+# %%
+from helpers import phantoms
+from helpers.plots import show_with_mask
+
+findings = [c for c in LABELS if c != "No Finding"] + ["No Finding"]
+fig, axes = plt.subplots(4, 7, figsize=(14, 8.6))
+for k, label in enumerate(findings):
+    y = [int(c == label) for c in LABELS]
+    for s, style in enumerate(phantoms.STYLES):
+        img, bits = phantoms.render(y, phantoms.seed_for(f"gallery-{k}", style), style)
+        ax = axes[2 * s + k // 7, k % 7]
+        show_with_mask(ax, img, phantoms.mask_of(bits, label) if label != "No Finding" else None,
+                       f"{label}\n({style})")
+fig.suptitle("One phantom per finding in each style; red: the finding's exact mask", y=1.0)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The styles' parameters (tone curve, noise, blur and positioning):
+
+# %%
+phantoms.style_table()
+
+# %% [markdown]
 # ## The split
 #
 # Reports, not images, are split into train / validation / test, so that no report's images
