@@ -8,10 +8,14 @@
 * ``local-dir:PATH``: a folder with ``open_clip_config.json`` (with ``model_cfg``),
   ``open_clip_model.safetensors`` (or ``.bin``) and fast tokenizer files; for an HF text tower,
   a ``config.json`` of that tower in the same folder makes loading fully offline;
-* ``tiny``: the demo model (see :func:`tiny_dir`), a ``local-dir:`` folder loaded by the same call.
+* ``tiny``: the demo model, pretrained on a source corpus with no IU-Xray data
+  (``models/tiny-pretrained``, made by ``python -m helpers.pretrain``; see :mod:`helpers.pretrain`);
+* ``tiny-random``: the same architecture with random weights (see :func:`tiny_dir`).
+
+Both tiny forms are ``local-dir:`` folders loaded by the same call as any checkpoint.
 
 The ``tiny`` architecture is BiomedCLIP's, scaled down: a timm ViT image tower (patch 16 at
-224 px, so the same 14x14 token grid, CLS token, linear projection) and a Hugging Face BERT
+160 px: a 10x10 token grid where BiomedCLIP has 14x14; CLS token, linear projection) and a Hugging Face BERT
 text tower with ``hf_proj_type: mlp``, ``hf_pooler_type: cls_last_hidden_state_pooler`` and a
 256-token context, with a WordPiece tokenizer trained by ``tokenizers``.
 """
@@ -31,7 +35,7 @@ from .config import REPO_ROOT, data_dir
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 BIOMEDCLIP_ID = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-SPEC_FORMS = ("biomedclip", "tiny", "local-dir:PATH", "hf-hub:ORG/NAME")
+SPEC_FORMS = ("biomedclip", "tiny", "tiny-random", "local-dir:PATH", "hf-hub:ORG/NAME")
 
 # OpenAI CLIP normalisation, as in BiomedCLIP's preprocess_cfg
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -42,16 +46,16 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class TinyConfig:
     """Sizes of the tiny model. Image: ViT (width, depth, heads); text: BERT; shared embed."""
 
-    embed_dim: int = 128
-    vit_width: int = 128
+    embed_dim: int = 96
+    vit_width: int = 96
     vit_depth: int = 4
-    vit_heads: int = 4
-    bert_width: int = 128
+    vit_heads: int = 3
+    bert_width: int = 96
     bert_depth: int = 2
-    bert_heads: int = 4
+    bert_heads: int = 3
     vocab_size: int = 3000
     context_length: int = 256
-    image_size: int = 224
+    image_size: int = 160
     patch_size: int = 16
 
 
@@ -182,8 +186,9 @@ def _local_text_cfg(folder: Path, text_cfg: dict) -> dict:
 
 
 def tiny_dir() -> Path:
-    """Folder of the ``tiny`` demo model: ``data_dir()/models/tiny`` (built on first use)."""
-    return data_dir() / "models" / "tiny"
+    """Folder of the ``tiny-random`` model: ``data_dir()/models/tiny-random`` (built on first use,
+    tokenizer trained on the train-split report text)."""
+    return data_dir() / "models" / "tiny-random"
 
 
 def tiny_corpus() -> list[str]:
@@ -231,6 +236,12 @@ def resolve_spec(spec: str) -> tuple[str, Path | None]:
     if spec == "biomedclip":
         return BIOMEDCLIP_ID, None
     if spec == "tiny":
+        d = REPO_ROOT / "models" / "tiny-pretrained"
+        if not (d / "open_clip_model.safetensors").is_file():
+            raise FileNotFoundError(f"the pretrained demo model is missing: {d}; recreate it with "
+                                    f"`python -m helpers.pretrain` (about 10 min on a CPU)")
+        return f"local-dir:{d}", d
+    if spec == "tiny-random":
         d = tiny_dir()
         if not (d / "open_clip_model.safetensors").is_file():
             build_tiny(d, tiny_corpus())

@@ -74,8 +74,8 @@ class Style:
 STYLES: dict[str, Style] = {
     "source": Style("source", gamma=1.0, contrast=1.05, brightness=0.0, noise=0.015, grain=0.6,
                     blur=0.5, tilt_deg=1.0, shift=0.01, zoom=0.02, gradient=0.0),
-    "target": Style("target", gamma=0.7, contrast=0.8, brightness=0.06, noise=0.05, grain=1.6,
-                    blur=1.1, tilt_deg=4.0, shift=0.04, zoom=0.06, gradient=0.12),
+    "target": Style("target", gamma=0.75, contrast=0.85, brightness=0.05, noise=0.04, grain=1.4,
+                    blur=0.9, tilt_deg=3.0, shift=0.03, zoom=0.05, gradient=0.1),
 }
 
 
@@ -567,7 +567,7 @@ def generate(table: pd.DataFrame, folder: str | os.PathLike, style: str = "sourc
     missing = [c for c in ["image_id", *cols] if c not in table.columns]
     if missing:
         raise ValueError(f"table lacks columns {missing}; expected image_id and the 14 labels")
-    key = sha256_bytes(f"{VERSION}|{style}|{size}|".encode()
+    key = sha256_bytes(f"{VERSION}|{get_style(style)}|{size}|".encode()
                        + table[["image_id", *cols]].to_csv(index=False).encode())
     man_path, key_path = folder / "manifest.csv", folder / "key.txt"
     same = key_path.is_file() and key_path.read_text() == key

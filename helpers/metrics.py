@@ -1,0 +1,152 @@
+"""Multi-label metrics shared by every protocol, with report-level bootstrap CIs.
+
+For ``n`` images, ``k`` labels, binary targets ``Y`` (n, k), scores ``S`` (n, k) (higher = more
+likely) and per-label thresholds ``t`` (k,), predictions are ``P = S >= t``. Metrics:
+
+* macro / micro F1 (sklearn ``classification_report``), exact match (subset accuracy: all
+  ``k`` labels right), per-label precision, recall, F1, predicted-positive rate;
+* ranking metrics from the scores alone: LRAP (label ranking average precision), coverage
+  error (how far down the ranking one must go to cover every true label; best = the number
+  of true labels), ranking loss;
+* per-label AUROC and their mean over labels with both classes present (macro AUROC).
+
+Confidence intervals: 95% percentile bootstrap, resampling *reports* (an image's report is its
+cluster), so two images of one report never land in different resamples independently.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+
+HEADLINE = ("f1_macro", "f1_micro", "exact_match", "lrap", "coverage_error", "ranking_loss", "auroc_macro")
+
+
+def _ranking(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import coverage_error, label_ranking_average_precision_score, label_ranking_loss
+
+    return {"lrap": float(label_ranking_average_precision_score(y, s)),
+            "coverage_error": float(coverage_error(y, s)),
+            "ranking_loss": float(label_ranking_loss(y, s))}
+
+
+def _auroc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    from sklearn.metrics import roc_auc_score
+
+    out = np.full(y.shape[1], np.nan)
+    for j in range(y.shape[1]):
+        if 0 < y[:, j].sum() < len(y):
+            out[j] = roc_auc_score(y[:, j], s[:, j])
+    return out
+
+
+def point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray,
+                  label_names: Sequence[str]) -> dict[str, Any]:
+    """All metrics for one sample (no CIs). Shapes: (n, k) each."""
+    from sklearn.metrics import classification_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = classification_report(y, pred, target_names=list(label_names), output_dict=True,
+                                    zero_division=0)
+        auc = _auroc(y, s)
+    out: dict[str, Any] = {
+        "f1_macro": float(rep["macro avg"]["f1-score"]),
+        "f1_micro": float(rep["micro avg"]["f1-score"]),
+        "exact_match": float((pred == y).all(1).mean()),
+        **_ranking(y, s),
+        "auroc_macro": float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"),
+        "per_label": {
+            name: {"precision": float(rep[name]["precision"]), "recall": float(rep[name]["recall"]),
+                   "f1": float(rep[name]["f1-score"]), "support": int(rep[name]["support"]),
+                   "prevalence": float(y[:, j].mean()), "predicted_rate": float(pred[:, j].mean()),
+                   "auroc": None if np.isnan(auc[j]) else float(auc[j])}
+            for j, name in enumerate(label_names)},
+    }
+    return out
+
+
+def _headline(y: np.ndarray, s: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    from sklearn.metrics import f1_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = _ranking(y, s)
+        auc = _auroc(y, s)
+        return np.array([f1_score(y, pred, average="macro", zero_division=0),
+                         f1_score(y, pred, average="micro", zero_division=0),
+                         (pred == y).all(1).mean(), r["lrap"], r["coverage_error"], r["ranking_loss"],
+                         np.nanmean(auc) if np.isfinite(auc).any() else np.nan])
+
+
+def bootstrap_ci(y: np.ndarray, s: np.ndarray, pred: np.ndarray, groups: Sequence, n_boot: int = 500,
+                 seed: int = 0, alpha: float = 0.05) -> dict[str, list[float]]:
+    """95% percentile CIs of the headline metrics, resampling ``groups`` (report ids).
+
+    Deterministic for a given ``seed``. Returns metric -> [low, high].
+    """
+    groups = np.asarray(groups)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    stats = np.empty((n_boot, len(HEADLINE)))
+    for b in range(n_boot):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        idx = np.concatenate([members[g] for g in pick])
+        stats[b] = _headline(y[idx], s[idx], pred[idx])
+    lo, hi = np.nanpercentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    return {m: [float(a), float(b)] for m, a, b in zip(HEADLINE, lo, hi)}
+
+
+def evaluate(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | float,
+             label_names: Sequence[str], groups: Sequence | None = None, n_boot: int = 500,
+             seed: int = 0) -> dict[str, Any]:
+    """Point metrics plus bootstrap CIs (when ``groups`` is given and ``n_boot > 0``).
+
+    Parameters
+    ----------
+    y : (n, k) 0/1 targets. scores : (n, k) real scores. thresholds : (k,) or a scalar.
+    groups : (n,) report id per image, the bootstrap's resampling unit.
+    """
+    y = np.asarray(y).astype(int)
+    s = np.asarray(scores, dtype=float)
+    if y.shape != s.shape:
+        raise ValueError(f"targets {y.shape} and scores {s.shape} differ in shape")
+    t = np.broadcast_to(np.asarray(thresholds, dtype=float), (y.shape[1],))
+    pred = (s >= t).astype(int)
+    out = point_metrics(y, s, pred, label_names)
+    out["thresholds"] = {n: float(v) for n, v in zip(label_names, t)}
+    out["n_images"] = int(len(y))
+    if groups is not None and n_boot > 0:
+        out["ci95"] = bootstrap_ci(y, s, pred, groups, n_boot, seed)
+        out["n_reports"] = int(len(set(groups)))
+        out["n_boot"] = n_boot
+    return out
+
+
+def tune_thresholds(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per-label threshold maximising F1 on the given (validation) data: (k,).
+
+    Candidates are the midpoints between sorted distinct scores; a label with no positive
+    gets the threshold just above its maximum score (predict nothing).
+    """
+    y = np.asarray(y).astype(int)
+    s = np.asarray(scores, dtype=float)
+    out = np.empty(y.shape[1])
+    for j in range(y.shape[1]):
+        sj, yj = s[:, j], y[:, j]
+        if yj.sum() == 0:
+            out[j] = np.nextafter(sj.max(), np.inf)
+            continue
+        order = np.argsort(-sj, kind="stable")
+        ss, yy = sj[order], yj[order]
+        tp = np.cumsum(yy)
+        k = np.arange(1, len(yy) + 1)
+        f1 = 2 * tp / (k + yy.sum())
+        last = np.r_[ss[1:] != ss[:-1], True]  # only cut between distinct scores
+        f1 = np.where(last, f1, -1)
+        i = int(np.argmax(f1))
+        out[j] = ss[i] if i == len(ss) - 1 else (ss[i] + ss[i + 1]) / 2
+    return out

@@ -1,0 +1,265 @@
+"""Contrastive pretraining of the tiny model on a source corpus with no IU-Xray data.
+
+``python -m helpers.pretrain`` reproduces the committed demo checkpoint
+(``models/tiny-pretrained``). BiomedCLIP was pretrained on figure-caption pairs from PubMed
+Central, a different distribution from IU-Xray; this module recreates that situation in
+miniature:
+
+* **labels** come from CheXpert's training table (``chexpert_train.csv.gz``, shipped with
+  torchxrayvision): another hospital, another label distribution and co-occurrence;
+* **images** are phantoms rendered in the ``source`` style (IU-Xray's demo images use the
+  ``target`` style);
+* **text** is a caption written from the labels (varied phrasing, negations, hedges), not a
+  radiology report.
+
+No IU-Xray id, label or text enters the corpus (a test checks it): the tokenizer is trained on
+the captions only.
+
+Objective: CLIP's symmetric InfoNCE (open_clip's ``ClipLoss``) with a learnable temperature,
+AdamW, a cosine learning-rate schedule with linear warm-up, bf16 autocast on GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import REPO_ROOT, data_dir
+from .io import atomic_write_json, sha256_bytes, sha256_file
+from .labels import CHEXPERT_LABELS
+
+PRETRAINED_DIR = REPO_ROOT / "models" / "tiny-pretrained"
+
+SYNONYMS: dict[str, list[str]] = {
+    "Enlarged Cardiomediastinum": ["enlarged cardiomediastinum", "widened mediastinum",
+                                   "mediastinal widening"],
+    "Cardiomegaly": ["cardiomegaly", "enlarged heart", "cardiac enlargement"],
+    "Lung Opacity": ["lung opacity", "pulmonary opacity", "airspace opacity"],
+    "Lung Lesion": ["lung lesion", "pulmonary nodule", "lung mass"],
+    "Edema": ["pulmonary edema", "edema", "interstitial edema"],
+    "Consolidation": ["consolidation", "lobar consolidation", "airspace consolidation"],
+    "Pneumonia": ["pneumonia", "infectious process", "pneumonic infiltrate"],
+    "Atelectasis": ["atelectasis", "atelectatic change", "subsegmental atelectasis"],
+    "Pneumothorax": ["pneumothorax", "collapsed lung with pleural air", "apical pneumothorax"],
+    "Pleural Effusion": ["pleural effusion", "effusion", "pleural fluid"],
+    "Pleural Other": ["pleural thickening", "pleural plaque", "pleural scarring"],
+    "Fracture": ["fracture", "rib fracture", "displaced rib fracture"],
+    "Support Devices": ["support devices", "a pacemaker", "a central venous catheter", "lines and tubes"],
+}
+POSITIVE = ["{x}.", "there is {x}.", "{x} is present.", "findings consistent with {x}.", "evidence of {x}."]
+NEGATIVE = ["no {x}.", "there is no {x}.", "no evidence of {x}.", "{x} is not seen."]
+UNCERTAIN = ["possible {x}.", "{x} cannot be excluded.", "may represent {x}.", "questionable {x}."]
+NORMAL = ["no acute cardiopulmonary abnormality.", "normal chest radiograph.",
+          "the lungs are clear.", "no acute findings."]
+
+
+def caption(labels: dict[str, float], rng: np.random.Generator) -> str:
+    """A caption from three-valued CheXpert labels (1 / 0 / -1 / NaN), phrasing varied by ``rng``.
+
+    Positive and uncertain findings are always mentioned; each explicit negative is mentioned
+    with probability 0.7; No Finding adds a normal-study phrase.
+    """
+    parts = []
+    for c in CHEXPERT_LABELS[:-1]:
+        v = labels.get(c, float("nan"))
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        x = SYNONYMS[c][rng.integers(len(SYNONYMS[c]))]
+        if v == 1:
+            parts.append(POSITIVE[rng.integers(len(POSITIVE))].format(x=x))
+        elif v == -1:
+            parts.append(UNCERTAIN[rng.integers(len(UNCERTAIN))].format(x=x))
+        elif v == 0 and rng.random() < 0.7:
+            parts.append(NEGATIVE[rng.integers(len(NEGATIVE))].format(x=x))
+    if labels.get("No Finding") == 1:
+        parts.append(NORMAL[rng.integers(len(NORMAL))])
+    rng.shuffle(parts)
+    return " ".join(parts) if parts else NORMAL[rng.integers(len(NORMAL))]
+
+
+def chexpert_corpus(n: int, seed: int = 0, path: str | Path | None = None) -> pd.DataFrame:
+    """Sample ``n`` frontal rows of CheXpert's training table and caption them.
+
+    Returns one row per sample: ``image_id`` (``chexpert-<row>``), the 14 binary labels used to
+    render the phantom (positive, and uncertain with probability 1/2), the raw three-valued
+    labels as ``raw:<label>``, and ``caption``.
+    """
+    from .data import package_file
+
+    p = Path(path) if path is not None else package_file("chexpert_train.csv.gz")
+    df = pd.read_csv(p)
+    df = df[df["Frontal/Lateral"] == "Frontal"].reset_index()
+    rows = df.sample(n=min(n, len(df)), random_state=seed)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _, r in rows.iterrows():
+        raw = {c: r[c] for c in CHEXPERT_LABELS}
+        draw = {c: int(raw[c] == 1 or (raw[c] == -1 and rng.random() < 0.5)) for c in CHEXPERT_LABELS}
+        if not any(draw[c] for c in CHEXPERT_LABELS[:-1] if c != "Support Devices"):
+            draw["No Finding"] = int(raw["No Finding"] == 1 or not any(raw[c] == 1 for c in CHEXPERT_LABELS[:-1]))
+        out.append({"image_id": f"chexpert-{int(r['index'])}", **draw,
+                    **{f"raw:{c}": raw[c] for c in CHEXPERT_LABELS},
+                    "caption": caption(raw, rng)})
+    return pd.DataFrame(out)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to 0."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * t))
+
+
+def trim_tokens(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Drop trailing all-pad columns of a token batch (B, L) -> (B, L').
+
+    With an attention mask and a CLS pooler, trailing padding does not change any output, so
+    this only saves compute (captions are ~20 tokens, the context is 256).
+    """
+    used = (tokens != pad_id).any(0).nonzero()
+    n = int(used.max()) + 1 if len(used) else 1
+    return tokens[:, :n]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mild photometric and geometric jitter of a batch of [0, 1] grey images (B, S, S).
+
+    Per image: gamma in [0.85, 1.15], contrast in [0.9, 1.1], brightness +-0.04, Gaussian noise
+    with std up to 0.03, rotation +-3 degrees, shift +-3%. The jitter is much smaller than the
+    source -> target style gap, so the target style stays out of distribution.
+    """
+    import torch.nn.functional as F
+
+    B = x.shape[0]
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(B, 1, 1, generator=gen)  # noqa: E731
+    x = x.clamp(1e-4, 1) ** u(0.85, 1.15)
+    x = (x - 0.5) * u(0.9, 1.1) + 0.5 + u(-0.04, 0.04)
+    x = x + torch.randn(x.shape, generator=gen) * u(0, 0.03)
+    a = (torch.rand(B, generator=gen) - 0.5) * 2 * math.radians(3)
+    t = (torch.rand(B, 2, generator=gen) - 0.5) * 0.12
+    theta = torch.stack([torch.stack([a.cos(), -a.sin(), t[:, 0]], 1),
+                         torch.stack([a.sin(), a.cos(), t[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, (B, 1, *x.shape[1:]), align_corners=False)
+    x = F.grid_sample(x.unsqueeze(1), grid, padding_mode="border", align_corners=False).squeeze(1)
+    return x.clamp(0, 1)
+
+
+def normalize01(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """[0, 1] grey (B, S, S) -> normalised (B, 3, S, S), as :func:`images.to_model_input`."""
+    x = x.unsqueeze(1).expand(-1, 3, -1, -1)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def clip_step(model, images: torch.Tensor, tokens: torch.Tensor, loss_fn, device: torch.device):
+    """One forward pass: the CLIP loss of a batch (images normalised float, tokens trimmed)."""
+    from .embeddings import autocast
+
+    with autocast(device):
+        img, txt, scale = model(images, tokens)[:3]
+        return loss_fn(img.float(), txt.float(), scale.float())
+
+
+def pretrain(n_samples: int = 8000, epochs: int = 8, batch_size: int = 64, lr: float = 1e-3,
+             weight_decay: float = 0.1, seed: int = 0, out: str | Path = PRETRAINED_DIR,
+             device: str = "auto", workers: int | None = None, progress: bool = True,
+             max_steps: int | None = None, augmentation: bool = True) -> dict:
+    """Render the source corpus, pretrain the tiny model, save a ``local-dir:`` checkpoint.
+
+    Returns the log dict (also written to ``out/pretrain_log.json``): parameters, corpus
+    hash, per-step losses, wall time and the weights' SHA-256.
+    """
+    from open_clip.loss import ClipLoss
+    from tqdm.auto import tqdm
+
+    from . import images as I
+    from .models import TinyConfig, build_tiny, load_model, save_weights
+
+    t0 = time.perf_counter()
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    torch.manual_seed(seed)
+    corpus = chexpert_corpus(n_samples, seed)
+    folder = data_dir() / "phantoms" / f"pretrain-source-{n_samples}-{seed}"
+    from .phantoms import generate
+
+    man = generate(corpus, folder, style="source", workers=workers, progress=progress)
+    out = Path(out)
+    build_tiny(out, corpus.caption.tolist(), TinyConfig(), seed=seed)
+    model, preprocess, tokenizer, info = load_model(f"local-dir:{out}", device=dev)
+    pixels = I.build_pixel_cache([folder / p for p in man.path], man.image_id, preprocess,
+                                 workers=workers, progress=progress)
+    tokens = tokenizer(corpus.caption.tolist())
+    n = len(corpus)
+    steps_per_epoch = n // batch_size
+    total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = ClipLoss()
+    g = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    step = 0
+    model.train()
+    for ep in range(epochs):
+        order = torch.randperm(n, generator=g)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {ep + 1}/{epochs}", disable=not progress)
+        for b in bar:
+            if step >= total:
+                break
+            idx = order[b * batch_size:(b + 1) * batch_size].sort().values.numpy()
+            x01 = torch.from_numpy(np.asarray(pixels.pixels[idx])).float().div_(255)
+            x = normalize01(augment(x01, g) if augmentation else x01, info.mean, info.std).to(dev)
+            t = trim_tokens(tokens[idx]).to(dev)
+            for gr in opt.param_groups:
+                gr["lr"] = cosine_lr(step, total, lr, max(1, total // 20))
+            loss = clip_step(model, x, t, loss_fn, dev)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(float(loss))
+            step += 1
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    model.eval()
+    save_weights(model.cpu(), out)
+    log = {
+        "command": f"python -m helpers.pretrain --n-samples {n_samples} --epochs {epochs} "
+                   f"--batch-size {batch_size} --lr {lr} --seed {seed}",
+        "n_samples": n, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "weight_decay": weight_decay, "seed": seed, "augmentation": augmentation, "steps": step, "device": str(dev),
+        "corpus_sha256": sha256_bytes(corpus.drop(columns=[c for c in corpus if c.startswith("raw:")])
+                                      .to_csv(index=False).encode()),
+        "losses": losses, "wall_s": time.perf_counter() - t0,
+        "weights_file_sha256": sha256_file(out / "open_clip_model.safetensors"),
+        "n_params": info.n_params, "torch": torch.__version__,
+    }
+    atomic_write_json(out / "pretrain_log.json", log)
+    return log
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.pretrain", description=__doc__.split("\n")[0])
+    ap.add_argument("--n-samples", type=int, default=8000)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=PRETRAINED_DIR)
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args(argv)
+    log = pretrain(a.n_samples, a.epochs, a.batch_size, a.lr, seed=a.seed, out=a.out, device=a.device)
+    print(json.dumps({k: v for k, v in log.items() if k != "losses"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Zero-shot multi-label classification with a CLIP model: prompts, scores, probability modes.
+
+Two approaches, both on L2-normalised embeddings, cosine similarity ``c = <u, v>`` and the
+model's temperature ``tau = exp(logit_scale)``:
+
+* **single prompt per label** (the seed study): ``z_ij = tau * c(image_i, prompt_j)``, turned
+  into probabilities by one of :data:`PROB_MODES`: ``sigmoid`` (``sigma(z_ij)``), ``softmax``
+  (over the labels of image ``i``) or ``minmax`` (row-wise min-max scaling of ``z_i``);
+* **paired prompts** (CheXzero): for each label a positive prompt ("cardiomegaly") and a
+  negative one ("no cardiomegaly"); ``p_ij = exp(z+) / (exp(z+) + exp(z-))``. Each side may be
+  a prompt *ensemble*: the mean of several templates' normalised embeddings, renormalised.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .embeddings import l2_normalize
+from .labels import CHEXPERT_LABELS
+
+PROB_MODES = ("sigmoid", "softmax", "minmax")
+
+# Per label: phrases naming the finding (used by every template).
+NAMES: dict[str, list[str]] = {
+    "Enlarged Cardiomediastinum": ["enlarged cardiomediastinum", "widened mediastinum"],
+    "Cardiomegaly": ["cardiomegaly", "enlarged heart"],
+    "Lung Opacity": ["lung opacity", "airspace opacity"],
+    "Lung Lesion": ["lung lesion", "pulmonary nodule"],
+    "Edema": ["pulmonary edema", "edema"],
+    "Consolidation": ["consolidation", "airspace consolidation"],
+    "Pneumonia": ["pneumonia", "infectious process"],
+    "Atelectasis": ["atelectasis", "atelectatic change"],
+    "Pneumothorax": ["pneumothorax", "apical pneumothorax"],
+    "Pleural Effusion": ["pleural effusion", "pleural fluid"],
+    "Pleural Other": ["pleural thickening", "pleural plaque"],
+    "Fracture": ["fracture", "rib fracture"],
+    "Support Devices": ["support devices", "lines and tubes"],
+}
+NO_FINDING_POS = ["no acute cardiopulmonary abnormality", "normal chest radiograph"]
+NO_FINDING_NEG = ["acute cardiopulmonary abnormality", "abnormal chest radiograph"]
+
+TEMPLATES: dict[str, tuple[str, str]] = {
+    # name: (positive template, negative template)
+    "bare": ("{x}", "no {x}"),
+    "sentence": ("there is {x}.", "there is no {x}."),
+    "xray": ("a chest x-ray showing {x}", "a chest x-ray showing no {x}"),
+}
+
+
+def prompts(label: str, template: str = "bare", ensemble: bool = False) -> tuple[list[str], list[str]]:
+    """Positive and negative prompts of one label for a template (one name, or all names)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}")
+    if label == "No Finding":
+        pos, neg = NO_FINDING_POS, NO_FINDING_NEG
+        return (pos if ensemble else pos[:1]), (neg if ensemble else neg[:1])
+    tp, tn = TEMPLATES[template]
+    names = NAMES[label] if ensemble else NAMES[label][:1]
+    return [tp.format(x=n) for n in names], [tn.format(x=n) for n in names]
+
+
+def ensemble_embedding(text_emb: np.ndarray) -> np.ndarray:
+    """Mean of L2-normalised prompt embeddings (m, d), renormalised: (d,)."""
+    return l2_normalize(l2_normalize(text_emb).mean(0))
+
+
+def single_prompt_scores(img: np.ndarray, txt: np.ndarray, logit_scale: float, mode: str) -> np.ndarray:
+    """Seed-style probabilities (n, k) from image (n, d) and one prompt per label (k, d)."""
+    if mode not in PROB_MODES:
+        raise ValueError(f"unknown probability mode {mode!r}; valid: {', '.join(PROB_MODES)}")
+    z = logit_scale * l2_normalize(img) @ l2_normalize(txt).T
+    if mode == "sigmoid":
+        return 1 / (1 + np.exp(-z))
+    if mode == "softmax":
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    lo, hi = z.min(1, keepdims=True), z.max(1, keepdims=True)
+    return (z - lo) / np.maximum(hi - lo, 1e-12)
+
+
+def paired_scores(img: np.ndarray, pos: np.ndarray, neg: np.ndarray, logit_scale: float) -> np.ndarray:
+    """CheXzero probabilities (n, k): softmax over each label's (positive, negative) prompt pair.
+
+    ``pos`` and ``neg`` are (k, d) (one embedding per label, ensembles already averaged).
+    """
+    u = l2_normalize(img)
+    zp = logit_scale * u @ l2_normalize(pos).T
+    zn = logit_scale * u @ l2_normalize(neg).T
+    return 1 / (1 + np.exp(-(zp - zn)))
+
+
+def label_prompt_table(template: str = "bare", ensemble: bool = False,
+                       labels: Sequence[str] = CHEXPERT_LABELS) -> dict[str, tuple[list[str], list[str]]]:
+    """Label -> (positive prompts, negative prompts) for every label."""
+    return {c: prompts(c, template, ensemble) for c in labels}

@@ -1,0 +1,107 @@
+"""Pretraining: no IU-Xray data in the corpus, the loss goes down, the committed checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import data as D
+from helpers import pretrain as PT
+from helpers.config import REPO_ROOT
+from helpers.io import sha256_file
+from helpers.labels import CHEXPERT_LABELS
+
+
+def test_corpus_uses_no_iuxray_data(monkeypatch):
+    def forbidden(*a, **k):
+        raise AssertionError("the pretraining corpus must not read IU-Xray data")
+
+    for name in ("load_reports", "build_label_table", "load_study_data", "load_metadata"):
+        monkeypatch.setattr(D, name, forbidden)
+    corpus = PT.chexpert_corpus(300, seed=1)
+    assert len(corpus) == 300
+    assert corpus.image_id.str.startswith("chexpert-").all()
+    assert not corpus.image_id.str.contains("CXR").any()
+    assert set(CHEXPERT_LABELS) <= set(corpus.columns)
+    assert corpus[list(CHEXPERT_LABELS)].isin([0, 1]).all().all()
+
+
+def test_corpus_ids_disjoint_from_iuxray(label_table):
+    corpus = PT.chexpert_corpus(300, seed=2)
+    assert not set(corpus.image_id) & set(label_table.images.image_id)
+
+
+def test_captions_follow_labels():
+    rng = np.random.default_rng(0)
+    labels = {c: float("nan") for c in CHEXPERT_LABELS}
+    labels.update({"Cardiomegaly": 1.0, "Pneumonia": -1.0})
+    cap = PT.caption(labels, rng)
+    assert any(s in cap for s in PT.SYNONYMS["Cardiomegaly"])
+    assert any(h in cap for h in ("possible", "cannot be excluded", "may represent", "questionable"))
+    labels = {c: float("nan") for c in CHEXPERT_LABELS}
+    labels["No Finding"] = 1.0
+    assert PT.caption(labels, rng) in PT.NORMAL
+
+
+def test_loss_decreases_on_a_fixed_batch(tmp_path):
+    from open_clip.loss import ClipLoss
+
+    from helpers.models import TinyConfig, build_tiny, load_model
+
+    torch.manual_seed(0)
+    caps = ["cardiomegaly.", "no pleural effusion.", "pneumothorax is present.", "normal chest radiograph.",
+            "possible pneumonia.", "there is atelectasis.", "rib fracture.", "a pacemaker."]
+    folder = build_tiny(tmp_path / "m", caps * 5, TinyConfig(vit_depth=2, bert_depth=1))
+    model, _, tok, info = load_model(f"local-dir:{folder}")
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    x = PT.normalize01(torch.rand(8, info.image_size, info.image_size, generator=g), info.mean, info.std)
+    t = PT.trim_tokens(tok(caps))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = ClipLoss()
+    losses = []
+    for _ in range(15):
+        loss = PT.clip_step(model, x, t, loss_fn, torch.device("cpu"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_trim_tokens_keeps_outputs(tmp_path):
+    from helpers.models import TinyConfig, build_tiny, load_model
+
+    folder = build_tiny(tmp_path / "m", ["a b c", "no effusion"] * 5, TinyConfig(vit_depth=1, bert_depth=1))
+    model, _, tok, _ = load_model(f"local-dir:{folder}")
+    t = tok(["no effusion", "a b c a b c"])
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(t), model.encode_text(PT.trim_tokens(t)), atol=1e-5)
+
+
+def test_committed_checkpoint_matches_record_and_loads():
+    from helpers.models import load_model
+
+    folder = REPO_ROOT / "models" / "tiny-pretrained"
+    log = json.loads((folder / "pretrain_log.json").read_text())
+    assert sha256_file(folder / "open_clip_model.safetensors") == log["weights_file_sha256"]
+    assert (folder / "open_clip_model.safetensors").stat().st_size < 20 * 2**20
+    assert log["command"].startswith("python -m helpers.pretrain")
+    model, _, tok, info = load_model("tiny")
+    assert info.n_params == log["n_params"]
+    with torch.no_grad():
+        assert model.encode_text(tok(["cardiomegaly"])).shape == (1, info.embed_dim)
+
+
+def test_augment_is_seeded_and_bounded():
+    x = torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(0))
+    a = PT.augment(x, torch.Generator().manual_seed(1))
+    b = PT.augment(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+
+
+def test_cosine_schedule():
+    assert PT.cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert PT.cosine_lr(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert PT.cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-9)
