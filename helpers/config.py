@@ -14,7 +14,7 @@ splits; default ``<repo>/data``) and ``IUXRAY_OUTPUT_DIR`` (metrics JSON; defaul
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +28,8 @@ class Profile:
     model: str
     images: str
     description: str
+    finetune: dict = field(default_factory=dict)
+    """Fine-tuning defaults (chapter 4): epochs, lr, batch_size, patience."""
 
 
 PROFILES: dict[str, Profile] = {
@@ -37,6 +39,7 @@ PROFILES: dict[str, Profile] = {
         images="phantoms",
         description="real IU-Xray reports and labels, synthetic phantom images, a small "
                     "BiomedCLIP-architecture model; offline, CPU, minutes",
+        finetune={"epochs": 6, "lr": 1e-4, "batch_size": 32, "patience": 3},
     ),
     "full": Profile(
         name="full",
@@ -44,6 +47,7 @@ PROFILES: dict[str, Profile] = {
         images="openi",
         description="BiomedCLIP (hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224) "
                     "on the Open-I IU-Xray PNG images; GPU recommended",
+        finetune={"epochs": 30, "lr": 1e-6, "batch_size": 32, "patience": 5},  # the seed's settings
     ),
 }
 

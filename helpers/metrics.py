@@ -150,3 +150,69 @@ def tune_thresholds(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
         i = int(np.argmax(f1))
         out[j] = ss[i] if i == len(ss) - 1 else (ss[i] + ss[i + 1]) / 2
     return out
+
+
+def bootstrap_stat(fn, groups: Sequence, n_boot: int = 500, seed: int = 0,
+                   alpha: float = 0.05) -> tuple[float, float, float]:
+    """Point value and 95% percentile CI of ``fn(idx)`` under a report-level bootstrap.
+
+    ``fn`` takes an index array into the rows (all rows for the point value) and returns a float.
+    """
+    groups = np.asarray(groups)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    vals = np.array([fn(np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))]))
+                     for _ in range(n_boot)])
+    lo, hi = np.nanpercentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(fn(np.arange(len(groups)))), float(lo), float(hi)
+
+
+def write_metrics(path, setting: str, metrics: dict[str, Any], params: dict[str, Any],
+                  stamp: dict[str, Any], **extra: Any):
+    """Write one run's metrics JSON atomically: setting, metrics (with CIs), params, stamp."""
+    from .io import atomic_write_json
+
+    return atomic_write_json(path, {"setting": setting, "metrics": metrics, "params": params,
+                                    "stamp": stamp, **extra})
+
+
+def save_scores(path, image_ids: Sequence[str], scores: np.ndarray, y: np.ndarray, groups: Sequence,
+                thresholds: np.ndarray) -> None:
+    """Save one setting's test scores (n, k), targets (n, k), report ids and thresholds (k,).
+
+    Later chapters compare settings image by image (paired bootstrap) from these files.
+    """
+    import io as _io
+
+    from .io import atomic_write_bytes
+
+    buf = _io.BytesIO()
+    np.savez(buf, image_ids=np.asarray(image_ids, dtype=str), scores=np.asarray(scores, dtype=np.float64),
+             y=np.asarray(y, dtype=np.int8), groups=np.asarray(groups, dtype=str),
+             thresholds=np.asarray(thresholds, dtype=np.float64))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_scores(path, image_ids: Sequence[str] | None = None, made_by: str = "") -> dict[str, np.ndarray]:
+    """Load :func:`save_scores` output; with ``image_ids``, check it covers exactly those images.
+
+    ``made_by`` names the chapter that writes the file, for the error message when it is missing.
+    """
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} is missing; it is written by {made_by or 'an earlier chapter'}: "
+                                f"run that chapter first (python -m helpers.run {made_by or '<chapter>'})")
+    with np.load(p) as z:
+        d = {k: z[k] for k in z.files}
+    if image_ids is not None and list(d["image_ids"]) != [str(i) for i in image_ids]:
+        raise ValueError(f"{p} holds scores for other test images than this run (different profile, "
+                         f"limit or split); re-run {made_by or 'the chapter that wrote it'} with the same parameters")
+    return d
+
+
+def paired_difference(fn_a, fn_b, groups: Sequence, n_boot: int = 500, seed: int = 0) -> tuple[float, float, float]:
+    """Point value and 95% CI of ``fn_a(idx) - fn_b(idx)`` with one shared report-level resample."""
+    return bootstrap_stat(lambda idx: fn_a(idx) - fn_b(idx), groups, n_boot, seed)

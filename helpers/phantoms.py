@@ -41,7 +41,7 @@ import pandas as pd
 from .io import atomic_write_bytes, atomic_write_csv, sha256_bytes
 from .labels import CHEXPERT_LABELS
 
-VERSION = "1"
+VERSION = "2"
 """Bump when rendering changes: part of every seed and of the manifest's cache key."""
 
 LABEL_BIT = {c: i for i, c in enumerate(CHEXPERT_LABELS)}
@@ -337,10 +337,10 @@ def render(labels: Mapping[str, int] | Sequence[int], seed: int, style: str = "s
         pts = rib_lines[rng.integers(2, len(rib_lines))]
         j = rng.integers(10, 22)
         bx, by = pts[j]
-        r = max(3, S // 45)
+        r = max(4, S // 32)
         gap = (np.abs(xx - bx) <= r * 0.6) & (np.abs(yy - by) <= r * 1.5)
         ribs[gap] = 0
-        shifted = np.roll(ribs * ((xx > bx) & (np.abs(xx - bx) < 4 * r) & (np.abs(yy - by) < 3 * r)), 2, axis=0)
+        shifted = np.roll(ribs * ((xx > bx) & (np.abs(xx - bx) < 4 * r) & (np.abs(yy - by) < 3 * r)), 4, axis=0)
         ribs = np.maximum(ribs * ~((xx > bx) & (np.abs(xx - bx) < 4 * r) & (np.abs(yy - by) < 3 * r)), shifted)
         masks["Fracture"] = _ellipse_mask(S, bx, by, 2.5 * r, 2.5 * r) & body
     img += np.where((ribs > 0) & body, 0.1, 0)
@@ -362,14 +362,14 @@ def render(labels: Mapping[str, int] | Sequence[int], seed: int, style: str = "s
         cx, cy, w, h = _sample_box(rng, "Pneumothorax", S, an.lungs)
         lung = an.right_lung if cx < an.mid else an.left_lung
         d = cv2.distanceTransform(lung.astype(np.uint8), cv2.DIST_L2, 3)
-        depth = rng.uniform(0.03, 0.07) * W
+        depth = rng.uniform(0.05, 0.1) * W
         vert = (yy < an.y0 + rng.uniform(0.45, 0.8) * H)
         ptx = lung & (d < depth) & vert
         masks["Pneumothorax"] = ptx
-        img = np.where(ptx, 0.12, img)
+        img = np.where(ptx, 0.05, img)
         marks = marks * ~ptx
         line = lung & (np.abs(d - depth) < 0.8) & vert
-        img += np.where(line, 0.12, 0)
+        img += np.where(line, 0.25, 0)
     img += marks
 
     # opacities inside the lungs
@@ -420,18 +420,18 @@ def render(labels: Mapping[str, int] | Sequence[int], seed: int, style: str = "s
     if "Lung Lesion" in pos:
         kind = "Mass" if rng.random() < 0.4 else "Nodule"
         cx, cy, w, h = _sample_box(rng, kind, S, an.lungs)
-        r = np.clip(min(w, h) / 2, S / 70, S / 14) if kind == "Mass" else rng.uniform(S / 75, S / 40)
+        r = np.clip(min(w, h) / 2, S / 30, S / 12) if kind == "Mass" else rng.uniform(S / 45, S / 28)
         disk = _ellipse_mask(S, cx, cy, r, r * rng.uniform(0.85, 1.15))
         soft = cv2.GaussianBlur(disk.astype(np.float32), (0, 0), 0.8)
-        img += rng.uniform(0.3, 0.4) * soft * an.lungs
+        img += rng.uniform(0.38, 0.48) * soft * an.lungs
         masks["Lung Lesion"] = disk & cv2.dilate(an.lungs.astype(np.uint8), np.ones((5, 5))).astype(bool)
     if "Pleural Other" in pos:
         cx, cy, w, h = _clip_to(rng, _heart_box(rng, "Pleural thickening", an), an.lungs)
         lung = an.right_lung if cx < an.mid else an.left_lung
         d = cv2.distanceTransform(lung.astype(np.uint8), cv2.DIST_L2, 3)
-        thick = lung & (d < rng.uniform(2, 4) * S / 224) & (np.abs(yy - cy) < max(h, 0.2 * H) / 2) \
+        thick = lung & (d < rng.uniform(3.5, 6) * S / 224) & (np.abs(yy - cy) < max(h, 0.2 * H) / 2) \
             & (np.abs(xx - an.mid) > 0.2 * W)
-        img = np.where(thick, img + 0.25, img)
+        img = np.where(thick, img + 0.35, img)
         masks["Pleural Other"] = thick
     if "Pleural Effusion" in pos:
         cx, cy, w, h = _sample_box(rng, "Effusion", S, an.lungs)

@@ -52,7 +52,7 @@ SYNONYMS: dict[str, list[str]] = {
     "Pleural Effusion": ["pleural effusion", "effusion", "pleural fluid"],
     "Pleural Other": ["pleural thickening", "pleural plaque", "pleural scarring"],
     "Fracture": ["fracture", "rib fracture", "displaced rib fracture"],
-    "Support Devices": ["support devices", "a pacemaker", "a central venous catheter", "lines and tubes"],
+    "Support Devices": ["support devices", "medical devices", "lines and tubes"],
 }
 POSITIVE = ["{x}.", "there is {x}.", "{x} is present.", "findings consistent with {x}.", "evidence of {x}."]
 NEGATIVE = ["no {x}.", "there is no {x}.", "no evidence of {x}.", "{x} is not seen."]

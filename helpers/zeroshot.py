@@ -95,3 +95,43 @@ def label_prompt_table(template: str = "bare", ensemble: bool = False,
                        labels: Sequence[str] = CHEXPERT_LABELS) -> dict[str, tuple[list[str], list[str]]]:
     """Label -> (positive prompts, negative prompts) for every label."""
     return {c: prompts(c, template, ensemble) for c in labels}
+
+
+def select_on_val(candidates: dict[str, np.ndarray], y: np.ndarray, val_rows: np.ndarray) -> tuple[str, np.ndarray]:
+    """Pick the candidate score matrix with the best validation macro AUROC; tune its thresholds.
+
+    Parameters
+    ----------
+    candidates : name -> scores (N, k) over all rows.
+    y : (N, k) targets; only ``y[val_rows]`` is read.
+    val_rows : indices of the validation rows.
+
+    Returns (best name, per-label thresholds (k,) maximising validation F1). Test labels are
+    never read, so shuffling them cannot change the result.
+    """
+    from .metrics import _auroc, tune_thresholds
+
+    yv = y[val_rows]
+    best = max(candidates, key=lambda n: np.nanmean(_auroc(yv, candidates[n][val_rows])))
+    return best, tune_thresholds(yv, candidates[best][val_rows])
+
+
+def candidate_scores(img: np.ndarray, embed_texts, logit_scale: float,
+                     labels: Sequence[str] = CHEXPERT_LABELS) -> dict[str, np.ndarray]:
+    """Paired-prompt scores (N, k) for every template, single prompt and ensemble.
+
+    ``embed_texts`` maps a list of prompts to their embeddings (m, d).
+    """
+    out = {}
+    for template in TEMPLATES:
+        for ens in (False, True):
+            pos, neg = zip(*(prompts(c, template, ens) for c in labels))
+            P = np.stack([ensemble_embedding(embed_texts(p)) for p in pos])
+            N = np.stack([ensemble_embedding(embed_texts(n)) for n in neg])
+            out[f"{template}{'+ensemble' if ens else ''}"] = paired_scores(img, P, N, logit_scale)
+    return out
+
+
+def single_prompt_texts(template: str = "bare", labels: Sequence[str] = CHEXPERT_LABELS) -> list[str]:
+    """The seed study's one prompt per label (the positive prompt of ``template``)."""
+    return [prompts(c, template)[0][0] for c in labels]

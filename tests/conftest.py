@@ -43,15 +43,18 @@ def tiny_archive(tmp_path):
 
 @pytest.fixture(scope="session")
 def data_env(tmp_path_factory):
-    """A private IUXRAY_DATA_DIR for the session, so tests never touch the user's caches."""
+    """Private IUXRAY_DATA_DIR and IUXRAY_OUTPUT_DIR for the session: tests never touch the user's caches."""
     d = tmp_path_factory.mktemp("data")
-    old = os.environ.get("IUXRAY_DATA_DIR")
+    o = tmp_path_factory.mktemp("outputs")
+    old = {k: os.environ.get(k) for k in ("IUXRAY_DATA_DIR", "IUXRAY_OUTPUT_DIR")}
     os.environ["IUXRAY_DATA_DIR"] = str(d)
+    os.environ["IUXRAY_OUTPUT_DIR"] = str(o)
     yield d
-    if old is None:
-        os.environ.pop("IUXRAY_DATA_DIR", None)
-    else:
-        os.environ["IUXRAY_DATA_DIR"] = old
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,10 @@ def test_hand_computed_exact_match_and_rates():
     out = M.evaluate(y, s, [0.5, 0.5], ["x", "z"])
     assert out["exact_match"] == 0.5  # second row right, first has a false positive
     assert out["per_label"]["z"]["predicted_rate"] == 1.0 and out["per_label"]["z"]["prevalence"] == 0.5
-    assert out["coverage_error"] == 1.5  # row 1: 1 label needed; row 2: both
+    assert out["coverage_error"] == 1.0  # each row's one true label is ranked first
+    worse = M.evaluate(np.array([[0, 1], [1, 0]]), np.array([[0.9, 0.2], [0.9, 0.2]]), 0.5, ["x", "z"])
+    assert worse["coverage_error"] == 1.5  # row 1: the true label is ranked second; row 2: first
+    assert worse["lrap"] == 0.75  # precision at the true label's rank: 1/2 and 1
 
 
 def test_label_with_one_class_has_no_auroc():
@@ -73,3 +76,12 @@ def test_threshold_for_label_without_positives_predicts_nothing():
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="targets .* and scores .* differ"):
         M.evaluate(Y, S[:, :2], 0.5, NAMES)
+
+
+def test_bootstrap_stat_point_inside_ci():
+    rng = np.random.default_rng(0)
+    x = rng.random(100)
+    groups = np.repeat(np.arange(50), 2)
+    v, lo, hi = M.bootstrap_stat(lambda idx: x[idx].mean(), groups, n_boot=300, seed=0)
+    assert v == pytest.approx(x.mean()) and lo <= v <= hi
+    assert M.bootstrap_stat(lambda idx: x[idx].mean(), groups, n_boot=300, seed=0) == (v, lo, hi)

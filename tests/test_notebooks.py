@@ -1,6 +1,7 @@
 """Chapters are executed with small parameters and the book is built from them (-W)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from helpers.config import REPO_ROOT
 # Small parameters per chapter for the smoke runs (name -> value as on the command line).
 SMOKE = {
     "n_examples": "1",
+    "limit": "40",
+    "n_boot": "20",
 }
 
 
@@ -65,3 +68,21 @@ def test_pages_show_the_stamp(built_book):
 def test_chapter_1_numbers_come_from_the_run(built_book):
     html = (built_book / "_build" / "html" / "book" / "chapters" / "01_data.html").read_text()
     assert "3955" in html  # glued from the loader, not typed
+
+
+def _metrics_without_date(path):
+    d = json.loads(path.read_text())
+    d["stamp"].pop("date")
+    return d
+
+
+def test_chapter_2_metrics_are_reproducible(built_book, tmp_path, monkeypatch):
+    """Executing chapter 2 twice gives identical metrics JSON apart from the time stamp."""
+    out = built_book / "book" / "chapters"
+    first = _metrics_without_date(Path(os.environ.get("IUXRAY_OUTPUT_DIR", REPO_ROOT / "outputs"))
+                                  / "demo" / "zero_shot.json")
+    rc = R.main(["02_zero_shot", "--out", str(tmp_path), "-p", "limit", "40", "-p", "n_boot", "20"])
+    assert rc == 0
+    second = _metrics_without_date(Path(os.environ.get("IUXRAY_OUTPUT_DIR", REPO_ROOT / "outputs"))
+                                   / "demo" / "zero_shot.json")
+    assert first == second

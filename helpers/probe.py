@@ -1,0 +1,150 @@
+"""Linear probe: one-vs-rest logistic regression on frozen image embeddings.
+
+Features are the encoder's image embeddings ``e`` (n, d), L2-normalised and standardised with
+the training split's mean and spread, ``x = (e/|e| - mu) / sigma``. For each label ``j`` an
+independent logistic regression ``p_j(x) = sigmoid(w_j . x + b_j)`` is fitted with an L2
+penalty of strength ``1/C`` (sklearn's ``LogisticRegression``). ``C`` is chosen from a grid by
+the validation split's macro AUROC (one ``C`` for all labels); class weighting for imbalance
+(``balanced``: each class weighted by ``n / (2 n_class)``) is a parameter. A label with a single
+class in the training split gets a constant score (its training prevalence).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass
+class Probe:
+    """A fitted probe. ``coef`` (k, d) and ``intercept`` (k,) act on standardised features."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    C: float
+    class_weight: str | None
+    fit_s: float
+    val_auroc_by_C: dict[float, float] = field(default_factory=dict)
+
+    def features(self, emb: np.ndarray) -> np.ndarray:
+        """Standardised, L2-normalised features (n, d) of raw embeddings (n, d)."""
+        e = np.asarray(emb, dtype=np.float64)
+        e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
+        return (e - self.mean) / self.scale
+
+    def decision_function(self, emb: np.ndarray) -> np.ndarray:
+        """Logits (n, k) of raw embeddings (n, d)."""
+        return self.features(emb) @ self.coef.T + self.intercept
+
+    def torch_logits(self, emb):
+        """The same logits as a differentiable torch function of raw embeddings (n, d) -> (n, k).
+
+        Used by Grad-CAM to explain the probe's decision through the frozen encoder.
+        """
+        import torch
+
+        e = emb / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        t = lambda a: torch.as_tensor(a, dtype=emb.dtype, device=emb.device)  # noqa: E731
+        return ((e - t(self.mean)) / t(self.scale)) @ t(self.coef).T + t(self.intercept)
+
+
+def _fit_one_C(x: np.ndarray, y: np.ndarray, C: float, class_weight: str | None,
+               max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.linear_model import LogisticRegression
+
+    k = y.shape[1]
+    coef = np.zeros((k, x.shape[1]))
+    icpt = np.zeros(k)
+    for j in range(k):
+        yj = y[:, j]
+        if yj.min() == yj.max():  # one class only: constant log-odds of the (clipped) prevalence
+            p = float(np.clip(yj.mean(), 1e-3, 1 - 1e-3))
+            icpt[j] = np.log(p / (1 - p))
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lr = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter).fit(x, yj)
+        coef[j], icpt[j] = lr.coef_[0], lr.intercept_[0]
+    return coef, icpt
+
+
+def fit_probe(emb_train: np.ndarray, y_train: np.ndarray, emb_val: np.ndarray, y_val: np.ndarray,
+              Cs: Sequence[float] = DEFAULT_CS, class_weight: str | None = "balanced",
+              max_iter: int = 2000) -> Probe:
+    """Fit the probe for every ``C`` in ``Cs``; keep the one with the best val macro AUROC.
+
+    Parameters
+    ----------
+    emb_train, emb_val : raw image embeddings (n, d). y_train, y_val : 0/1 targets (n, k).
+    class_weight : ``"balanced"`` or ``None``.
+    """
+    from .metrics import _auroc
+
+    if class_weight not in ("balanced", None):
+        raise ValueError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+    if not len(Cs) or min(Cs) <= 0:
+        raise ValueError(f"Cs must be a non-empty list of positive numbers, got {Cs!r}")
+    t0 = time.perf_counter()
+    e = np.asarray(emb_train, dtype=np.float64)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
+    mean, scale = e.mean(0), e.std(0).clip(1e-6)
+    probe = Probe(np.empty(0), np.empty(0), mean, scale, float("nan"), class_weight, 0.0)
+    x_tr, x_va = probe.features(emb_train), probe.features(emb_val)
+    best = (-np.inf, None)
+    for C in Cs:
+        coef, icpt = _fit_one_C(x_tr, np.asarray(y_train).astype(int), C, class_weight, max_iter)
+        auc = float(np.nanmean(_auroc(np.asarray(y_val).astype(int), x_va @ coef.T + icpt)))
+        probe.val_auroc_by_C[float(C)] = auc
+        if auc > best[0]:
+            best = (auc, (float(C), coef, icpt))
+    probe.C, probe.coef, probe.intercept = best[1]
+    probe.fit_s = time.perf_counter() - t0
+    return probe
+
+
+def cooccurrence_pairs(y: np.ndarray, labels: Sequence[str], min_count: int = 20,
+                       min_lift: float = 1.5) -> list[tuple[str, str, int, float]]:
+    """Label pairs (a, b) that co-occur more than by chance in ``y`` (n, k).
+
+    Lift = P(a, b) / (P(a) P(b)). Returns (a, b, count, lift), strongest lift first; "No Finding"
+    is excluded (it is defined by the others' absence).
+    """
+    y = np.asarray(y).astype(int)
+    n = len(y)
+    out = []
+    for i, a in enumerate(labels):
+        for j, b in enumerate(labels):
+            if j <= i or "No Finding" in (a, b):
+                continue
+            both = int((y[:, i] & y[:, j]).sum())
+            if both < min_count:
+                continue
+            lift = both * n / max(y[:, i].sum() * y[:, j].sum(), 1)
+            if lift >= min_lift:
+                out.append((a, b, both, float(lift)))
+    return sorted(out, key=lambda r: -r[3])
+
+
+def partner_shift(scores: np.ndarray, y: np.ndarray, j: int, k: int) -> float:
+    """How much label ``k``'s presence raises label ``j``'s score where ``j`` is absent.
+
+    Scores are turned into within-label percentiles (0-1) on the given rows, so different
+    settings compare on one scale; the result is the mean percentile of ``j`` on rows with
+    ``j = 0, k = 1`` minus that on rows with ``j = 0, k = 0`` (0: no shift; NaN if a group is empty).
+    """
+    from scipy.stats import rankdata
+
+    pct = (rankdata(scores[:, j]) - 1) / max(len(scores) - 1, 1)
+    neg = y[:, j] == 0
+    with_k, without_k = neg & (y[:, k] == 1), neg & (y[:, k] == 0)
+    if not with_k.any() or not without_k.any():
+        return float("nan")
+    return float(pct[with_k].mean() - pct[without_k].mean())

@@ -1,0 +1,71 @@
+"""Linear probe: C chosen on val, separable data is learned, co-occurrence statistics."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import probe as P
+
+
+DIRECTIONS = np.random.default_rng(42).normal(size=(3, 16))  # one signal per label, shared by all splits
+
+
+def _data(n, rng, d=16, k=3):
+    y = (rng.random((n, k)) < 0.3).astype(int)
+    e = y @ DIRECTIONS + 0.8 * rng.normal(size=(n, d)) + 5.0  # offset: normalisation must cope
+    return e, y
+
+
+def test_probe_learns_and_picks_C_on_val():
+    rng = np.random.default_rng(0)
+    etr, ytr = _data(400, rng)
+    eva, yva = _data(200, rng)
+    ete, yte = _data(200, rng)
+    p = P.fit_probe(etr, ytr, eva, yva, Cs=[0.001, 0.1, 1.0])
+    assert set(p.val_auroc_by_C) == {0.001, 0.1, 1.0}
+    assert p.val_auroc_by_C[p.C] == max(p.val_auroc_by_C.values())
+    from helpers.metrics import _auroc
+
+    assert np.nanmean(_auroc(yte, p.decision_function(ete))) > 0.9
+    assert p.coef.shape == (3, 16) and p.fit_s > 0
+
+
+def test_torch_logits_match_numpy():
+    rng = np.random.default_rng(1)
+    e, y = _data(100, rng)
+    p = P.fit_probe(e, y, e, y, Cs=[1.0])
+    t = p.torch_logits(torch.tensor(e, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(t, p.decision_function(e), rtol=1e-6, atol=1e-8)
+
+
+def test_single_class_label_gets_constant_score():
+    rng = np.random.default_rng(2)
+    e, y = _data(100, rng)
+    y[:, 1] = 0
+    p = P.fit_probe(e, y, e, y, Cs=[1.0])
+    s = p.decision_function(e)
+    assert np.ptp(s[:, 1]) == 0
+
+
+def test_bad_parameters_are_named():
+    e, y = _data(20, np.random.default_rng(3))
+    with pytest.raises(ValueError, match="class_weight"):
+        P.fit_probe(e, y, e, y, class_weight="auto")
+    with pytest.raises(ValueError, match="Cs"):
+        P.fit_probe(e, y, e, y, Cs=[])
+
+
+def test_cooccurrence_pairs_and_partner_shift():
+    rng = np.random.default_rng(4)
+    n = 2000
+    a = rng.random(n) < 0.2
+    b = np.where(a, rng.random(n) < 0.7, rng.random(n) < 0.05)  # b follows a
+    c = rng.random(n) < 0.2  # independent
+    y = np.stack([a, b, c], 1).astype(int)
+    pairs = P.cooccurrence_pairs(y, ["A", "B", "C"])
+    assert [(p[0], p[1]) for p in pairs] == [("A", "B")]
+    # a score for A that leaks B: raised wherever B is present
+    s = np.stack([a + 0.5 * b + 0.1 * rng.random(n), b.astype(float), c.astype(float)], 1)
+    assert P.partner_shift(s, y, 0, 1) > 0.3
+    clean = np.stack([a + 0.1 * rng.random(n), b, c], 1).astype(float)
+    assert abs(P.partner_shift(clean, y, 0, 1)) < 0.05
