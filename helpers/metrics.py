@@ -25,21 +25,50 @@ HEADLINE = ("f1_macro", "f1_micro", "exact_match", "lrap", "coverage_error", "ra
 
 
 def _ranking(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import coverage_error, label_ranking_average_precision_score, label_ranking_loss
+    """LRAP, coverage error and ranking loss of targets (n, k) and scores (n, k).
 
-    return {"lrap": float(label_ranking_average_precision_score(y, s)),
-            "coverage_error": float(coverage_error(y, s)),
-            "ranking_loss": float(label_ranking_loss(y, s))}
+    Vectorised re-implementations of sklearn's ``label_ranking_average_precision_score``,
+    ``coverage_error`` and ``label_ranking_loss`` (identical values, ties included; the tests
+    check it): sklearn loops over samples in Python, which made bootstrap CIs the slowest step.
+    """
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(s, dtype=float)
+    n, k = y.shape
+    npos = y.sum(1)
+    ge = s[:, None, :] >= s[:, :, None]  # ge[i, a, b]: label b scores at least as high as a
+    rank = ge.sum(2)
+    hits = (ge & y[:, None, :]).sum(2)
+    prec = np.where(y, hits / rank, 0.0).sum(1) / np.maximum(npos, 1)
+    lrap = np.where((npos == 0) | (npos == k), 1.0, prec)
+    cover = np.where(y, rank, 0).max(1)
+    bad = (y[:, :, None] & ~y[:, None, :] & (s[:, :, None] <= s[:, None, :])).sum((1, 2))
+    denom = npos * (k - npos)
+    rl = np.where(denom > 0, bad / np.maximum(denom, 1), 0.0)
+    return {"lrap": float(lrap.mean()), "coverage_error": float(cover.mean()), "ranking_loss": float(rl.mean())}
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    from sklearn.metrics import roc_auc_score
+    """Per-label AUROC (k,) by the Mann-Whitney rank formula (ties averaged, as sklearn);
+    NaN for a label with one class only."""
+    from scipy.stats import rankdata
 
-    out = np.full(y.shape[1], np.nan)
-    for j in range(y.shape[1]):
-        if 0 < y[:, j].sum() < len(y):
-            out[j] = roc_auc_score(y[:, j], s[:, j])
-    return out
+    y = np.asarray(y).astype(bool)
+    r = rankdata(np.asarray(s, dtype=float), axis=0)
+    npos = y.sum(0)
+    nneg = len(y) - npos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((r * y).sum(0) - npos * (npos + 1) / 2) / (npos * nneg)
+    return np.where((npos > 0) & (nneg > 0), auc, np.nan)
+
+
+def _f1(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Macro and micro F1 (zero when a label has no positive and no prediction), as sklearn."""
+    tp = (pred & y).sum(0)
+    fp = (pred & ~y).sum(0)
+    fn = (~pred & y).sum(0)
+    per = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
+    return float(per.mean()), float(micro)
 
 
 def point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray,
@@ -69,16 +98,12 @@ def point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray,
 
 
 def _headline(y: np.ndarray, s: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    from sklearn.metrics import f1_score
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = _ranking(y, s)
-        auc = _auroc(y, s)
-        return np.array([f1_score(y, pred, average="macro", zero_division=0),
-                         f1_score(y, pred, average="micro", zero_division=0),
-                         (pred == y).all(1).mean(), r["lrap"], r["coverage_error"], r["ranking_loss"],
-                         np.nanmean(auc) if np.isfinite(auc).any() else np.nan])
+    y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
+    r = _ranking(y, s)
+    auc = _auroc(y, s)
+    f1m, f1u = _f1(y, pred)
+    return np.array([f1m, f1u, (pred == y).all(1).mean(), r["lrap"], r["coverage_error"], r["ranking_loss"],
+                     np.nanmean(auc) if np.isfinite(auc).any() else np.nan])
 
 
 def bootstrap_ci(y: np.ndarray, s: np.ndarray, pred: np.ndarray, groups: Sequence, n_boot: int = 500,

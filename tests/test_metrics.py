@@ -85,3 +85,23 @@ def test_bootstrap_stat_point_inside_ci():
     v, lo, hi = M.bootstrap_stat(lambda idx: x[idx].mean(), groups, n_boot=300, seed=0)
     assert v == pytest.approx(x.mean()) and lo <= v <= hi
     assert M.bootstrap_stat(lambda idx: x[idx].mean(), groups, n_boot=300, seed=0) == (v, lo, hi)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_metrics_equal_sklearn(seed):
+    from sklearn.metrics import (coverage_error, f1_score, label_ranking_average_precision_score,
+                                 label_ranking_loss, roc_auc_score)
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random((120, 6)) < 0.25).astype(int)
+    y[0] = 0
+    y[1] = 1  # all-negative and all-positive rows
+    s = np.round(rng.random((120, 6)), 1)  # many ties
+    pred = (s >= 0.5).astype(int)
+    r = M._ranking(y, s)
+    assert r["lrap"] == pytest.approx(label_ranking_average_precision_score(y, s))
+    assert r["coverage_error"] == pytest.approx(coverage_error(y, s))
+    assert r["ranking_loss"] == pytest.approx(label_ranking_loss(y, s))
+    np.testing.assert_allclose(M._auroc(y, s), [roc_auc_score(y[:, j], s[:, j]) for j in range(6)])
+    assert M._f1(y.astype(bool), pred.astype(bool)) == pytest.approx(
+        (f1_score(y, pred, average="macro", zero_division=0), f1_score(y, pred, average="micro", zero_division=0)))

@@ -18,6 +18,8 @@ SMOKE = {
     "n_examples": "1",
     "limit": "40",
     "n_boot": "20",
+    "epochs": "1",
+    "max_steps_per_epoch": "2",
 }
 
 
