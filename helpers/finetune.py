@@ -306,3 +306,17 @@ def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Seq
     return FinetuneResult(scorer, history, int(best[1]), float(best[0]),
                           bool(history and history[-1]["stop"]), resumed_from, run_dir,
                           time.perf_counter() - t0, asdict(cfg))
+
+
+def load_finetuned(model: nn.Module, tokenizer, labels: Sequence[str], run_dir: str | os.PathLike,
+                   device: torch.device | str = "cpu") -> LabelScorer:
+    """The best epoch of a finished (or interrupted) run in ``run_dir``, on top of ``model``."""
+    run_dir = Path(run_dir)
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    if not best.is_file() or not last.is_file():
+        raise FileNotFoundError(f"no fine-tuning checkpoint in {run_dir} (expected best.pt and last.pt); "
+                                f"run chapter 4 first: python -m helpers.run 04_fine_tune")
+    cfg = FinetuneConfig(**torch.load(last, map_location="cpu", weights_only=False)["config"])
+    scorer = build_scorer(model, tokenizer, labels, cfg).to(device)
+    scorer.load_state_dict(torch.load(best, map_location=device, weights_only=False)["scorer"])
+    return scorer.eval()

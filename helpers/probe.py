@@ -148,3 +148,27 @@ def partner_shift(scores: np.ndarray, y: np.ndarray, j: int, k: int) -> float:
     if not with_k.any() or not without_k.any():
         return float("nan")
     return float(pct[with_k].mean() - pct[without_k].mean())
+
+
+def save_probe(path, probe: Probe) -> None:
+    """Write a fitted probe (weights, standardisation, chosen C) atomically as ``.npz``."""
+    import io
+
+    from .io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, coef=probe.coef, intercept=probe.intercept, mean=probe.mean, scale=probe.scale,
+             C=probe.C, class_weight=str(probe.class_weight), fit_s=probe.fit_s)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_probe(path) -> Probe:
+    """Read :func:`save_probe` output; a missing file names the chapter that writes it."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing; run chapter 3 first: python -m helpers.run 03_linear_probe")
+    with np.load(path) as z:
+        cw = str(z["class_weight"])
+        return Probe(z["coef"], z["intercept"], z["mean"], z["scale"], float(z["C"]),
+                     None if cw == "None" else cw, float(z["fit_s"]))

@@ -116,3 +116,73 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     pixels = I.build_pixel_cache(table.path, table.image_id, preprocess, on_error=on_error)
     return Study(profile, table.reset_index(drop=True), pixels, m, preprocess, tokenizer, info,
                  data.split_hash, source, dev)
+
+
+def embeddings_of(study: Study, model: torch.nn.Module) -> np.ndarray:
+    """Cached image embeddings (N, d) of every row of ``study`` under another model's weights
+    (e.g. a fine-tuned copy); keyed by that model's weights hash like any other."""
+    from .embeddings import image_embeddings
+    from .models import _weights_hash
+
+    return image_embeddings(model, _weights_hash(model), study.pixels, study.info.mean, study.info.std,
+                            device=study.device)
+
+
+def finetuned_scorer(study: Study):
+    """The fine-tuned model that chapter 4 recorded in ``fine_tune.json`` for this profile."""
+    import json
+
+    from .config import output_dir
+    from .finetune import load_finetuned
+
+    meta = output_dir(study.profile) / "fine_tune.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta} is missing; run chapter 4 first: python -m helpers.run 04_fine_tune")
+    run_dir = data_dir() / json.loads(meta.read_text())["run_dir"]
+    return load_finetuned(study.model, study.tokenizer, study.labels, run_dir, study.device)
+
+
+@dataclass
+class LocPairs:
+    """(image, label) pairs with a ground-truth region: ``table`` (row, image_id, report_id, label)
+    and ``masks`` bool (n, S, S) at the model's input geometry."""
+
+    table: pd.DataFrame
+    masks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+def localization_pairs(study: Study, split: str, max_pairs: int | None = None,
+                       annotations: str | None = None, seed: int = 0) -> LocPairs:
+    """Every (image of ``split``, positive label) pair whose region is known, at most ``max_pairs``.
+
+    ``demo``: regions are the phantoms' exact masks (all labels but No Finding). ``full``: regions
+    come from an annotation CSV (:mod:`helpers.annotations`; default: the shipped example).
+    Pairs whose region is empty at the model's input size are dropped.
+    """
+    from . import annotations as A
+    from .cam import load_masks
+
+    S = study.info.image_size
+    rows = study.rows(split)
+    t = study.table
+    if "mask_path" in t:
+        cand = [(r, c) for r in rows for c in study.labels if c != "No Finding" and t.at[r, c] == 1]
+    else:
+        ann = A.load_annotations(annotations or A.EXAMPLE)
+        have = set(zip(ann.image_id, ann.label))
+        cand = [(r, c) for r in rows for c in study.labels if (t.at[r, "image_id"], c) in have]
+    if max_pairs and len(cand) > max_pairs:
+        pick = np.sort(np.random.default_rng(seed).choice(len(cand), max_pairs, replace=False))
+        cand = [cand[i] for i in pick]
+    frame = pd.DataFrame({"row": [r for r, _ in cand], "image_id": [t.at[r, "image_id"] for r, _ in cand],
+                          "report_id": [t.at[r, "report_id"] for r, _ in cand], "label": [c for _, c in cand]})
+    if "mask_path" in t:
+        masks = load_masks([t.at[r, "mask_path"] for r, _ in cand], frame.label.tolist(), S)
+    else:
+        masks = np.stack([A.region_mask(ann, iid, lab, t.at[r, "path"], S)
+                          for (r, lab), iid in zip(cand, frame.image_id)]) if cand else np.zeros((0, S, S), bool)
+    keep = masks.reshape(len(masks), -1).any(1) if len(masks) else np.zeros(0, bool)
+    return LocPairs(frame[keep].reset_index(drop=True), masks[keep])

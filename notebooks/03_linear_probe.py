@@ -167,6 +167,7 @@ shift_tab.style.format({"zero-shot shift": "{:+.3f}", "probe shift": "{:+.3f}"})
 # statistics of IU-Xray's training split, not from shared image evidence.
 
 # %%
+P.save_probe(output_dir(profile) / "probe.npz", probe)  # chapter 6 explains this probe's decisions
 M.save_scores(output_dir(profile) / "lp_test_scores.npz", study.table.image_id.to_numpy()[test],
               test_logits, Y[test], study.groups(test), thr)
 out = M.write_metrics(

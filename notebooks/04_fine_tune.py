@@ -164,7 +164,8 @@ glue("ft_vs_lp_ci", f"[{cmp['linear probe'][1]:+.3f}, {cmp['linear probe'][2]:+.
 glue("ft_vs_zs", f"{cmp['zero-shot'][0]:+.3f}", display=False)
 glue("ft_vs_zs_ci", f"[{cmp['zero-shot'][1]:+.3f}, {cmp['zero-shot'][2]:+.3f}]", display=False)
 glue("sep_verdict", "holds" if holds2 else "does not hold", display=False)
-glue("n_best_ft", int((per_auc.idxmax(axis=1) == "fine-tune").sum()), display=False)
+glue("n_best_ft", int((per_auc.dropna(how="any").idxmax(axis=1) == "fine-tune").sum()), display=False)
+glue("n_auc_labels", int(per_auc.notna().all(axis=1).sum()), display=False)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 5), sharey=True)
 colors = ["#d95f02", "#7570b3", "#1b9e77"]
@@ -182,7 +183,8 @@ cmp_df.style.format("{:+.3f}")
 # %% [markdown]
 # Fine-tuning's macro AUROC differs from the linear probe's by {glue:text}`ft_vs_lp` (95% CI
 # {glue:text}`ft_vs_lp_ci`) and from zero-shot's by {glue:text}`ft_vs_zs` (95% CI
-# {glue:text}`ft_vs_zs_ci`); it has the best AUROC on {glue:text}`n_best_ft` of the 14 labels.
+# {glue:text}`ft_vs_zs_ci`); it has the best AUROC on {glue:text}`n_best_ft` of the {glue:text}`n_auc_labels` labels with
+# both classes in the test split.
 # **The separation finding {glue:text}`sep_verdict` on this run.**
 
 # %%

@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from helpers.models import TinyConfig
 from PIL import Image
 
 from helpers import embeddings as E
@@ -26,10 +28,10 @@ def test_tiny_loads_offline_with_matching_dims(tiny):
     tok = tokenizer(["no effusion", "cardiomegaly"])
     assert tok.shape == (2, 256) and info.context_length == 256
     with torch.no_grad():
-        img = model.encode_image(torch.zeros(1, 3, 224, 224))
+        img = model.encode_image(torch.zeros(1, 3, info.image_size, info.image_size))
         txt = model.encode_text(tok)
     assert img.shape[-1] == txt.shape[-1] == info.embed_dim
-    assert info.image_size == 224 and len(info.weights_sha256) == 64
+    assert info.image_size == TinyConfig().image_size and len(info.weights_sha256) == 64
     # BiomedCLIP's text tower settings
     assert type(model.text.pooler).__name__ == "ClsLastHiddenStatePooler"
     assert isinstance(model.text.proj, torch.nn.Sequential)

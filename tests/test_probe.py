@@ -69,3 +69,13 @@ def test_cooccurrence_pairs_and_partner_shift():
     assert P.partner_shift(s, y, 0, 1) > 0.3
     clean = np.stack([a + 0.1 * rng.random(n), b, c], 1).astype(float)
     assert abs(P.partner_shift(clean, y, 0, 1)) < 0.05
+
+
+def test_probe_round_trips(tmp_path):
+    e, y = _data(60, np.random.default_rng(5))
+    p = P.fit_probe(e, y, e, y, Cs=[1.0])
+    P.save_probe(tmp_path / "p.npz", p)
+    q = P.load_probe(tmp_path / "p.npz")
+    np.testing.assert_array_equal(q.decision_function(e), p.decision_function(e))
+    with pytest.raises(FileNotFoundError, match="03_linear_probe"):
+        P.load_probe(tmp_path / "missing.npz")
