@@ -45,6 +45,7 @@ class FinetuneConfig:
     """Fine-tuning parameters. ``batch_size`` is the global batch (split across DDP ranks)."""
 
     objective: str = "contrastive"
+    optimizer: str = "adam"
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-6
@@ -59,6 +60,8 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' (the seed's) or 'sgd', got {self.optimizer!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         for name in ("epochs", "batch_size", "patience"):
@@ -220,7 +223,8 @@ def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Seq
     if world > 1:
         net = nn.parallel.DistributedDataParallel(scorer, device_ids=[dev.index] if dev.type == "cuda" else None)
     params = [p for p in scorer.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam" else
+           torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
     steps_per_epoch = len(train_rows) // cfg.batch_size
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -258,10 +262,13 @@ def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Seq
         for b in bar:
             step = ep * steps_per_epoch + b
             batch = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            mine = np.sort(batch[rank * per_rank:(rank + 1) * per_rank])
-            x01 = torch.from_numpy(np.asarray(pixels.pixels[mine])).float().div_(255)
-            if cfg.augmentation:
-                x01 = augment(x01, g)
+            batch = np.sort(batch)
+            mine = batch[rank * per_rank:(rank + 1) * per_rank]
+            if cfg.augmentation:  # drawn for the whole global batch, so every rank sees what one process would
+                x01 = augment(torch.from_numpy(np.asarray(pixels.pixels[batch])).float().div_(255), g)
+                x01 = x01[rank * per_rank:(rank + 1) * per_rank]
+            else:
+                x01 = torch.from_numpy(np.asarray(pixels.pixels[mine])).float().div_(255)
             x = normalize01(x01, mean, std).to(dev, non_blocking=True)
             for gr in opt.param_groups:
                 gr["lr"] = cosine_lr(step, total, cfg.lr, warmup)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import PROFILES, REPO_ROOT, get_profile
+from .config import PROFILES, REPO_ROOT, get_profile, output_dir
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = REPO_ROOT / "book" / "chapters"
@@ -258,11 +258,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from tqdm.auto import tqdm
 
+    times_file = output_dir(args.profile) / "run_times.json"
     for c in tqdm(chapters, desc=f"chapters ({args.profile})", unit="chapter"):
         t0 = time.perf_counter()
         path = execute(c, params[c], args.out, args.kernel)
-        tqdm.write(f"{c}: {time.perf_counter() - t0:.1f} s -> {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
+        dt = time.perf_counter() - t0
+        tqdm.write(f"{c}: {dt:.1f} s -> {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
+        record_time(times_file, c, dt, params[c])
     return 0
+
+
+def record_time(path: Path, chapter: str, seconds: float, params: dict[str, Any]) -> None:
+    """Add one chapter's execution time to ``run_times.json`` (the benchmark page reads it)."""
+    import datetime as dt
+
+    from .io import atomic_write_json
+
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old[chapter] = {"seconds": seconds, "params": params, "cores": os.cpu_count(),
+                    "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    atomic_write_json(path, old)
 
 
 if __name__ == "__main__":
