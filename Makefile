@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-done
 PROFILE ?= demo
 ARGS   ?=
 
-.PHONY: setup run book test serve clean
+.PHONY: setup run book test bench serve clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ book: run
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m helpers.bench
+	@echo "Wrote benchmarks/results.json; re-run the benchmark page with: $(PY) -m helpers.run 08_benchmarks"
 
 serve:
 	$(PY) -m http.server --directory _build/html 8000

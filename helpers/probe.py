@@ -56,24 +56,31 @@ class Probe:
         return ((e - t(self.mean)) / t(self.scale)) @ t(self.coef).T + t(self.intercept)
 
 
-def _fit_one_C(x: np.ndarray, y: np.ndarray, C: float, class_weight: str | None,
-               max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+def _fit_path(x: np.ndarray, y: np.ndarray, Cs: Sequence[float], class_weight: str | None,
+              max_iter: int) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+    """Fit every label for every C: C -> (coef (k, d), intercept (k,)).
+
+    Per label, the Cs are fitted in increasing order, each starting from the previous solution
+    (``warm_start``): the regularisation path costs little more than its hardest fit.
+    """
     from sklearn.linear_model import LogisticRegression
 
     k = y.shape[1]
-    coef = np.zeros((k, x.shape[1]))
-    icpt = np.zeros(k)
+    out = {float(C): (np.zeros((k, x.shape[1])), np.zeros(k)) for C in Cs}
     for j in range(k):
         yj = y[:, j]
         if yj.min() == yj.max():  # one class only: constant log-odds of the (clipped) prevalence
             p = float(np.clip(yj.mean(), 1e-3, 1 - 1e-3))
-            icpt[j] = np.log(p / (1 - p))
+            for C in out:
+                out[C][1][j] = np.log(p / (1 - p))
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            lr = LogisticRegression(C=C, class_weight=class_weight, max_iter=max_iter).fit(x, yj)
-        coef[j], icpt[j] = lr.coef_[0], lr.intercept_[0]
-    return coef, icpt
+        lr = LogisticRegression(class_weight=class_weight, max_iter=max_iter, warm_start=True)
+        for C in sorted(out):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lr.set_params(C=C).fit(x, yj)
+            out[C][0][j], out[C][1][j] = lr.coef_[0], lr.intercept_[0]
+    return out
 
 
 def fit_probe(emb_train: np.ndarray, y_train: np.ndarray, emb_val: np.ndarray, y_val: np.ndarray,
@@ -99,8 +106,8 @@ def fit_probe(emb_train: np.ndarray, y_train: np.ndarray, emb_val: np.ndarray, y
     probe = Probe(np.empty(0), np.empty(0), mean, scale, float("nan"), class_weight, 0.0)
     x_tr, x_va = probe.features(emb_train), probe.features(emb_val)
     best = (-np.inf, None)
-    for C in Cs:
-        coef, icpt = _fit_one_C(x_tr, np.asarray(y_train).astype(int), C, class_weight, max_iter)
+    path = _fit_path(x_tr, np.asarray(y_train).astype(int), Cs, class_weight, max_iter)
+    for C, (coef, icpt) in path.items():
         auc = float(np.nanmean(_auroc(np.asarray(y_val).astype(int), x_va @ coef.T + icpt)))
         probe.val_auroc_by_C[float(C)] = auc
         if auc > best[0]:

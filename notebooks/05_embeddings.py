@@ -98,12 +98,15 @@ glue("ratio_verdict", "rises" if rises else ("falls" if hi < 0 else "does not ch
      display=False)
 
 per = pd.DataFrame({names[s]: {c: v["ratio"] for c, v in geo[s]["per_label"].items()} for s in ("zs", "ft")})
-ax = per.plot.barh(figsize=(6, 5), color=["#d95f02", "#1b9e77"])
-ax.set_xlabel("inter / intra ratio of the class (test)")
-ax.invert_yaxis()
-ax.set_title("Per-label distance ratio")
-plt.tight_layout()
-plt.show()
+if per.empty:
+    print("no label has five or more test images in this run: no per-label ratios to plot")
+else:
+    ax = per.plot.barh(figsize=(6, 5), color=["#d95f02", "#1b9e77"])
+    ax.set_xlabel("inter / intra ratio of the class (test)")
+    ax.invert_yaxis()
+    ax.set_title("Per-label distance ratio")
+    plt.tight_layout()
+    plt.show()
 
 # %% [markdown]
 # The overall ratio goes from {glue:text}`ratio_zs` (zero-shot) to {glue:text}`ratio_ft`
