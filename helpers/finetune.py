@@ -38,6 +38,8 @@ from torch import nn
 from .io import sha256_bytes
 
 OBJECTIVES = ("contrastive", "bce")
+VERSION = "1"
+"""Part of every run key: bump when training semantics change, so stale runs are not reloaded."""
 
 
 @dataclass
@@ -166,7 +168,7 @@ def predict_logits(scorer: nn.Module, pixels, rows: Sequence[int], mean, std, ba
 
 def run_key(cfg: FinetuneConfig, base_weights: str, pixel_key: str, train_rows, val_rows, y) -> str:
     """Hash of everything that determines a run: config, base weights, images, split, labels."""
-    parts = [json.dumps(asdict(cfg), sort_keys=True), base_weights, pixel_key,
+    parts = [VERSION, json.dumps(asdict(cfg), sort_keys=True), base_weights, pixel_key,
              sha256_bytes(np.asarray(train_rows).tobytes()), sha256_bytes(np.asarray(val_rows).tobytes()), sha256_bytes(np.ascontiguousarray(y).tobytes())]
     return sha256_bytes("|".join(parts).encode(), 16)
 

@@ -16,6 +16,8 @@
 # %% [markdown]
 # # 1. The data: IU-Xray reports, labels and splits
 #
+# ## Overview
+#
 # **The question.** Before asking how well BiomedCLIP classifies IU-Xray, we need to know
 # what the labels are, where they come from, how trustworthy they are, and how rare each
 # finding is. Every later chapter inherits this chapter's label table and split.
@@ -26,6 +28,16 @@
 # labels; we derive the 14 CheXpert observations {cite}`irvin2019chexpert` from the report
 # text with a rule-based labeler, and check them against a second, independent scheme built
 # from the MeSH terms.
+#
+# You will learn how to turn free-text reports into multi-label targets (mentions, negation,
+# uncertainty), how to judge such labels against an independent coding, how imbalanced and
+# entangled the 14 findings are, and how to split multi-label data without leaking a report
+# across splits.
+#
+# ## Prerequisites
+#
+# None beyond basic Python and pandas. The terms used throughout the book are in the
+# {doc}`../glossary`.
 
 # %% tags=["parameters"]
 profile = "demo"  # demo or full: which inputs; this chapter uses the real reports in both
@@ -323,5 +335,54 @@ st
 # - The problem is multi-label and heavily imbalanced, with strong co-occurrences.
 # - The split is at report level, stratified, seeded and hashed.
 #
-# **What's next.** Chapter 2 asks how well a vision-language model recognises these findings
-# without any training (zero-shot).
+# ## What's next
+#
+# {doc}`02_zero_shot` asks how well a vision-language model recognises these findings without any
+# training (zero-shot).
+#
+# ## Exercises
+#
+# :::{exercise}
+# :label: ex-data-uncertain
+#
+# Re-run the chapter with `-p uncertain_policy negative`. Which labels lose the most positives,
+# and how does that change the agreement with MeSH for them?
+# :::
+#
+# :::{solution} ex-data-uncertain
+# :class: dropdown
+#
+# Labels that radiologists often hedge ("possible pneumonia", "cannot exclude atelectasis") lose
+# the most; the prevalence table and the agreement table show by how much. If MeSH coders also
+# skip hedged findings, agreement for those labels rises under the negative policy.
+# :::
+#
+# :::{exercise}
+# :label: ex-data-split
+#
+# Why is the split made by *report* rather than by image? What would go wrong with an image-level
+# split?
+# :::
+#
+# :::{solution} ex-data-split
+# :class: dropdown
+#
+# A report has several images of the same patient and the same labels. Split by image, a test
+# image's twin (the same chest, the other view or a repeat) could sit in training, and every test
+# metric would be optimistic.
+# :::
+#
+# :::{exercise}
+# :label: ex-data-nofinding
+#
+# CheXpert's rule makes *No Finding* positive only when no other finding (Support Devices aside)
+# is positive. What does this do to No Finding's co-occurrence with the other labels?
+# :::
+#
+# :::{solution} ex-data-nofinding
+# :class: dropdown
+#
+# No Finding never co-occurs with the other 12 findings by construction (only with Support
+# Devices), so it is strongly anti-correlated with them: a model can score it well just by
+# detecting "anything abnormal".
+# :::

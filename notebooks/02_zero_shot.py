@@ -16,14 +16,28 @@
 # %% [markdown]
 # # 2. Zero-shot classification
 #
+# ## Overview
+#
 # **The question.** Without any training on IU-Xray, how well does a CLIP-style model recognise
 # the 14 findings, and does it, as the seed study reports {cite}`sadman2025interpreting`,
 # over-predict every label?
 #
+# You will learn how a CLIP model {cite}`radford2021clip` classifies without training, why the
+# seed's single-prompt probabilities are not calibrated for multi-label data, how CheXzero's
+# paired prompts fix part of that, and how much tuning on the test split would flatter the result.
+#
+# ## Prerequisites
+#
+# - The labels, their imbalance and the report-level split of {doc}`01_data`.
+# - {term}`AUROC`, {term}`F1 (macro, micro)`, {term}`Exact match`, {term}`LRAP` and
+#   {term}`Coverage error` (see the {doc}`../glossary`).
+#
+# ## Method
+#
 # A CLIP model embeds an image $x$ and a text $t$ into the same space; with unit-normalised
 # embeddings $u(x)$, $v(t)$ and the learned temperature $\tau$, the image-text logit is
 #
-# $$ z(x, t) = \tau \, \langle u(x), v(t) \rangle . $$
+# $$ z(x, t) = \tau \, \langle u(x), v(t) \rangle . $$ (eq-clip-logit)
 #
 # Two ways to turn logits into per-label probabilities:
 #
@@ -35,9 +49,9 @@
 # 2. **Paired prompts** (CheXzero {cite}`tiu2022chexzero`): for each label a positive prompt
 #    $t_j^+$ ("cardiomegaly") and a negative one $t_j^-$ ("no cardiomegaly"),
 #
-#    $$ p_{ij} = \frac{e^{z(x_i, t_j^+)}}{e^{z(x_i, t_j^+)} + e^{z(x_i, t_j^-)}} , $$
+#    $$ p_{ij} = \frac{e^{z(x_i, t_j^+)}}{e^{z(x_i, t_j^+)} + e^{z(x_i, t_j^-)}} , $$ (eq-paired)
 #
-#    optionally with prompt *ensembles* (several phrasings, embeddings averaged).
+#    that is, a sigmoid of the difference of two logits {eq}`eq-clip-logit`; optionally with prompt *ensembles* (several phrasings, embeddings averaged).
 #
 # Every choice (probability mode, prompt template, ensemble, per-label thresholds) is made on the
 # **validation** split and applied once to **test**; the chapter ends by showing what tuning on
@@ -187,11 +201,20 @@ ax.set_ylabel("fraction of test images")
 ax.legend(fontsize=8)
 ax.set_title("Predicted-positive rate against prevalence (test)")
 fig.tight_layout()
-plt.show()
+glue("fig_overprediction", fig, display=False)
+plt.close(fig)
 over_df.style.format("{:.2f}")
 
 # %% [markdown]
-# With the seed's approach the model predicts {glue:text}`over_ratio` times as many positive
+# ```{glue:figure} fig_overprediction
+# :name: fig-overprediction
+#
+# Fraction of test images predicted positive for each label, against the label's prevalence
+# (grey): the seed's rule (a sigmoid of single-prompt logits at a fixed threshold, orange) and
+# paired prompts {eq}`eq-paired` at thresholds tuned on validation (green).
+# ```
+#
+# With the seed's approach ({numref}`fig-overprediction`, orange) the model predicts {glue:text}`over_ratio` times as many positive
 # labels as there are (95% CI {glue:text}`over_ci`): **the over-prediction finding
 # {glue:text}`over_verdict` on this run.** With the paired prompts and thresholds tuned on
 # validation data the ratio is {glue:text}`tuned_ratio` (95% CI {glue:text}`tuned_ci`): how much
@@ -249,5 +272,56 @@ print(out)
 #   validation-tuned thresholds fix most of that.
 # - Selecting prompts and thresholds on test inflates the reported numbers.
 #
-# **What's next.** Chapter 3 keeps the image encoder frozen and trains only a linear classifier on
-# its embeddings.
+# ## What's next
+#
+# {doc}`03_linear_probe` keeps the image encoder frozen and trains only a linear classifier on its
+# embeddings.
+#
+# ## Exercises
+#
+# :::{exercise}
+# :label: ex-zs-template
+#
+# In the table of candidates (validation and test macro AUROC side by side), which template and
+# ensemble setting does validation choose, and would test have chosen the same one? What does a
+# disagreement tell you about choosing prompts on a small validation split?
+# :::
+#
+# :::{solution} ex-zs-template
+# :class: dropdown
+#
+# The candidates table lists validation and test macro AUROC side by side. Validation picks one
+# candidate; test may prefer another, because with ~500 validation images the differences between
+# candidates are often inside the bootstrap noise. Selecting on validation is still the only honest
+# choice: picking the test winner is exactly the leak measured at the end of the chapter.
+# :::
+#
+# :::{exercise}
+# :label: ex-zs-threshold
+#
+# Run `python -m helpers.run 02_zero_shot -p seed_threshold 0.9`. How do the seed-method rows of
+# the first table change (labels predicted per image, exact match, LRAP)? Why does LRAP not
+# change at all?
+# :::
+#
+# :::{solution} ex-zs-threshold
+# :class: dropdown
+#
+# A higher threshold predicts fewer labels, so the over-prediction ratio and F1 move, and exact
+# match can rise (fewer false positives on normal images). LRAP, coverage error and AUROC depend
+# only on the *ranking* of the scores, never on a threshold, so they stay the same.
+# :::
+#
+# :::{exercise}
+# :label: ex-zs-softmax
+#
+# Explain why the `softmax` probability mode can never predict more than one label per image at
+# a threshold above 0.5, whatever the image shows.
+# :::
+#
+# :::{solution} ex-zs-softmax
+# :class: dropdown
+#
+# A softmax over the 14 labels sums to 1, so at most one label can exceed 0.5. It forces the
+# labels to compete, which suits single-label classification, not findings that co-occur.
+# :::

@@ -16,22 +16,36 @@
 # %% [markdown]
 # # 3. Linear probing
 #
+# ## Overview
+#
 # **The question.** The image encoder stays frozen; only a linear classifier is trained on its
 # embeddings. How much of the gap between zero-shot and a trained model does that close, and
 # does the probe, as the seed study suggests {cite}`sadman2025interpreting`, lean on findings
 # that merely *co-occur* with the one it is asked about?
 #
-# **Method.** For image $i$ let $e_i \in \mathbb{R}^d$ be the frozen image embedding. The features
+# You will learn how to fit and regularise a probe without touching the test split, how class
+# weighting answers imbalance, and a direct test of whether a classifier uses co-occurring
+# findings as shortcuts.
+#
+# ## Prerequisites
+#
+# - {doc}`01_data` (label co-occurrence) and {doc}`02_zero_shot` (this chapter compares with its
+#   scores, which it reads from chapter 2's output).
+# - Logistic regression with an L2 penalty; {term}`AUROC`, {term}`Linear probe`.
+#
+# ## Method
+#
+# For image $i$ let $e_i \in \mathbb{R}^d$ be the frozen image embedding. The features
 # are the L2-normalised embeddings, standardised with the training split's mean $\mu$ and spread
 # $\sigma$: $x_i = (e_i/\lVert e_i\rVert - \mu)/\sigma$. For every label $j$ an independent logistic
 # regression is fitted,
 #
 # $$ p_{ij} = \sigma(w_j^\top x_i + b_j), \qquad
 #    \min_{w_j, b_j} \; \tfrac{1}{2}\lVert w_j \rVert^2 + C \sum_i c_{y_{ij}} \,
-#    \mathrm{BCE}(p_{ij}, y_{ij}) , $$
+#    \mathrm{BCE}(p_{ij}, y_{ij}) , $$ (eq-probe)
 #
 # with class weights $c_y = n / (2 n_y)$ when `class_weight="balanced"` (imbalance: most labels
-# are rare) and $c_y = 1$ otherwise. The strength $C$ is chosen from a grid by the validation
+# are rare) and $c_y = 1$ otherwise ({eq}`eq-probe`). The strength $C$ is chosen from a grid by the validation
 # macro AUROC, and per-label decision thresholds maximise validation F1. Test labels are read
 # once, for the final numbers.
 
@@ -82,11 +96,20 @@ ax.set_xlabel("C (inverse regularisation strength)")
 ax.set_ylabel("validation macro AUROC")
 ax.set_title("Choosing C on validation")
 fig.tight_layout()
-plt.show()
+glue("fig_choose_c", fig, display=False)
+plt.close(fig)
 
 # %% [markdown]
+# ```{glue:figure} fig_choose_c
+# :name: fig-choose-c
+#
+# Validation macro AUROC of the probe for each regularisation strength $C$; the dashed line marks
+# the chosen one. The test split plays no part in this choice.
+# ```
+#
 # The whole grid (14 labels × {glue:text}`lp_n_C` values of $C$) took {glue:text}`lp_fit_s` s to fit
-# from the cached embeddings; the chosen strength is $C$ = {glue:text}`lp_C`.
+# from the cached embeddings; the chosen strength is $C$ = {glue:text}`lp_C`
+# ({numref}`fig-choose-c`).
 
 # %%
 glue("lp_n_C", len(Cs), display=False)
@@ -112,10 +135,18 @@ ax.axvline(0.5, color="k", lw=0.8)
 ax.set_xlabel("test AUROC")
 ax.invert_yaxis()
 plt.tight_layout()
-plt.show()
+glue("fig_lp_per_label", ax.figure, display=False)
+plt.close(ax.figure)
 per.style.format("{:.3f}")
 
 # %% [markdown]
+# ```{glue:figure} fig_lp_per_label
+# :name: fig-lp-per-label
+#
+# Test AUROC per label: zero-shot (chapter 2's validation-selected prompts) and the linear probe.
+# The line marks chance.
+# ```
+#
 # ## Finding 3: does the probe pick up co-occurring findings?
 #
 # Labels co-occur in real reports (an enlarged heart often comes with edema or an effusion). A
@@ -126,9 +157,9 @@ per.style.format("{:.3f}")
 # $a$'s score on images that have the partner $b$, minus that on images without it,
 #
 # $$ \Delta_{a \leftarrow b} = \overline{\mathrm{pct}_a}\,\big|_{a=0,\,b=1}
-#    - \overline{\mathrm{pct}_a}\,\big|_{a=0,\,b=0} . $$
+#    - \overline{\mathrm{pct}_a}\,\big|_{a=0,\,b=0} . $$ (eq-partner-shift)
 #
-# $\Delta = 0$ means $a$'s score ignores $b$. The finding holds if the probe's mean shift exceeds
+# $\Delta = 0$ in {eq}`eq-partner-shift` means $a$'s score ignores $b$. The finding holds if the probe's mean shift exceeds
 # zero-shot's (a model that never saw IU-Xray's co-occurrences), with a paired report-level
 # bootstrap CI above zero.
 
@@ -182,8 +213,58 @@ print(out)
 # %% [markdown]
 # ## Summary
 #
-# - A linear probe on frozen embeddings reaches a test macro AUROC of {glue:text}`lp_auroc` (macro
+# - Per label ({numref}`fig-lp-per-label`), a linear probe on frozen embeddings reaches a test macro AUROC of {glue:text}`lp_auroc` (macro
 #   F1 {glue:text}`lp_f1`), in {glue:text}`lp_fit_s` s of fitting.
 # - Whether it exploits co-occurrence is measured, not assumed: the partner-shift test above.
 #
-# **What's next.** Chapter 4 unfreezes every weight and fine-tunes the whole model.
+# ## What's next
+#
+# {doc}`04_fine_tune` unfreezes every weight and fine-tunes the whole model.
+#
+# ## Exercises
+#
+# :::{exercise}
+# :label: ex-lp-weights
+#
+# Run `python -m helpers.run 03_linear_probe -p class_weight none`. Which metrics change most:
+# AUROC or F1? Explain why from what class weighting does to the loss {eq}`eq-probe`.
+# :::
+#
+# :::{solution} ex-lp-weights
+# :class: dropdown
+#
+# Without weights the rare labels' positives contribute little to the loss, so the fitted scores
+# for rare labels are compressed towards low values. AUROC depends only on the ranking within a
+# label and usually moves little; the thresholded metrics move more, although per-label
+# thresholds tuned on validation absorb part of the shift.
+# :::
+#
+# :::{exercise}
+# :label: ex-lp-grid
+#
+# Narrow the grid to one value, `-p Cs "[100.0]"` (almost no regularisation). Compare the
+# validation and test AUROC with the chapter's default. What does the gap tell you?
+# :::
+#
+# :::{solution} ex-lp-grid
+# :class: dropdown
+#
+# Weak regularisation lets the probe fit the training split's noise, including the co-occurrence
+# patterns of the training reports; validation and test AUROC drop relative to the tuned $C$. The
+# grid and its choice on validation are what keep the probe honest.
+# :::
+#
+# :::{exercise}
+# :label: ex-lp-shift
+#
+# The partner shift uses within-label percentiles rather than raw scores. Why would raw scores
+# make the comparison between zero-shot and the probe meaningless?
+# :::
+#
+# :::{solution} ex-lp-shift
+# :class: dropdown
+#
+# Zero-shot scores are probabilities from a softmax over two prompts; probe scores are logits of
+# another scale. A raw difference mixes the effect with the scale. Percentiles put both on the
+# same 0-1 scale, where a shift is comparable.
+# :::

@@ -16,11 +16,25 @@
 # %% [markdown]
 # # 4. Full fine-tuning
 #
+# ## Overview
+#
 # **The question.** If every weight may change, how far past zero-shot and the linear probe does
 # the model go on IU-Xray, and is the seed study's claim {cite}`sadman2025interpreting` that
 # fine-tuning separates the diseases best borne out, label by label, with confidence intervals?
 #
-# **Method.** Both objectives produce one logit $z_{ij}$ per image $i$ and label $j$ and minimise
+# You will learn two ways to fine-tune a CLIP model for multi-label classification, how early
+# stopping and checkpointing make training safe to interrupt, and how to compare three settings
+# on the same images with paired confidence intervals.
+#
+# ## Prerequisites
+#
+# - {doc}`02_zero_shot` (the paired prompts) and {doc}`03_linear_probe`; this chapter reads both
+#   chapters' test scores.
+# - Binary cross-entropy, Adam, learning-rate schedules.
+#
+# ## Method
+#
+# Both objectives produce one logit $z_{ij}$ per image $i$ and label $j$ and minimise
 # the mean binary cross-entropy $\frac{1}{nk}\sum_{ij}\mathrm{BCE}(\sigma(z_{ij}), y_{ij})$:
 #
 # * **contrastive** (image-text, label prompts; the default): with normalised image embedding
@@ -28,9 +42,9 @@
 #   ("cardiomegaly" / "no cardiomegaly", recomputed at every step so the text tower trains too)
 #   and the seed's fixed temperature $T = 0.17$,
 #
-#   $$ z_{ij} = \frac{\langle u_i, v_j^{+}\rangle - \langle u_i, v_j^{-}\rangle}{T} , $$
+#   $$ z_{ij} = \frac{\langle u_i, v_j^{+}\rangle - \langle u_i, v_j^{-}\rangle}{T} , $$ (eq-ft-logit)
 #
-#   the log-odds of chapter 2's paired-prompt softmax: after training, the model is scored exactly
+#   the log-odds of chapter 2's paired-prompt softmax {eq}`eq-paired`: after training, the model is scored exactly
 #   as zero-shot was;
 # * **bce** (a classification head): $z_i = W u_i + b$, with $W$ initialised at the zero-shot
 #   solution $W_j = (v_j^{+} - v_j^{-})/T$, $b = 0$.
@@ -114,10 +128,18 @@ a2.set_ylabel("validation macro AUROC")
 a2.legend()
 fig.suptitle("Fine-tuning curves")
 fig.tight_layout()
-plt.show()
+glue("fig_ft_curves", fig, display=False)
+plt.close(fig)
 
 # %% [markdown]
-# Training ran {glue:text}`ft_epochs` epochs; the best validation epoch, {glue:text}`ft_best_epoch`,
+# ```{glue:figure} fig_ft_curves
+# :name: fig-ft-curves
+#
+# Left: training and validation loss per epoch. Right: validation macro AUROC, which decides
+# early stopping; the dashed line marks the epoch whose weights are kept.
+# ```
+#
+# Training ran {glue:text}`ft_epochs` epochs ({numref}`fig-ft-curves`); the best validation epoch, {glue:text}`ft_best_epoch`,
 # is the model evaluated below. Thresholds again maximise validation F1 per label.
 
 # %%
@@ -177,11 +199,19 @@ axes[1].set_xlabel("test F1 (validation thresholds)")
 axes[0].invert_yaxis()
 fig.suptitle("Per-label separation in the three settings")
 fig.tight_layout()
-plt.show()
+glue("fig_three_settings", fig, display=False)
+plt.close(fig)
 cmp_df.style.format("{:+.3f}")
 
 # %% [markdown]
-# Fine-tuning's macro AUROC differs from the linear probe's by {glue:text}`ft_vs_lp` (95% CI
+# ```{glue:figure} fig_three_settings
+# :name: fig-three-settings
+#
+# Per-label test AUROC (left) and F1 at validation thresholds (right) for zero-shot, the linear
+# probe and the fine-tuned model, on the same test images.
+# ```
+#
+# Per label ({numref}`fig-three-settings`), fine-tuning's macro AUROC differs from the linear probe's by {glue:text}`ft_vs_lp` (95% CI
 # {glue:text}`ft_vs_lp_ci`) and from zero-shot's by {glue:text}`ft_vs_zs` (95% CI
 # {glue:text}`ft_vs_zs_ci`); it has the best AUROC on {glue:text}`n_best_ft` of the {glue:text}`n_auc_labels` labels with
 # both classes in the test split.
@@ -205,4 +235,58 @@ print(out)
 #   {glue:text}`ft_f1`) after {glue:text}`ft_train_min` min of training.
 # - Its advantage over the probe and zero-shot is measured on the same images with paired CIs.
 #
-# **What's next.** Chapter 5 asks *why*, in the geometry of the embedding space.
+# ## What's next
+#
+# {doc}`05_embeddings` asks *why*, in the geometry of the embedding space.
+#
+# ## Exercises
+#
+# :::{exercise}
+# :label: ex-ft-bce
+#
+# Run `python -m helpers.run 04_fine_tune -p objective bce`. The head starts at the zero-shot
+# solution, so what should the validation AUROC be before the first update, and why might the
+# two objectives end at different places?
+# :::
+#
+# :::{solution} ex-ft-bce
+# :class: dropdown
+#
+# With $W_j = (v_j^+ - v_j^-)/T$ and $b = 0$, the head's logits equal {eq}`eq-ft-logit` for the
+# initial weights: the starting point is chapter 2's paired-prompt classifier. The contrastive
+# objective keeps every label tied to its prompt's text embedding (and trains the text tower);
+# the BCE head may move each label's direction freely, which fits faster but forgets the text.
+# :::
+#
+# :::{exercise}
+# :label: ex-ft-resume
+#
+# Interrupt a fine-tuning run (Ctrl-C in `python -m helpers.run 04_fine_tune -p epochs 12`) after
+# a few epochs and start it again. Where does it start, and why are the final weights the same as
+# those of an uninterrupted run?
+# :::
+#
+# :::{solution} ex-ft-resume
+# :class: dropdown
+#
+# `last.pt` is written atomically after every epoch with the weights, the optimiser state, the
+# history and the random-number state; the data order of every epoch is drawn from a generator
+# seeded by the epoch number. The run restarts at the first unfinished epoch and replays exactly
+# what the uninterrupted run would have done (a test checks this).
+# :::
+#
+# :::{exercise}
+# :label: ex-ft-paired
+#
+# Why are the comparisons between settings made with a *paired* bootstrap (one resample of the
+# reports shared by both settings) rather than by checking whether two separate CIs overlap?
+# :::
+#
+# :::{solution} ex-ft-paired
+# :class: dropdown
+#
+# Both settings are scored on the same images; their errors are correlated (hard images are hard
+# for both). Resampling once and taking the difference keeps that correlation, giving a much
+# narrower and correct interval for the difference. Overlapping separate CIs do not imply that
+# the difference is insignificant.
+# :::

@@ -16,20 +16,33 @@
 # %% [markdown]
 # # 5. The embedding space
 #
+# ## Overview
+#
 # **The question.** Chapters 2-4 measured *what* each protocol achieves. Here we look at *why*,
 # in the geometry of the image embeddings: are the classes further apart, relative to their
 # spread, after fine-tuning? The seed study {cite}`sadman2025interpreting` reports the
-# inter-/intra-class distance ratio rising from 1.506 (zero-shot) to 1.784 (fine-tuned).
+# inter-/intra-class distance ratio rising from zero-shot to fine-tuned (its values are in the
+# {doc}`07_results` table).
 #
-# **Definitions.** For raw (unnormalised) image embeddings $e_i$ of the test images and the 14
+# You will learn precise definitions of class distances for multi-label data, how to put a
+# confidence interval on them, and how (not) to read UMAP and t-SNE pictures.
+#
+# ## Prerequisites
+#
+# - {doc}`04_fine_tune`: this chapter loads its fine-tuned model.
+# - {term}`Inter-class distance`, {term}`Intra-class distance`.
+#
+# ## Definitions
+#
+# For raw (unnormalised) image embeddings $e_i$ of the test images and the 14
 # labels, an image counts toward *every* class it is positive for. With the centroid
 # $c_j = \frac{1}{|C_j|}\sum_{i \in C_j} e_i$ of class $C_j = \{i : y_{ij} = 1\}$,
 #
 # $$ \mathrm{intra}_j = \frac{1}{|C_j|}\sum_{i \in C_j} \lVert e_i - c_j \rVert_2 , \qquad
 #    \mathrm{inter} = \binom{k'}{2}^{-1} \sum_{j < l} \lVert c_j - c_l \rVert_2 , \qquad
-#    \mathrm{ratio} = \frac{\mathrm{inter}}{\frac{1}{k'}\sum_j \mathrm{intra}_j} , $$
+#    \mathrm{ratio} = \frac{\mathrm{inter}}{\frac{1}{k'}\sum_j \mathrm{intra}_j} , $$ (eq-ratio)
 #
-# over the $k'$ classes with at least five test images. Distances carry each model's scale; the
+# over the $k'$ classes with at least five test images {eq}`eq-ratio`. Distances carry each model's scale; the
 # ratio is scale-free and is the number to compare. The linear probe does not change the
 # encoder, so its embedding space *is* the zero-shot one: its distances are identical by
 # construction (the seed's 31.894 vs 31.890 can only be numerical noise).
@@ -98,17 +111,26 @@ glue("ratio_verdict", "rises" if rises else ("falls" if hi < 0 else "does not ch
      display=False)
 
 per = pd.DataFrame({names[s]: {c: v["ratio"] for c, v in geo[s]["per_label"].items()} for s in ("zs", "ft")})
+fig, ax = plt.subplots(figsize=(6, 5))
 if per.empty:
-    print("no label has five or more test images in this run: no per-label ratios to plot")
+    ax.text(0.5, 0.5, "no label has five or more test images in this run", ha="center", va="center")
+    ax.set_axis_off()
 else:
-    ax = per.plot.barh(figsize=(6, 5), color=["#d95f02", "#1b9e77"])
+    per.plot.barh(ax=ax, color=["#d95f02", "#1b9e77"])
     ax.set_xlabel("inter / intra ratio of the class (test)")
     ax.invert_yaxis()
-    ax.set_title("Per-label distance ratio")
-    plt.tight_layout()
-    plt.show()
+ax.set_title("Per-label distance ratio")
+fig.tight_layout()
+glue("fig_ratio_per_label", fig, display=False)
+plt.close(fig)
 
 # %% [markdown]
+# ```{glue:figure} fig_ratio_per_label
+# :name: fig-ratio-per-label
+#
+# Inter/intra distance ratio of each label's class (test images), frozen encoder and fine-tuned.
+# ```
+#
 # The overall ratio goes from {glue:text}`ratio_zs` (zero-shot) to {glue:text}`ratio_ft`
 # (fine-tuned), a change of {glue:text}`ratio_diff` (paired bootstrap 95% CI
 # {glue:text}`ratio_diff_ci`): on this run the ratio **{glue:text}`ratio_verdict`** with fine-tuning.
@@ -116,7 +138,7 @@ else:
 # scatters: the encoder now spends its dimensions on what tells the labels apart, which is what
 # lets a simple rule on top (the paired prompts) separate them. The ratio summarises centroids,
 # not decision boundaries, so it can move less than AUROC does (or the other way round): per
-# label, the bars above show where the change happens.
+# label, {numref}`fig-ratio-per-label` shows where the change happens.
 #
 # ## Projections
 #
@@ -149,7 +171,19 @@ for r, s in enumerate(("zs", "ft")):
         ax.set_yticks([])
 axes[0, 0].legend(fontsize=7, markerscale=2)
 fig.tight_layout()
-plt.show()
+glue("fig_projections", fig, display=False)
+plt.close(fig)
+
+# %% [markdown]
+# ```{glue:figure} fig_projections
+# :name: fig-projections
+#
+# UMAP (left) and t-SNE (right) of test-image embeddings before (top) and after (bottom)
+# fine-tuning, coloured by the rarest highlighted label each image has.
+# ```
+#
+# In {numref}`fig-projections`, look for whether images with findings gather apart from the normal
+# ones after fine-tuning; the ratio above is the quantitative version of that impression.
 
 # %%
 out = atomic_write_json(output_dir(profile) / R.GEOMETRY_FILE, {
@@ -165,5 +199,54 @@ print(out)
 #   fine-tuning.
 # - The results page puts these distances beside the seed's.
 #
-# **What's next.** Chapter 6 asks where in the image each model looks, and checks it against the
-# true lesion regions.
+# ## What's next
+#
+# {doc}`06_grad_cam` asks where in the image each model looks, and checks it against the true
+# lesion regions.
+#
+# ## Exercises
+#
+# :::{exercise}
+# :label: ex-geo-scale
+#
+# Multiply every embedding by 10. What happens to the inter- and intra-class distances and to
+# the ratio {eq}`eq-ratio`? Why is only the ratio comparable between two different models?
+# :::
+#
+# :::{solution} ex-geo-scale
+# :class: dropdown
+#
+# Both distances are multiplied by 10; the ratio is unchanged. Two models' embeddings have
+# arbitrary, different scales (a fine-tuned model can change its norms), so absolute distances
+# do not compare, while the ratio does.
+# :::
+#
+# :::{exercise}
+# :label: ex-geo-multilabel
+#
+# An image with both Cardiomegaly and Edema counts toward both classes. How does that pull the
+# two centroids, and what does it do to the inter-class distance of co-occurring labels?
+# :::
+#
+# :::{solution} ex-geo-multilabel
+# :class: dropdown
+#
+# Shared members pull both centroids towards the same images, so labels that often co-occur end
+# up with close centroids and a small inter-class distance, even if the encoder separates the
+# findings well. The ratio mixes separation with the label structure of the data set.
+# :::
+#
+# :::{exercise}
+# :label: ex-geo-umap
+#
+# Re-run with `-p projection_points 300`. Do the UMAP clusters keep their shape? What does this
+# say about reading distances between clusters in a projection?
+# :::
+#
+# :::{solution} ex-geo-umap
+# :class: dropdown
+#
+# Cluster layout and spacing change with the sample and the random state; only neighbourhoods are
+# (approximately) preserved. Distances between clusters in UMAP or t-SNE carry little meaning,
+# which is why the chapter measures distances in the original space.
+# :::

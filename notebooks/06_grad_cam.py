@@ -16,19 +16,32 @@
 # %% [markdown]
 # # 6. Where does the model look? Grad-CAM, checked against the truth
 #
+# ## Overview
+#
 # **The question.** A saliency map is only an explanation if it points at the finding. The seed
 # study {cite}`sadman2025interpreting` shows Grad-CAM maps and judges them by eye; here they are
 # *scored* against ground-truth regions, CheXlocalize-style {cite}`saporta2022chexlocalize`, for
 # the three settings, two saliency methods, several depths of the network, and a
 # model-randomisation sanity check {cite}`adebayo2018sanity`.
 #
-# **Method.** Grad-CAM {cite}`selvaraju2017gradcam` weights the activations $A^c$ of a layer by
+# You will learn how Grad-CAM applies to a vision transformer and to image-text similarity, how to
+# score a saliency map against a ground-truth region, which baselines a map must beat, and how to
+# check that a map explains the model rather than the architecture.
+#
+# ## Prerequisites
+#
+# - {doc}`03_linear_probe` and {doc}`04_fine_tune`: their probe and model are explained here.
+# - {term}`Grad-CAM`, {term}`Pointing game`, {term}`IoU`, {term}`Hit rate`.
+#
+# ## Method
+#
+# Grad-CAM {cite}`selvaraju2017gradcam` weights the activations $A^c$ of a layer by
 # the spatially averaged gradient of the score $s$ and keeps the positive part,
 #
 # $$ M = \mathrm{ReLU}\Big(\sum_c \alpha_c A^c\Big), \qquad
-#    \alpha_c = \frac{1}{g^2}\sum_{u,v} \frac{\partial s}{\partial A^c_{uv}} , $$
+#    \alpha_c = \frac{1}{g^2}\sum_{u,v} \frac{\partial s}{\partial A^c_{uv}} , $$ (eq-gradcam)
 #
-# on the $g \times g$ patch-token grid of a ViT block (the CLS token dropped), upsampled to the
+# {eq}`eq-gradcam` on the $g \times g$ patch-token grid of a ViT block (the CLS token dropped), upsampled to the
 # image and scaled to $[0, 1]$; Grad-CAM++ {cite}`chattopadhay2018gradcampp` uses higher-order
 # gradient weights. The score $s$ is, for zero-shot, the decision of chapter 2's paired prompts,
 # $\cos(u, v^+) - \cos(u, v^-)$ (the image's similarity with "cardiomegaly" minus that with "no
@@ -151,9 +164,20 @@ ax.invert_yaxis()
 ax.legend(fontsize=7)
 ax.set_title("Pointing game per label")
 plt.tight_layout()
-plt.show()
+glue("fig_pointing_per_label", ax.figure, display=False)
+plt.close(ax.figure)
 
 # %% [markdown]
+# ```{glue:figure} fig_pointing_per_label
+# :name: fig-pointing-per-label
+#
+# Pointing game per label on test pairs (Grad-CAM for each setting, and the location prior).
+# ```
+#
+# Compare, in {numref}`fig-pointing-per-label`, large findings (an enlarged heart, an effusion)
+# with thin or small ones (a fracture, a nodule, a line): a map one patch wide can land inside a
+# large region by luck far more often than inside a small one.
+#
 # ## Depth: Grad-CAM at shallow, middle and deep blocks
 #
 # Early blocks see edges and texture; the last block sees what the embedding is built from. The
@@ -189,7 +213,18 @@ for r, i in enumerate(show):
 for a in axes.ravel():
     a.set_axis_off()
 fig.tight_layout()
-plt.show()
+glue("fig_cam_examples", fig, display=False)
+plt.close(fig)
+
+# %% [markdown]
+# ```{glue:figure} fig_cam_examples
+# :name: fig-cam-examples
+#
+# Test images with the true region outlined (left), and Grad-CAM maps of the zero-shot (middle)
+# and fine-tuned (right) models, with each map's pointing-game outcome.
+# ```
+#
+# {numref}`fig-cam-examples` shows what the numbers summarise, one image at a time.
 
 # %%
 out = atomic_write_json(output_dir(profile) / "grad_cam.json", {
@@ -208,4 +243,52 @@ print(out)
 # - Whether fine-tuning moves the maps onto the findings is read off the table above, label by
 #   label, on this run's numbers.
 #
-# **What's next.** The {doc}`07_results` page gathers every chapter's numbers beside the seed's.
+# ## What's next
+#
+# The {doc}`07_results` page gathers every chapter's numbers beside the seed's.
+#
+# ## Exercises
+#
+# :::{exercise}
+# :label: ex-cam-prior
+#
+# The location prior never looks at the image, yet it can score well. Why, and why is it the
+# right baseline for the pointing game on chest X-rays?
+# :::
+#
+# :::{solution} ex-cam-prior
+# :class: dropdown
+#
+# Many findings sit in predictable places (the heart in the lower middle, effusions at the
+# costophrenic angles). A map that only encodes "where this finding usually is" scores well
+# without using the image. A saliency method earns credit only for what it adds beyond that prior.
+# :::
+#
+# :::{exercise}
+# :label: ex-cam-sanity
+#
+# What would it mean if the randomised model's maps scored as well as the trained model's?
+# :::
+#
+# :::{solution} ex-cam-sanity
+# :class: dropdown
+#
+# The maps would then depend on the architecture and the input (edges, bright regions), not on
+# what the model learned: such maps cannot explain the model's decisions (Adebayo et al.).
+# :::
+#
+# :::{exercise}
+# :label: ex-cam-grid
+#
+# The tiny demo model sees a 10 × 10 grid of patches, BiomedCLIP a 14 × 14 one. How does the grid
+# limit the IoU a Grad-CAM map can reach for a small nodule?
+# :::
+#
+# :::{solution} ex-cam-grid
+# :class: dropdown
+#
+# The map is computed per patch and upsampled, so its smallest blob is about one patch wide (16
+# pixels of the model's input). A nodule a few pixels across is much smaller: even a perfectly
+# placed map covers mostly healthy lung, and the IoU stays low. The pointing game is less
+# sensitive to this than IoU.
+# :::

@@ -1,5 +1,8 @@
 import io
 import os
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -62,3 +65,39 @@ def label_table(data_env):
     from helpers.data import build_label_table
 
     return build_label_table()
+
+
+# Small parameters per chapter for the smoke runs (name -> value as on the command line).
+SMOKE = {
+    "n_examples": "1",
+    "limit": "40",
+    "n_boot": "20",
+    "epochs": "1",
+    "max_steps_per_epoch": "2",
+}
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory, data_env):
+    """Copy the book sources, execute every chapter with SMOKE parameters, build with -W."""
+    from helpers import run as R
+    from helpers.config import REPO_ROOT
+
+    root = tmp_path_factory.mktemp("book")
+    for f in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO_ROOT / f, root / f)
+    shutil.copytree(REPO_ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters"))
+    chapters = R.toc_chapters()
+    decl = set()
+    for c in chapters:
+        decl |= set(R.declared_parameters(R.read_notebook(R.notebook_path(c))))
+    args = [x for k, v in SMOKE.items() if k in decl for x in ("-p", k, v)]
+    rc = R.main([*chapters, "--out", str(root / "book" / "chapters"), *args])
+    assert rc == 0
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "-W", "--keep-going"],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return root
+
+

@@ -1,7 +1,6 @@
 """The tiny model loads offline through open_clip; pixel cache and embedding caches behave."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -11,7 +10,6 @@ from PIL import Image
 from helpers import embeddings as E
 from helpers import images as I
 from helpers import models as M
-from helpers.labels import CHEXPERT_LABELS
 
 CORPUS = ["no pleural effusion or pneumothorax", "heart size is normal", "mild cardiomegaly",
           "left basilar atelectasis", "right upper lobe pneumonia cannot be excluded"] * 20

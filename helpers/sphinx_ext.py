@@ -1,0 +1,51 @@
+"""Sphinx extension for the book: serve MathJax from the site itself, not from a CDN.
+
+The book is read offline too (and checked in a headless browser with no network), so the
+equations must render without reaching cdn.jsdelivr.net. MathJax 2.7 ships inside the pinned
+PyPI package ``jupyter-server-mathjax``; at build time its files are copied once into
+``_build/.mathjax/mathjax`` and published as ``_static/mathjax/``, and ``mathjax_path`` points
+there. Enabled in ``_config.yml`` (``sphinx.extra_extensions``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+CONFIG = "TeX-AMS-MML_HTMLorMML-full"
+
+
+def _mathjax_source() -> Path:
+    import jupyter_server_mathjax
+
+    src = Path(jupyter_server_mathjax.__file__).parent / "static"
+    if not (src / "MathJax.js").is_file():
+        raise FileNotFoundError(f"MathJax.js not found in {src}: reinstall jupyter-server-mathjax (make setup)")
+    return src
+
+
+def _builder_inited(app: Any) -> None:
+    if app.builder.format != "html":
+        return
+    staging = Path(app.outdir).parent / ".mathjax"
+    target = staging / "mathjax"
+    if not (target / "MathJax.js").is_file():
+        tmp = staging / "mathjax.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(_mathjax_source(), tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    app.config.html_static_path = [*app.config.html_static_path, str(staging)]
+
+
+def _config_inited(app: Any, config: Any) -> None:
+    config.mathjax_path = f"mathjax/MathJax.js?config={CONFIG}"
+    config.mathjax3_config = None  # a MathJax 3 configuration would confuse MathJax 2
+
+
+def setup(app: Any) -> dict[str, Any]:
+    """Point ``mathjax_path`` at the local copy and publish it with the site."""
+    app.connect("config-inited", _config_inited)
+    app.connect("builder-inited", _builder_inited)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

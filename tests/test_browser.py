@@ -1,0 +1,142 @@
+"""The built site in headless Chromium: every page of the table of contents loads without a
+JavaScript console error, a missing image or a broken internal link; screenshots of the intro
+and the results page go to _build/screenshots/.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); skipped with the
+install command otherwise.
+"""
+
+import functools
+import http.server
+import shutil
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+
+import pytest
+
+from helpers import run as R
+from helpers.config import REPO_ROOT
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="headless browser check needs Chromium: sudo apt-get install chromium chromium-driver")
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+
+
+def _parse(path: Path) -> _Links:
+    p = _Links()
+    p.feed(path.read_text(errors="replace"))
+    return p
+
+
+def _toc_pages() -> list[str]:
+    import yaml
+
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                pages.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(toc.get("parts", []))
+    return [f"{p}.html" for p in pages]
+
+
+@pytest.fixture(scope="module")
+def site(built_book):
+    html = built_book / "_build" / "html"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield html, f"http://127.0.0.1:{srv.server_address[1]}/"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--window-size=1280,1600"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    d.set_page_load_timeout(60)
+    yield d
+    d.quit()
+
+
+def test_every_page_loads_cleanly(site, browser):
+    html, base = site
+    shots = REPO_ROOT / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    problems = []
+    for page in _toc_pages():
+        assert (html / page).is_file(), f"{page} missing from the built site"
+        browser.get(urljoin(base, page))
+        browser.execute_script("return document.readyState")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        problems += [f"{page}: console error: {e['message']}" for e in errors]
+        broken = browser.execute_script(
+            "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
+            ".map(i => i.getAttribute('src'))")
+        problems += [f"{page}: image did not load: {src}" for src in broken]
+        if page in ("book/intro.html", "book/chapters/07_results.html"):
+            browser.save_screenshot(str(shots / (Path(page).stem + ".png")))
+    assert not problems, "\n".join(problems)
+
+
+def test_math_renders_from_the_local_mathjax(site, browser):
+    html, base = site
+    assert (html / "_static" / "mathjax" / "MathJax.js").is_file()
+    browser.get(urljoin(base, "book/chapters/02_zero_shot.html"))
+    rendered = browser.execute_script(
+        "return new Promise(r => { const t0 = Date.now(); (function poll() {"
+        "  const n = document.querySelectorAll('.MathJax, .MathJax_Display, mjx-container').length;"
+        "  if (n > 0 || Date.now() - t0 > 20000) r(n); else setTimeout(poll, 200); })(); })")
+    assert rendered > 0, "no equation was typeset by MathJax"
+
+
+def test_internal_links_resolve(site):
+    html, _ = site
+    broken = []
+    for page in _toc_pages():
+        src = html / page
+        for href in _parse(src).links:
+            u = urlparse(href)
+            if u.scheme or href.startswith(("mailto:", "//", "javascript:")):
+                continue  # external: not checked offline
+            target = src if not u.path else (src.parent / unquote(u.path)).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.is_file():
+                broken.append(f"{page}: {href} (no such file)")
+            elif u.fragment and target.suffix == ".html" and u.fragment not in _parse(target).ids:
+                broken.append(f"{page}: {href} (no element with id {u.fragment!r})")
+    assert not broken, "\n".join(broken)
