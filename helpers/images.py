@@ -215,7 +215,8 @@ def _output_size(geo) -> tuple[int, int]:
 
 def _bad_message(path: str, err: str) -> str:
     return (f"{path}: {err}; expected a readable PNG image. Re-fetch it with "
-            f"`python -m helpers.download`, or pass on_error='skip' to leave it out and count it")
+            f"`python -m helpers.download`, or leave it out with `-p on_error skip` (on_error='skip'; "
+            f"skipped images are counted in the page stamp)")
 
 
 def to_model_input(batch: torch.Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

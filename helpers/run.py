@@ -228,9 +228,23 @@ def execute(chapter: str, parameters: dict[str, Any], out_dir: Path = EXECUTED_D
         raise
     finally:
         tmp_in.unlink(missing_ok=True)
+    _fold_injected_parameters(tmp_out)
     os.replace(tmp_out, final)
     (out_dir / f"{src.stem}.failed.ipynb").unlink(missing_ok=True)
     return final
+
+
+def _fold_injected_parameters(path: Path) -> None:
+    """Fold the cell papermill injects (the values this copy ran with) behind a toggle, so a
+    page opens with the chapter's own parameter cell and its comments."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            tags.append("hide-input")
+    nbformat.write(nb, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

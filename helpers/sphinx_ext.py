@@ -1,10 +1,16 @@
-"""Sphinx extension for the book: serve MathJax from the site itself, not from a CDN.
+"""Sphinx extension for the book: local MathJax, and two fixes for a clean browser console.
 
 The book is read offline too (and checked in a headless browser with no network), so the
 equations must render without reaching cdn.jsdelivr.net. MathJax 2.7 ships inside the pinned
 PyPI package ``jupyter-server-mathjax``; at build time its files are copied once into
 ``_build/.mathjax/mathjax`` and published as ``_static/mathjax/``, and ``mathjax_path`` points
-there. Enabled in ``_config.yml`` (``sphinx.extra_extensions``).
+there, configured for the STIX-Web fonts the package ships.
+
+It also removes scripts that Jupyter Book 1.0.4's stack adds to every page twice (sphinx-thebe's
+``const THEBE_JS_URL = ...``, whose second copy is a SyntaxError in the console) and gives the
+pydata theme a valid default colour mode (its empty default logs an error on first visit).
+The headless-browser test (``tests/test_browser.py``) checks the result. Enabled in
+``_config.yml`` (``sphinx.extra_extensions``).
 """
 
 from __future__ import annotations
@@ -42,10 +48,30 @@ def _builder_inited(app: Any) -> None:
 def _config_inited(app: Any, config: Any) -> None:
     config.mathjax_path = f"mathjax/MathJax.js?config={CONFIG}"
     config.mathjax3_config = None  # a MathJax 3 configuration would confuse MathJax 2
+    config.myst_update_mathjax = False
+    config.mathjax2_config = {"HTML-CSS": {"availableFonts": [], "preferredFont": None, "webFont": "STIX-Web",
+                                            "imageFont": None},
+                              "SVG": {"font": "STIX-Web"}}
+
+
+def _page_context(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    seen, unique = set(), []
+    for js in context.get("script_files", []):
+        # the same inline script is registered once with filename None and once with "": one key
+        key = (getattr(js, "filename", str(js)) or "",
+               tuple(sorted((k, str(v)) for k, v in getattr(js, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    if "script_files" in context:
+        context["script_files"][:] = unique
+    if not context.get("default_mode"):
+        context["default_mode"] = "auto"
 
 
 def setup(app: Any) -> dict[str, Any]:
     """Point ``mathjax_path`` at the local copy and publish it with the site."""
     app.connect("config-inited", _config_inited)
     app.connect("builder-inited", _builder_inited)
+    app.connect("html-page-context", _page_context, priority=900)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

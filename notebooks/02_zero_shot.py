@@ -62,6 +62,7 @@ profile = "demo"  # demo or full
 model = ""  # model spec; empty uses the profile's (tiny or biomedclip)
 style = "target"  # demo only: phantom style of the IU-Xray images (target = out of distribution)
 limit = 0  # at most this many images per split (0 = all); for quick runs
+on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted in the stamp)
 n_boot = 500  # bootstrap resamples (by report) for confidence intervals
 seed_threshold = 0.5  # the seed study's fixed decision threshold
 
@@ -79,9 +80,9 @@ from helpers.config import output_dir
 from helpers.stamp import show_stamp
 from helpers.study import load_study
 
-study = load_study(profile, model or None, style=style, limit=limit or None)
+study = load_study(profile, model or None, style=style, limit=limit or None, on_error=on_error)
 LABELS = study.labels
-stamp = study.stamp(**({"style": style} if profile == "demo" else {}))
+stamp = study.stamp()
 show_stamp(stamp)
 val, test = study.rows("val"), study.rows("test")
 Y = study.y()
@@ -147,8 +148,7 @@ pd.DataFrame({"val macro AUROC": val_auc, "test macro AUROC": test_auc}).sort_va
 # %%
 scores = cands[best]
 result = M.evaluate(Y[test], scores[test], thr, LABELS, study.groups(test), n_boot=n_boot)
-headline = pd.DataFrame({k: [result[k], *result["ci95"][k]] for k in M.HEADLINE},
-                        index=["test", "CI low", "CI high"]).T
+headline = M.headline_table(result)
 glue("zs_auroc", f"{result['auroc_macro']:.3f}", display=False)
 glue("zs_f1", f"{result['f1_macro']:.3f}", display=False)
 headline.style.format("{:.3f}")

@@ -54,6 +54,7 @@ profile = "demo"  # demo or full
 model = ""  # model spec; empty uses the profile's (tiny or biomedclip)
 style = "target"  # demo only: phantom style of the IU-Xray images
 limit = 0  # at most this many images per split (0 = all); for quick runs
+on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted in the stamp)
 n_boot = 500  # bootstrap resamples (by report) for confidence intervals
 class_weight = "balanced"  # "balanced" or "none"
 Cs = [0.01, 0.1, 1.0, 10.0]  # grid of inverse regularisation strengths, chosen on val
@@ -72,9 +73,9 @@ from helpers.study import load_study
 
 if class_weight not in ("balanced", "none"):
     raise ValueError(f"class_weight must be 'balanced' or 'none', got {class_weight!r}")
-study = load_study(profile, model or None, style=style, limit=limit or None)
+study = load_study(profile, model or None, style=style, limit=limit or None, on_error=on_error)
 LABELS = study.labels
-stamp = study.stamp(**({"style": style} if profile == "demo" else {}))
+stamp = study.stamp()
 show_stamp(stamp)
 train, val, test = study.rows("train"), study.rows("val"), study.rows("test")
 Y = study.y()
@@ -118,8 +119,7 @@ thr = M.tune_thresholds(Y[val], val_logits)
 result = M.evaluate(Y[test], test_logits, thr, LABELS, study.groups(test), n_boot=n_boot)
 glue("lp_auroc", f"{result['auroc_macro']:.3f}", display=False)
 glue("lp_f1", f"{result['f1_macro']:.3f}", display=False)
-pd.DataFrame({k: [result[k], *result["ci95"][k]] for k in M.HEADLINE},
-             index=["test", "CI low", "CI high"]).T.style.format("{:.3f}")
+M.headline_table(result).style.format("{:.3f}")
 
 # %% [markdown]
 # Per label on test, beside zero-shot (chapter 2's validation-selected method):

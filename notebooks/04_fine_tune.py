@@ -60,6 +60,7 @@ profile = "demo"  # demo or full
 model = ""  # model spec; empty uses the profile's (tiny or biomedclip)
 style = "target"  # demo only: phantom style of the IU-Xray images
 limit = 0  # at most this many images per split (0 = all); for quick runs
+on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted in the stamp)
 n_boot = 500  # bootstrap resamples (by report) for confidence intervals
 objective = "contrastive"  # contrastive (label prompts) or bce (classification head)
 epochs = 0  # 0 = the profile's default (demo 6, full 30)
@@ -89,9 +90,9 @@ cfg = F.FinetuneConfig(objective=objective, epochs=epochs or defaults["epochs"],
                        batch_size=batch_size or defaults["batch_size"], patience=patience or defaults["patience"],
                        temperature=temperature, max_steps_per_epoch=max_steps_per_epoch or None, seed=seed)
 cfg.validate()
-study = load_study(profile, model or None, style=style, limit=limit or None)
+study = load_study(profile, model or None, style=style, limit=limit or None, on_error=on_error)
 LABELS = study.labels
-stamp = study.stamp(**({"style": style} if profile == "demo" else {}))
+stamp = study.stamp()
 show_stamp(stamp)
 train, val, test = study.rows("train"), study.rows("val"), study.rows("test")
 Y = study.y()
@@ -149,8 +150,7 @@ thr = M.tune_thresholds(Y[val], val_logits)
 result = M.evaluate(Y[test], test_logits, thr, LABELS, study.groups(test), n_boot=n_boot)
 glue("ft_auroc", f"{result['auroc_macro']:.3f}", display=False)
 glue("ft_f1", f"{result['f1_macro']:.3f}", display=False)
-pd.DataFrame({k: [result[k], *result["ci95"][k]] for k in M.HEADLINE},
-             index=["test", "CI low", "CI high"]).T.style.format("{:.3f}")
+M.headline_table(result).style.format("{:.3f}")
 
 # %% [markdown]
 # ## Finding 2: does fine-tuning separate the diseases best?

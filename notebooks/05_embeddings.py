@@ -52,6 +52,7 @@ profile = "demo"  # demo or full
 model = ""  # model spec; empty uses the profile's (tiny or biomedclip)
 style = "target"  # demo only: phantom style of the IU-Xray images
 limit = 0  # at most this many images per split (0 = all); for quick runs
+on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted in the stamp)
 n_boot = 200  # bootstrap resamples (by report) for confidence intervals
 projection_points = 1000  # at most this many test images in the UMAP / t-SNE plots
 highlight = ["No Finding", "Cardiomegaly", "Pleural Effusion", "Lung Opacity", "Support Devices"]  # colours
@@ -71,9 +72,9 @@ from helpers.io import atomic_write_json
 from helpers.stamp import show_stamp
 from helpers.study import embeddings_of, finetuned_scorer, load_study
 
-study = load_study(profile, model or None, style=style, limit=limit or None)
+study = load_study(profile, model or None, style=style, limit=limit or None, on_error=on_error)
 LABELS = study.labels
-stamp = study.stamp(**({"style": style} if profile == "demo" else {}))
+stamp = study.stamp()
 show_stamp(stamp)
 test = study.rows("test")
 yt = study.y(test)

@@ -64,6 +64,7 @@ profile = "demo"  # demo or full
 model = ""  # model spec; empty uses the profile's (tiny or biomedclip)
 style = "target"  # demo only: phantom style of the IU-Xray images
 limit = 0  # at most this many images per split (0 = all); for quick runs
+on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted in the stamp)
 n_boot = 200  # bootstrap resamples (by report) for confidence intervals
 max_pairs = 300  # at most this many (image, label) pairs per split (0 = all)
 n_examples = 4  # example figures
@@ -83,9 +84,9 @@ from helpers.io import atomic_write_json
 from helpers.stamp import show_stamp
 from helpers.study import finetuned_scorer, load_study, localization_pairs
 
-study = load_study(profile, model or None, style=style, limit=limit or None)
+study = load_study(profile, model or None, style=style, limit=limit or None, on_error=on_error)
 LABELS = study.labels
-stamp = study.stamp(**({"style": style} if profile == "demo" else {}))
+stamp = study.stamp()
 show_stamp(stamp)
 S = study.info.image_size
 pairs = {s: localization_pairs(study, s, max_pairs or None, annotations or None) for s in ("val", "test")}

@@ -26,7 +26,7 @@
 # %% tags=["parameters"]
 profile = "demo"  # the profile whose stamp heads this page; the table lists every profile found
 
-# %%
+# %% tags=["hide-input"]
 import json
 
 import matplotlib.pyplot as plt
@@ -55,7 +55,7 @@ R.results_table(df)
 # the training time (linear-probe fit, fine-tuning epochs), comparable only between rows run on
 # the same machine.
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(6, 3))
 names = {"zs": "zero-shot", "lp": "linear probe", "ft": "fine-tune"}
 for i, (prof, sub) in enumerate(df.groupby("profile")):
@@ -77,7 +77,7 @@ plt.show()
 #
 # Each chapter ends with a test of one of the seed's claims; their verdicts and intervals:
 
-# %%
+# %% tags=["hide-input"]
 rows = []
 for prof_dir in sorted(p for p in R.output_root().glob("*") if p.is_dir()):
     for setting, fname in R.SETTINGS.items():

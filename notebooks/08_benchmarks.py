@@ -26,7 +26,7 @@
 # %% tags=["parameters"]
 results = "benchmarks/results.json"  # the file `make bench` wrote (relative to the repository)
 
-# %%
+# %% tags=["hide-input"]
 import json
 
 import pandas as pd
@@ -55,7 +55,7 @@ pd.Series({"device": m["device"], "CPU cores": m["cpu_count"], "torch threads": 
 # *warm* is every later run (the cache is keyed by the image list and the preprocessing). The
 # images are 512 × 512 PNGs. "max |diff|" checks both paths compute the same embeddings.
 
-# %%
+# %% tags=["hide-input"]
 rows = {}
 for key, name in (("embedding_tiny", "demo model (tiny)"), ("embedding_biomedclip_size", "BiomedCLIP-size ViT-B/16")):
     if key in B:
@@ -81,7 +81,7 @@ emb.style.format({"images": "{:.0f}", "max |diff|": "{:.1e}"}, precision=2)
 # Fitting the probe (14 labels × 4 values of $C$, chosen on validation) from cached embeddings of
 # IU-Xray's split sizes:
 
-# %%
+# %% tags=["hide-input"]
 probe = pd.DataFrame({f"{d}-d embeddings": v for d, v in B["probe_fit"].items()}).T
 glue("probe_s_512", f"{B['probe_fit'].get('512', next(iter(B['probe_fit'].values())))['fit_s']:.1f}", display=False)
 probe.style.format(precision=2)
@@ -98,7 +98,7 @@ probe.style.format(precision=2)
 # loss at every step; ours reads the uint8 cache and keeps the losses on the device until the
 # epoch ends. Epoch and 30-epoch times are extrapolated to IU-Xray's training split.
 
-# %%
+# %% tags=["hide-input"]
 ft = B["finetune_tiny"]
 pd.Series({"batch size": ft["batch_size"], "steps timed": ft["steps"], "seed s/step": ft["seed_step_s"],
            "ours s/step": ft["ours_step_s"], "speed-up": ft["speedup"],
@@ -112,7 +112,7 @@ pd.Series({"batch size": ft["batch_size"], "steps timed": ft["steps"], "seed s/s
 #
 # The torch profiler's operators with the most self CPU time over a step (demo model):
 
-# %%
+# %% tags=["hide-input"]
 pd.DataFrame(B["profile_tiny_step"]).style.format({"self_cpu_ms": "{:.1f}", "share": "{:.1%}"})
 
 # %% [markdown]
@@ -123,7 +123,7 @@ pd.DataFrame(B["profile_tiny_step"]).style.format({"self_cpu_ms": "{:.1f}", "sha
 # epochs over IU-Xray's training split cost, with the H100 time that implies at 40% of its bf16
 # dense peak (an estimate, not a measurement):
 
-# %%
+# %% tags=["hide-input"]
 if "gpu_estimate_biomedclip_size" in B:
     g = B["gpu_estimate_biomedclip_size"]
     glue("h100_min", f"{g['h100_min_at_40pct_of_bf16_peak']:.2f}", display=False)
@@ -143,7 +143,7 @@ display_gpu
 #
 # Execution time of every chapter, from the runner's record of the last `make book`:
 
-# %%
+# %% tags=["hide-input"]
 bk = B.get("book")
 if bk:
     glue("book_min", f"{bk['total_s'] / 60:.1f}", display=False)

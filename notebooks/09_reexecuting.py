@@ -47,7 +47,7 @@
 # Read from the chapters' parameter cells when this page was executed, so it cannot drift from
 # them:
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
 
 from helpers import run as R
