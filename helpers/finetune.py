@@ -206,7 +206,7 @@ def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Seq
 
     from .embeddings import autocast
     from .io import atomic_write_json
-    from .metrics import _auroc
+    from .metrics import per_label_auroc
     from .pretrain import augment, normalize01
 
     cfg.validate()
@@ -288,7 +288,7 @@ def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Seq
             train_loss /= world
         val_logits = predict_logits(scorer, pixels, val_rows, mean, std, device=dev)
         val_loss = float(loss_fn(torch.from_numpy(val_logits), yt[val_rows]))
-        val_auc = float(np.nanmean(_auroc(y[val_rows].astype(int), val_logits)))
+        val_auc = float(np.nanmean(per_label_auroc(y[val_rows].astype(int), val_logits)))
         improved = val_auc > best[0]
         if improved:
             best = (val_auc, ep + 1)

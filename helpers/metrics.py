@@ -47,7 +47,7 @@ def _ranking(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
     return {"lrap": float(lrap.mean()), "coverage_error": float(cover.mean()), "ranking_loss": float(rl.mean())}
 
 
-def _auroc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+def per_label_auroc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Per-label AUROC (k,) by the Mann-Whitney rank formula (ties averaged, as sklearn);
     NaN for a label with one class only."""
     from scipy.stats import rankdata
@@ -80,7 +80,7 @@ def point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray,
         warnings.simplefilter("ignore")
         rep = classification_report(y, pred, target_names=list(label_names), output_dict=True,
                                     zero_division=0)
-        auc = _auroc(y, s)
+        auc = per_label_auroc(y, s)
     out: dict[str, Any] = {
         "f1_macro": float(rep["macro avg"]["f1-score"]),
         "f1_micro": float(rep["micro avg"]["f1-score"]),
@@ -100,7 +100,7 @@ def point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray,
 def _headline(y: np.ndarray, s: np.ndarray, pred: np.ndarray) -> np.ndarray:
     y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
     r = _ranking(y, s)
-    auc = _auroc(y, s)
+    auc = per_label_auroc(y, s)
     f1m, f1u = _f1(y, pred)
     return np.array([f1m, f1u, (pred == y).all(1).mean(), r["lrap"], r["coverage_error"], r["ranking_loss"],
                      np.nanmean(auc) if np.isfinite(auc).any() else np.nan])

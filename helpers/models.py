@@ -239,7 +239,7 @@ def resolve_spec(spec: str) -> tuple[str, Path | None]:
         d = REPO_ROOT / "models" / "tiny-pretrained"
         if not (d / "open_clip_model.safetensors").is_file():
             raise FileNotFoundError(f"the pretrained demo model is missing: {d}; recreate it with "
-                                    f"`python -m helpers.pretrain` (about 10 min on a CPU)")
+                                    f"`python -m helpers.pretrain` (about 5 min on two CPU cores)")
         return f"local-dir:{d}", d
     if spec == "tiny-random":
         d = tiny_dir()

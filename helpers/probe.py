@@ -93,7 +93,7 @@ def fit_probe(emb_train: np.ndarray, y_train: np.ndarray, emb_val: np.ndarray, y
     emb_train, emb_val : raw image embeddings (n, d). y_train, y_val : 0/1 targets (n, k).
     class_weight : ``"balanced"`` or ``None``.
     """
-    from .metrics import _auroc
+    from .metrics import per_label_auroc
 
     if class_weight not in ("balanced", None):
         raise ValueError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
@@ -108,7 +108,7 @@ def fit_probe(emb_train: np.ndarray, y_train: np.ndarray, emb_val: np.ndarray, y
     best = (-np.inf, None)
     path = _fit_path(x_tr, np.asarray(y_train).astype(int), Cs, class_weight, max_iter)
     for C, (coef, icpt) in path.items():
-        auc = float(np.nanmean(_auroc(np.asarray(y_val).astype(int), x_va @ coef.T + icpt)))
+        auc = float(np.nanmean(per_label_auroc(np.asarray(y_val).astype(int), x_va @ coef.T + icpt)))
         probe.val_auroc_by_C[float(C)] = auc
         if auc > best[0]:
             best = (auc, (float(C), coef, icpt))

@@ -109,10 +109,10 @@ def select_on_val(candidates: dict[str, np.ndarray], y: np.ndarray, val_rows: np
     Returns (best name, per-label thresholds (k,) maximising validation F1). Test labels are
     never read, so shuffling them cannot change the result.
     """
-    from .metrics import _auroc, tune_thresholds
+    from .metrics import per_label_auroc, tune_thresholds
 
     yv = y[val_rows]
-    best = max(candidates, key=lambda n: np.nanmean(_auroc(yv, candidates[n][val_rows])))
+    best = max(candidates, key=lambda n: np.nanmean(per_label_auroc(yv, candidates[n][val_rows])))
     return best, tune_thresholds(yv, candidates[best][val_rows])
 
 

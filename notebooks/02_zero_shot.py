@@ -134,8 +134,8 @@ seed_table.style.format("{:.3f}")
 # %%
 cands = Z.candidate_scores(img, study.text_embeddings, study.logit_scale, LABELS)
 cands.update({f"single prompt ({m})": s for m, s in seed_scores.items()})
-val_auc = {n: np.nanmean(M._auroc(Y[val], s[val])) for n, s in cands.items()}
-test_auc = {n: np.nanmean(M._auroc(Y[test], s[test])) for n, s in cands.items()}
+val_auc = {n: np.nanmean(M.per_label_auroc(Y[val], s[val])) for n, s in cands.items()}
+test_auc = {n: np.nanmean(M.per_label_auroc(Y[test], s[test])) for n, s in cands.items()}
 best, thr = Z.select_on_val(cands, Y, val)
 glue("best_method", best, display=False)
 pd.DataFrame({"val macro AUROC": val_auc, "test macro AUROC": test_auc}).sort_values(

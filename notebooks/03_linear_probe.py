@@ -128,7 +128,7 @@ M.headline_table(result).style.format("{:.3f}")
 zs = M.load_scores(output_dir(profile) / "zs_test_scores.npz", study.table.image_id.to_numpy()[test],
                    made_by="02_zero_shot")
 per = pd.DataFrame(result["per_label"]).T[["prevalence", "precision", "recall", "f1", "auroc"]].astype(float)
-per.insert(4, "zero-shot AUROC", M._auroc(Y[test], zs["scores"]))
+per.insert(4, "zero-shot AUROC", M.per_label_auroc(Y[test], zs["scores"]))
 ax = per[["zero-shot AUROC", "auroc"]].rename(columns={"auroc": "linear probe AUROC"}).plot.barh(
     figsize=(6, 5), color=["#d95f02", "#7570b3"])
 ax.axvline(0.5, color="k", lw=0.8)

@@ -167,13 +167,13 @@ lp = M.load_scores(output_dir(profile) / "lp_test_scores.npz", ids, made_by="03_
 yt = Y[test]
 settings = {"zero-shot": (zs["scores"], zs["thresholds"]), "linear probe": (lp["scores"], lp["thresholds"]),
             "fine-tune": (test_logits, thr)}
-per_auc = pd.DataFrame({n: M._auroc(yt, s) for n, (s, _) in settings.items()}, index=LABELS)
+per_auc = pd.DataFrame({n: M.per_label_auroc(yt, s) for n, (s, _) in settings.items()}, index=LABELS)
 per_f1 = pd.DataFrame({n: [M.point_metrics(yt, s, (s >= t).astype(int), LABELS)["per_label"][c]["f1"]
                            for c in LABELS] for n, (s, t) in settings.items()}, index=LABELS)
 
 
 def macro_auc(scores):
-    return lambda rows: float(np.nanmean(M._auroc(yt[rows], scores[rows])))
+    return lambda rows: float(np.nanmean(M.per_label_auroc(yt[rows], scores[rows])))
 
 
 groups = study.groups(test)

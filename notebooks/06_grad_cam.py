@@ -141,6 +141,7 @@ sanity = bool(runs[("randomised (fine-tuned head)", "gradcam")]["pointing_ci"][1
 glue("pg_ft", f"{ft_pg:.3f}", display=False)
 glue("pg_rnd", f"{rnd_pg:.3f}", display=False)
 glue("pg_zs", f"{runs[('zero-shot', 'gradcam')]['pointing']:.3f}", display=False)
+glue("pg_zs_pos", f"{runs[('zero-shot, positive prompt only', 'gradcam')]['pointing']:.3f}", display=False)
 glue("pg_prior", f"{prior['pointing']:.3f}" if prior else "(no training regions in this profile)",
      display=False)
 glue("sanity_verdict", "passes" if sanity else "does not pass", display=False)
@@ -153,6 +154,11 @@ table
 # random, the fine-tuned head's maps score {glue:text}`pg_rnd`: the sanity check
 # **{glue:text}`sanity_verdict`** (it passes when the randomised model's CI lies entirely below
 # the trained one's). A map that survives randomisation explains the architecture, not the model.
+#
+# Explaining the similarity with the positive prompt alone, as the seed does, scores
+# {glue:text}`pg_zs_pos`. A single similarity also rewards whatever every chest X-ray prompt has in
+# common ("an X-ray of a chest"); the paired decision subtracts the negative prompt's similarity,
+# which cancels that shared part and leaves what tells "cardiomegaly" from "no cardiomegaly".
 #
 # ## Per label
 

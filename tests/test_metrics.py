@@ -102,6 +102,6 @@ def test_vectorised_metrics_equal_sklearn(seed):
     assert r["lrap"] == pytest.approx(label_ranking_average_precision_score(y, s))
     assert r["coverage_error"] == pytest.approx(coverage_error(y, s))
     assert r["ranking_loss"] == pytest.approx(label_ranking_loss(y, s))
-    np.testing.assert_allclose(M._auroc(y, s), [roc_auc_score(y[:, j], s[:, j]) for j in range(6)])
+    np.testing.assert_allclose(M.per_label_auroc(y, s), [roc_auc_score(y[:, j], s[:, j]) for j in range(6)])
     assert M._f1(y.astype(bool), pred.astype(bool)) == pytest.approx(
         (f1_score(y, pred, average="macro", zero_division=0), f1_score(y, pred, average="micro", zero_division=0)))
