@@ -66,8 +66,11 @@ def _toc_pages() -> list[str]:
 @pytest.fixture(scope="module")
 def site(built_book):
     html = built_book / "_build" / "html"
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
-    handler.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(html))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield html, f"http://127.0.0.1:{srv.server_address[1]}/"
