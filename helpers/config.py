@@ -39,7 +39,9 @@ PROFILES: dict[str, Profile] = {
         images="phantoms",
         description="real IU-Xray reports and labels, synthetic phantom images, a small "
                     "BiomedCLIP-architecture model; offline, CPU, minutes",
-        finetune={"epochs": 6, "lr": 1e-4, "batch_size": 32, "patience": 3},
+        # lr and epochs chosen on the validation macro AUROC (contrastive objective) among lr 1e-4,
+        # 3e-4, 1e-3 at 6 epochs, then 6 vs 10 epochs at 3e-4; test was not looked at.
+        finetune={"epochs": 10, "lr": 3e-4, "batch_size": 32, "patience": 3},
     ),
     "full": Profile(
         name="full",

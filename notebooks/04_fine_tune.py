@@ -50,7 +50,8 @@
 #   solution $W_j = (v_j^{+} - v_j^{-})/T$, $b = 0$.
 #
 # Adam with a cosine learning-rate schedule, batch 32; the seed's settings (learning rate
-# $10^{-6}$, 30 epochs) on the `full` profile, a shorter, faster budget on the small `demo` model.
+# $10^{-6}$, 30 epochs) on the `full` profile; on the small `demo` model a larger learning rate
+# and 10 epochs, chosen on the validation split (the choice is recorded in `helpers/config.py`).
 # After each epoch the validation macro AUROC decides early stopping and the best epoch is kept.
 # Checkpoints are written atomically after every epoch: an interrupted run resumes where it
 # stopped, and a finished run is loaded instead of retrained.
@@ -63,8 +64,8 @@ limit = 0  # at most this many images per split (0 = all); for quick runs
 on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted in the stamp)
 n_boot = 500  # bootstrap resamples (by report) for confidence intervals
 objective = "contrastive"  # contrastive (label prompts) or bce (classification head)
-epochs = 0  # 0 = the profile's default (demo 6, full 30)
-lr = 0.0  # 0 = the profile's default (demo 1e-4, full 1e-6)
+epochs = 0  # 0 = the profile's default (demo 10, full 30)
+lr = 0.0  # 0 = the profile's default (demo 3e-4, full 1e-6)
 batch_size = 0  # 0 = the profile's default (32)
 patience = 0  # early-stopping patience in epochs; 0 = the profile's default
 temperature = 0.17  # the seed's temperature T
