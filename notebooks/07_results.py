@@ -61,8 +61,9 @@ names = {"zs": "zero-shot", "lp": "linear probe", "ft": "fine-tune"}
 for i, (prof, sub) in enumerate(df.groupby("profile")):
     sub = sub.set_index("setting").reindex(["zs", "lp", "ft"]).dropna(subset=["auroc_macro"])
     x = [list(names).index(s) + 0.15 * i for s in sub.index]
-    lo = [v - c[0] if c else 0 for v, c in zip(sub.auroc_macro, sub.auroc_macro_ci)]
-    hi = [c[1] - v if c else 0 for v, c in zip(sub.auroc_macro, sub.auroc_macro_ci)]
+    # a percentile interval need not contain the point estimate (tiny runs): draw no negative bar
+    lo = [max(v - c[0], 0) if c else 0 for v, c in zip(sub.auroc_macro, sub.auroc_macro_ci)]
+    hi = [max(c[1] - v, 0) if c else 0 for v, c in zip(sub.auroc_macro, sub.auroc_macro_ci)]
     ax.errorbar(x, sub.auroc_macro, yerr=[lo, hi], fmt="o", capsize=4, label=f"profile {prof}")
 ax.axhline(0.5, color="#999999", lw=0.8, ls="--")
 ax.set_xticks(range(3), list(names.values()))
