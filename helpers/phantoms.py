@@ -440,8 +440,7 @@ def render(labels: Mapping[str, int] | Sequence[int], seed: int, style: str = "s
             sides = [an.right_lung, an.left_lung]
         eff = np.zeros((S, S), bool)
         for lung in sides:
-            ys_, xs_ = np.nonzero(lung)
-            lx0, lx1, ly1 = xs_.min(), xs_.max(), ys_.max()
+            ly1 = np.nonzero(lung)[0].max()  # the lung's lowest row
             level = ly1 - rng.uniform(0.15, 0.35) * H
             t = np.abs(xx - an.mid) / (0.5 * W)
             meniscus = level - 0.12 * H * t ** 2  # higher laterally: the meniscus sign

@@ -16,7 +16,6 @@ from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
 
-from helpers import run as R
 from helpers.config import REPO_ROOT
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
