@@ -97,17 +97,15 @@ def rasterize(regions: pd.DataFrame, width: int, height: int) -> np.ndarray:
 
 def region_mask(ann: pd.DataFrame, image_id: str, label: str, image_path: str | os.PathLike,
                 size: int) -> np.ndarray:
-    """The region of ``label`` on ``image_id`` at the model's input geometry (size, size): the
-    mask is drawn at the PNG's size, centre-cropped to a square and resized (nearest)."""
-    import cv2
+    """The region of ``label`` on ``image_id`` at the model's input geometry (size, size): drawn
+    at the PNG's size, then cropped and resized as the image is (:func:`cam.to_input_geometry`)."""
     from PIL import Image
+
+    from .cam import to_input_geometry
 
     with Image.open(image_path) as im:
         w, h = im.size
-    m = rasterize(ann[(ann.image_id == image_id) & (ann.label == label)], w, h)
-    s = min(h, w)
-    m = m[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-    return cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return to_input_geometry(rasterize(ann[(ann.image_id == image_id) & (ann.label == label)], w, h), size)
 
 
 NIH_TO_CHEXPERT = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural Effusion",

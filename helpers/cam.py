@@ -64,12 +64,13 @@ def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None) -> Ca
 
 
 def finetuned_head(scorer) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The fine-tuned :class:`finetune.LabelScorer`'s logit as a function of the image embedding."""
-    if scorer.head is not None:
-        return lambda e: scorer.head(nn.functional.normalize(e, dim=-1))
-    with torch.no_grad():
-        directions = scorer.text_directions().float()
-    return lambda e: nn.functional.normalize(e, dim=-1) @ directions.to(e.device, e.dtype).T
+    """The fine-tuned :class:`finetune.LabelScorer`'s logit as a function of the image embedding
+    (the text directions computed once: only the image side is explained)."""
+    directions = None
+    if scorer.head is None:
+        with torch.no_grad():
+            directions = scorer.text_directions().float()
+    return lambda e: scorer.embedding_logits(e, directions)
 
 
 def randomized_copy(visual: nn.Module, seed: int = 0) -> nn.Module:
@@ -125,12 +126,21 @@ def compute_maps(scorer: EmbeddingScorer, pixels, rows: Sequence[int], label_idx
     return np.concatenate(out).astype(np.float32)
 
 
-def load_masks(mask_paths: Sequence[str], labels: Sequence[str], size: int) -> np.ndarray:
-    """Ground-truth regions (n, size, size) bool from phantom bitmask PNGs, one label per path.
+def to_input_geometry(mask: np.ndarray, size: int) -> np.ndarray:
+    """A bool region (h, w) in original pixels -> (size, size) at the model's input geometry: the
+    geometry the image goes through (open_clip: shorter side to ``size``, centre crop), with
+    nearest-neighbour sampling so the region stays binary."""
+    import cv2
 
-    The mask is centre-cropped to a square and resized with nearest-neighbour sampling, the
-    geometry the image goes through (open_clip: shorter side to ``size``, centre crop).
-    """
+    h, w = mask.shape
+    s = min(h, w)
+    m = mask[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    return cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def load_masks(mask_paths: Sequence[str], labels: Sequence[str], size: int) -> np.ndarray:
+    """Ground-truth regions (n, size, size) bool from phantom bitmask PNGs, one label per path,
+    at the model's input geometry (:func:`to_input_geometry`)."""
     import cv2
 
     from .phantoms import mask_of
@@ -140,11 +150,7 @@ def load_masks(mask_paths: Sequence[str], labels: Sequence[str], size: int) -> n
         bits = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         if bits is None:
             raise FileNotFoundError(f"cannot read mask {p}: expected a 16-bit PNG bitmask written by helpers.phantoms")
-        h, w = bits.shape
-        s = min(h, w)
-        bits = bits[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-        m = mask_of(bits, lab).astype(np.uint8)
-        out[i] = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+        out[i] = to_input_geometry(mask_of(bits, lab), size)
     return out
 
 

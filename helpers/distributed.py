@@ -22,6 +22,15 @@ import numpy as np
 import torch
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def init(backend: str = "auto") -> tuple[int, int, torch.device]:
     """Join the process group that ``torchrun`` describes (env ``RANK``, ``WORLD_SIZE``, ...).
 
@@ -52,8 +61,7 @@ def sharded_image_embeddings(model, cache, mean, std, batch_size: int = 64,
 
     from .embeddings import compute_image_embeddings
 
-    ready = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ready else (0, 1)
+    rank, world = rank_and_world()
     rows = np.arange(len(cache))[rank::world]
     mine = compute_image_embeddings(model, cache, mean, std, rows, batch_size, device, progress=rank == 0)
     if world == 1:

@@ -24,6 +24,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 import time
 import urllib.error
@@ -172,8 +173,6 @@ def extract(archive: Path, out_dir: Path, progress: bool = True) -> Path:
         return out_dir
     tmp = out_dir.with_name(out_dir.name + ".extracting")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
@@ -186,8 +185,6 @@ def extract(archive: Path, out_dir: Path, progress: bool = True) -> Path:
                             f"`python -m helpers.download` again") from None
     files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     if out_dir.exists():
-        import shutil
-
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     atomic_write_json(manifest, {"archive": archive.name, "archive_sha256": digest, "n_files": len(files),

@@ -100,11 +100,17 @@ class LabelScorer(nn.Module):
         k = v.shape[0] // 2
         return (v[:k] - v[k:]) / self.temperature
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = nn.functional.normalize(self.clip.encode_image(x), dim=-1)
+    def embedding_logits(self, e: torch.Tensor, directions: torch.Tensor | None = None) -> torch.Tensor:
+        """Label logits (B, k) of raw image embeddings (B, d). ``directions`` (k, d): precomputed
+        :meth:`text_directions` (for a frozen text side); computed here when ``None``."""
+        u = nn.functional.normalize(e, dim=-1)
         if self.head is not None:
             return self.head(u)
-        return u @ self.text_directions().T
+        d = self.text_directions() if directions is None else directions
+        return u @ d.to(u.device, u.dtype).T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding_logits(self.clip.encode_image(x))
 
 
 @dataclass
@@ -180,14 +186,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Sequence[int],
              val_rows: Sequence[int], labels: Sequence[str], mean, std, base_weights: str,
              cfg: FinetuneConfig, run_root: str | os.PathLike, device: torch.device | str = "cpu",
@@ -204,6 +202,7 @@ def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Seq
     import torch.distributed as dist
     from tqdm.auto import tqdm
 
+    from .distributed import rank_and_world
     from .embeddings import autocast
     from .io import atomic_write_json
     from .metrics import per_label_auroc
@@ -212,7 +211,7 @@ def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Seq
     cfg.validate()
     t0 = time.perf_counter()
     dev = torch.device(device)
-    rank, world = _dist()
+    rank, world = rank_and_world()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of ranks {world}")
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)

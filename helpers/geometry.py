@@ -57,14 +57,19 @@ def geometry_with_ci(emb: np.ndarray, y: np.ndarray, groups: Sequence, labels: S
     Returns ``{"inter", "intra", "ratio", "inter_ci", "intra_ci", "ratio_ci", "per_label"}``;
     ``per_label`` maps label -> {inter, intra, ratio, n} (point values).
     """
-    from .metrics import bootstrap_stat
+    from .metrics import bootstrap_values
 
+    keys = ("inter_all", "intra_all", "ratio_all")
+
+    def overall(idx: np.ndarray) -> list[float]:
+        g = class_geometry(emb[idx], y[idx], min_count)
+        return [g[k] for k in keys]
+
+    _, lo, hi = bootstrap_values(overall, groups, n_boot, seed)  # one geometry per resample
     g = class_geometry(emb, y, min_count)
     out: dict = {}
-    for key, name in (("inter_all", "inter"), ("intra_all", "intra"), ("ratio_all", "ratio")):
-        v, lo, hi = bootstrap_stat(lambda idx, key=key: class_geometry(emb[idx], y[idx], min_count)[key],
-                                   groups, n_boot, seed)
-        out[name], out[f"{name}_ci"] = v, [lo, hi]
+    for i, (key, name) in enumerate(zip(keys, ("inter", "intra", "ratio"))):
+        out[name], out[f"{name}_ci"] = g[key], [float(lo[i]), float(hi[i])]
     out["per_label"] = {c: {"inter": float(g["inter"][j]), "intra": float(g["intra"][j]),
                             "ratio": float(g["inter"][j] / g["intra"][j]), "n": int(np.asarray(y)[:, j].sum())}
                         for j, c in enumerate(labels) if g["used"][j]}

@@ -106,21 +106,23 @@ def _headline(y: np.ndarray, s: np.ndarray, pred: np.ndarray) -> np.ndarray:
                      np.nanmean(auc) if np.isfinite(auc).any() else np.nan])
 
 
+def _resamples(groups: Sequence, n_boot: int, seed: int):
+    """Yield ``n_boot`` row-index arrays, each drawing ``len(unique(groups))`` groups with replacement
+    (all rows of a drawn group come together). Deterministic for a ``seed``."""
+    uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+
+
 def bootstrap_ci(y: np.ndarray, s: np.ndarray, pred: np.ndarray, groups: Sequence, n_boot: int = 500,
                  seed: int = 0, alpha: float = 0.05) -> dict[str, list[float]]:
     """95% percentile CIs of the headline metrics, resampling ``groups`` (report ids).
 
     Deterministic for a given ``seed``. Returns metric -> [low, high].
     """
-    groups = np.asarray(groups)
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    stats = np.empty((n_boot, len(HEADLINE)))
-    for b in range(n_boot):
-        pick = rng.integers(0, len(uniq), len(uniq))
-        idx = np.concatenate([members[g] for g in pick])
-        stats[b] = _headline(y[idx], s[idx], pred[idx])
+    stats = np.array([_headline(y[idx], s[idx], pred[idx]) for idx in _resamples(groups, n_boot, seed)])
     lo, hi = np.nanpercentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
     return {m: [float(a), float(b)] for m, a, b in zip(HEADLINE, lo, hi)}
 
@@ -177,20 +179,23 @@ def tune_thresholds(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return out
 
 
+def bootstrap_values(fn, groups: Sequence, n_boot: int = 500, seed: int = 0,
+                     alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point values and 95% percentile CIs of a vector-valued ``fn(idx)`` (one resample serves
+    every component). Returns (point, low, high), arrays shaped like ``fn``'s output."""
+    vals = np.array([fn(idx) for idx in _resamples(groups, n_boot, seed)], dtype=float)
+    lo, hi = np.nanpercentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    return np.asarray(fn(np.arange(len(groups))), dtype=float), lo, hi
+
+
 def bootstrap_stat(fn, groups: Sequence, n_boot: int = 500, seed: int = 0,
                    alpha: float = 0.05) -> tuple[float, float, float]:
     """Point value and 95% percentile CI of ``fn(idx)`` under a report-level bootstrap.
 
     ``fn`` takes an index array into the rows (all rows for the point value) and returns a float.
     """
-    groups = np.asarray(groups)
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    vals = np.array([fn(np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))]))
-                     for _ in range(n_boot)])
-    lo, hi = np.nanpercentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(fn(np.arange(len(groups)))), float(lo), float(hi)
+    v, lo, hi = bootstrap_values(fn, groups, n_boot, seed, alpha)
+    return float(v), float(lo), float(hi)
 
 
 def headline_table(result: dict[str, Any]):

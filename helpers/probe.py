@@ -104,7 +104,7 @@ def fit_probe(emb_train: np.ndarray, y_train: np.ndarray, emb_val: np.ndarray, y
     e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
     mean, scale = e.mean(0), e.std(0).clip(1e-6)
     probe = Probe(np.empty(0), np.empty(0), mean, scale, float("nan"), class_weight, 0.0)
-    x_tr, x_va = probe.features(emb_train), probe.features(emb_val)
+    x_tr, x_va = (e - mean) / scale, probe.features(emb_val)  # e: the training rows, already normalised
     best = (-np.inf, None)
     path = _fit_path(x_tr, np.asarray(y_train).astype(int), Cs, class_weight, max_iter)
     for C, (coef, icpt) in path.items():
