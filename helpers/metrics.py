@@ -8,7 +8,17 @@ likely) and per-label thresholds ``t`` (k,), predictions are ``P = S >= t``. Met
 * ranking metrics from the scores alone: LRAP (label ranking average precision), coverage
   error (how far down the ranking one must go to cover every true label; best = the number
   of true labels), ranking loss;
-* per-label AUROC and their mean over labels with both classes present (macro AUROC).
+* per-label AUROC and their mean over labels with both classes present (macro AUROC);
+* per-label AUPRC (average precision, as sklearn's ``average_precision_score``) and its macro
+  mean: its chance level is the label's prevalence, not 0.5, so it shows what AUROC hides on
+  rare labels;
+* calibration of probabilities ``p`` (n, k): Brier score ``mean (p - y)^2`` and expected
+  calibration error with :data:`ECE_BINS` equal-width bins on [0, 1], both per label and
+  averaged over labels (:func:`calibration`).
+
+F1 is reported both ways: *macro* (the mean of per-label F1, every label counts the same; the
+one compared with the seed's "F1") and *micro* (pooled over all image-label pairs, dominated by
+the frequent labels).
 
 Confidence intervals: 95% percentile bootstrap, resampling *reports* (an image's report is its
 cluster), so two images of one report never land in different resamples independently.
@@ -21,13 +31,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-HEADLINE = ("f1_macro", "f1_micro", "exact_match", "lrap", "coverage_error", "ranking_loss", "auroc_macro")
+HEADLINE = ("f1_macro", "f1_micro", "exact_match", "lrap", "coverage_error", "ranking_loss", "auroc_macro",
+            "auprc_macro")
+ECE_BINS = 10
+"""Equal-width probability bins of the expected calibration error."""
 
 
-def _ranking(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
+def ranking_metrics(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
     """LRAP, coverage error and ranking loss of targets (n, k) and scores (n, k).
 
-    Vectorised re-implementations of sklearn's ``label_ranking_average_precision_score``,
+    With ``rank_ia = |{b : s_ib >= s_ia}|`` (label ``a``'s rank on image ``i``, ties counted
+    against it) and ``Y_i`` the image's true labels:
+    ``LRAP = mean_i mean_{a in Y_i} |{b in Y_i : s_ib >= s_ia}| / rank_ia`` (1 for an image with
+    no or all labels) and ``coverage = mean_i max_{a in Y_i} rank_ia``. Vectorised re-implementations of sklearn's ``label_ranking_average_precision_score``,
     ``coverage_error`` and ``label_ranking_loss`` (identical values, ties included; the tests
     check it): sklearn loops over samples in Python, which made bootstrap CIs the slowest step.
     """
@@ -61,6 +77,97 @@ def per_label_auroc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.where((npos > 0) & (nneg > 0), auc, np.nan)
 
 
+def per_label_ap(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Per-label average precision (k,): ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct
+    score thresholds, exactly as sklearn's ``average_precision_score`` (ties share a threshold);
+    NaN for a label with no positive. Its chance level is the label's prevalence."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(s, dtype=float)
+    out = np.full(y.shape[1], np.nan)
+    for j in range(y.shape[1]):
+        npos = int(y[:, j].sum())
+        if npos == 0:
+            continue
+        order = np.argsort(-s[:, j], kind="stable")
+        sj, yj = s[order, j], y[order, j]
+        last = np.r_[sj[1:] != sj[:-1], True]  # the end of each run of tied scores
+        tp = np.cumsum(yj)[last]
+        k = np.flatnonzero(last) + 1
+        recall = tp / npos
+        out[j] = float(np.sum(np.diff(np.r_[0.0, recall]) * tp / k))
+    return out
+
+
+def _nanmean(v: np.ndarray) -> float:
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
+def calibration(y: np.ndarray, p: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, Any]:
+    """Brier score and expected calibration error of probabilities ``p`` (n, k) for targets (n, k).
+
+    Per label ``j``: ``brier_j = mean_i (p_ij - y_ij)^2``; ``ece_j = sum_b (n_b / n) |mean y - mean p|``
+    over ``n_bins`` equal-width bins of ``p`` on [0, 1] (empty bins skipped). Returns the macro means
+    ``brier``, ``ece`` and per-label lists ``brier_per_label``, ``ece_per_label``.
+    """
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    if y.shape != p.shape:
+        raise ValueError(f"targets {y.shape} and probabilities {p.shape} differ in shape")
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("calibration needs probabilities in [0, 1]; apply a sigmoid to logits first")
+    brier = ((p - y) ** 2).mean(0)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    ece = np.zeros(y.shape[1])
+    for b in range(n_bins):
+        m = bins == b
+        nb = m.sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = np.abs((y * m).sum(0) - (p * m).sum(0)) / np.maximum(nb, 1)
+        ece += nb / len(y) * gap
+    return {"brier": float(brier.mean()), "ece": float(ece.mean()), "n_bins": n_bins,
+            "brier_per_label": brier.tolist(), "ece_per_label": ece.tolist()}
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Logistic function, numerically safe for large |z|."""
+    z = np.asarray(z, dtype=float)
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def logit(p: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Inverse of :func:`sigmoid`, with ``p`` clipped to [eps, 1 - eps]."""
+    p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_platt(z: np.ndarray, y: np.ndarray, slope: bool = True, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label Platt scaling ``p = sigmoid(a_j z + b_j)`` by maximum likelihood (Newton's method).
+
+    ``z`` (n, k) logits and ``y`` (n, k) targets, from the *validation* split. With
+    ``slope=False`` only the intercept ``b_j`` is fitted (``a_j = 1``): it moves each label's scores
+    by a constant, which changes the ranking *across* labels (LRAP, coverage) but not within a
+    label (AUROC). A label with one class only keeps ``a = 1, b = 0``. Returns ``(a, b)``, each (k,).
+    """
+    z, y = np.asarray(z, dtype=float), np.asarray(y, dtype=float)
+    n, k = z.shape
+    a, b = np.ones(k), np.zeros(k)
+    for j in range(k):
+        if y[:, j].min() == y[:, j].max():
+            continue
+        X = np.stack([z[:, j], np.ones(n)], 1) if slope else np.ones((n, 1))
+        offset = 0.0 if slope else z[:, j]
+        w = np.array([1.0, 0.0]) if slope else np.zeros(1)
+        for _ in range(iters):
+            p = sigmoid(X @ w + offset)
+            hess = (X * (p * (1 - p))[:, None]).T @ X + 1e-6 * np.eye(X.shape[1])
+            step = np.linalg.solve(hess, X.T @ (p - y[:, j]) + 1e-6 * w)
+            w = w - step
+            if np.abs(step).max() < 1e-10:
+                break
+        a[j], b[j] = (w[0], w[1]) if slope else (1.0, w[0])
+    return a, b
+
+
 def _f1(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     """Macro and micro F1 (zero when a label has no positive and no prediction), as sklearn."""
     tp = (pred & y).sum(0)
@@ -81,17 +188,21 @@ def point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray,
         rep = classification_report(y, pred, target_names=list(label_names), output_dict=True,
                                     zero_division=0)
         auc = per_label_auroc(y, s)
+        ap = per_label_ap(y, s)
     out: dict[str, Any] = {
         "f1_macro": float(rep["macro avg"]["f1-score"]),
         "f1_micro": float(rep["micro avg"]["f1-score"]),
         "exact_match": float((pred == y).all(1).mean()),
-        **_ranking(y, s),
-        "auroc_macro": float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"),
+        **ranking_metrics(y, s),
+        "auroc_macro": _nanmean(auc),
+        "auprc_macro": _nanmean(ap),
+        "prevalence_macro": float(y.mean(0).mean()),
         "per_label": {
             name: {"precision": float(rep[name]["precision"]), "recall": float(rep[name]["recall"]),
                    "f1": float(rep[name]["f1-score"]), "support": int(rep[name]["support"]),
                    "prevalence": float(y[:, j].mean()), "predicted_rate": float(pred[:, j].mean()),
-                   "auroc": None if np.isnan(auc[j]) else float(auc[j])}
+                   "auroc": None if np.isnan(auc[j]) else float(auc[j]),
+                   "auprc": None if np.isnan(ap[j]) else float(ap[j])}
             for j, name in enumerate(label_names)},
     }
     return out
@@ -99,11 +210,11 @@ def point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray,
 
 def _headline(y: np.ndarray, s: np.ndarray, pred: np.ndarray) -> np.ndarray:
     y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
-    r = _ranking(y, s)
+    r = ranking_metrics(y, s)
     auc = per_label_auroc(y, s)
     f1m, f1u = _f1(y, pred)
     return np.array([f1m, f1u, (pred == y).all(1).mean(), r["lrap"], r["coverage_error"], r["ranking_loss"],
-                     np.nanmean(auc) if np.isfinite(auc).any() else np.nan])
+                     _nanmean(auc), _nanmean(per_label_ap(y, s))])
 
 
 def _resamples(groups: Sequence, n_boot: int, seed: int):
@@ -116,15 +227,70 @@ def _resamples(groups: Sequence, n_boot: int, seed: int):
         yield np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
 
 
+def bootstrap_runs(fn, groups: Sequence, n_runs: Sequence[int] = (1,), n_boot: int = 500, seed: int = 0,
+                   alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point value and 95% CI of ``fn(idx, runs)`` over reports *and* training runs.
+
+    ``n_runs[s]`` is the number of training runs (seeds, random draws) of source ``s``; ``runs``
+    is a tuple with one run index per source. Each bootstrap replicate resamples the reports
+    (``groups``) with replacement and, independently for each source, one of its runs uniformly
+    at random (a two-level bootstrap): the interval covers test-set sampling and training-seed
+    variance together. The point value is the mean of ``fn(all rows, runs)`` over every
+    combination of runs. ``fn`` may return a float or a vector; NaN replicates are ignored.
+    """
+    import itertools
+
+    rng = np.random.default_rng([seed, 7919])  # its own stream: the report resamples do not change
+    vals = [fn(idx, tuple(int(rng.integers(n)) for n in n_runs)) for idx in _resamples(groups, n_boot, seed)]
+    vals = np.array(vals, dtype=float)
+    lo, hi = np.nanpercentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    everything = np.arange(len(groups))
+    point = np.mean([np.asarray(fn(everything, r), dtype=float)
+                     for r in itertools.product(*(range(n) for n in n_runs))], axis=0)
+    return point, lo, hi
+
+
+def _stack_runs(scores: np.ndarray, thresholds, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores as (m, n, k) and thresholds as (m, k), for m training runs (m = 1 for one matrix)."""
+    s = np.asarray(scores, dtype=float)
+    s = s[None] if s.ndim == 2 else s
+    t = np.asarray(thresholds, dtype=float)
+    t = np.broadcast_to(t if t.ndim == 2 else np.broadcast_to(t, (k,))[None], (len(s), k))
+    return s, t
+
+
 def bootstrap_ci(y: np.ndarray, s: np.ndarray, pred: np.ndarray, groups: Sequence, n_boot: int = 500,
                  seed: int = 0, alpha: float = 0.05) -> dict[str, list[float]]:
     """95% percentile CIs of the headline metrics, resampling ``groups`` (report ids).
 
-    Deterministic for a given ``seed``. Returns metric -> [low, high].
+    ``s`` and ``pred`` are (n, k), or (m, n, k) for ``m`` training runs: then every replicate
+    also draws one run (:func:`bootstrap_runs`). Deterministic for a given ``seed``.
+    Returns metric -> [low, high].
     """
-    stats = np.array([_headline(y[idx], s[idx], pred[idx]) for idx in _resamples(groups, n_boot, seed)])
-    lo, hi = np.nanpercentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    s, pred = (np.asarray(a)[None] if np.asarray(a).ndim == 2 else np.asarray(a) for a in (s, pred))
+    _, lo, hi = bootstrap_runs(lambda idx, r: _headline(y[idx], s[r[0]][idx], pred[r[0]][idx]), groups,
+                               (len(s),), n_boot, seed, alpha)
     return {m: [float(a), float(b)] for m, a, b in zip(HEADLINE, lo, hi)}
+
+
+def _mean_runs(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average the numeric fields of several :func:`point_metrics` results (one per run)."""
+    if len(results) == 1:
+        return results[0]
+
+    def avg(vals: list) -> Any:
+        if isinstance(vals[0], dict):
+            return {k: avg([v[k] for v in vals]) for k in vals[0]}
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            return float(np.mean(vals))
+        if all(v is None or isinstance(v, (int, float)) for v in vals):
+            fin = [v for v in vals if v is not None]
+            return float(np.mean(fin)) if fin else None
+        return vals[0]
+
+    out = avg(results)
+    out["per_run"] = {m: [r[m] for r in results] for m in HEADLINE}
+    return out
 
 
 def evaluate(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | float,
@@ -134,18 +300,22 @@ def evaluate(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | float,
 
     Parameters
     ----------
-    y : (n, k) 0/1 targets. scores : (n, k) real scores. thresholds : (k,) or a scalar.
+    y : (n, k) 0/1 targets.
+    scores : (n, k) real scores, or (m, n, k) for ``m`` training runs (seeds) of one setting:
+        the point metrics are then the mean over runs (``runs``, ``per_run`` record them) and the
+        CIs cover report resampling and run-to-run variance together (:func:`bootstrap_runs`).
+    thresholds : a scalar, (k,), or (m, k) per run.
     groups : (n,) report id per image, the bootstrap's resampling unit.
     """
     y = np.asarray(y).astype(int)
-    s = np.asarray(scores, dtype=float)
-    if y.shape != s.shape:
-        raise ValueError(f"targets {y.shape} and scores {s.shape} differ in shape")
-    t = np.broadcast_to(np.asarray(thresholds, dtype=float), (y.shape[1],))
-    pred = (s >= t).astype(int)
-    out = point_metrics(y, s, pred, label_names)
-    out["thresholds"] = {n: float(v) for n, v in zip(label_names, t)}
+    s, t = _stack_runs(scores, thresholds, y.shape[1])
+    if y.shape != s.shape[1:]:
+        raise ValueError(f"targets {y.shape} and scores {s.shape[1:]} differ in shape")
+    pred = (s >= t[:, None, :]).astype(int)
+    out = _mean_runs([point_metrics(y, s[r], pred[r], label_names) for r in range(len(s))])
+    out["thresholds"] = {n: float(v) for n, v in zip(label_names, t.mean(0))}
     out["n_images"] = int(len(y))
+    out["runs"] = int(len(s))
     if groups is not None and n_boot > 0:
         out["ci95"] = bootstrap_ci(y, s, pred, groups, n_boot, seed)
         out["n_reports"] = int(len(set(groups)))
@@ -183,9 +353,7 @@ def bootstrap_values(fn, groups: Sequence, n_boot: int = 500, seed: int = 0,
                      alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point values and 95% percentile CIs of a vector-valued ``fn(idx)`` (one resample serves
     every component). Returns (point, low, high), arrays shaped like ``fn``'s output."""
-    vals = np.array([fn(idx) for idx in _resamples(groups, n_boot, seed)], dtype=float)
-    lo, hi = np.nanpercentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
-    return np.asarray(fn(np.arange(len(groups))), dtype=float), lo, hi
+    return bootstrap_runs(lambda idx, r: fn(idx), groups, (1,), n_boot, seed, alpha)
 
 
 def bootstrap_stat(fn, groups: Sequence, n_boot: int = 500, seed: int = 0,
@@ -251,6 +419,17 @@ def load_scores(path, image_ids: Sequence[str] | None = None, made_by: str = "")
     return d
 
 
-def paired_difference(fn_a, fn_b, groups: Sequence, n_boot: int = 500, seed: int = 0) -> tuple[float, float, float]:
-    """Point value and 95% CI of ``fn_a(idx) - fn_b(idx)`` with one shared report-level resample."""
-    return bootstrap_stat(lambda idx: fn_a(idx) - fn_b(idx), groups, n_boot, seed)
+def paired_difference(fn_a, fn_b, groups: Sequence, n_boot: int = 500, seed: int = 0,
+                      n_runs: tuple[int, int] = (1, 1)) -> tuple[float, float, float]:
+    """Point value and 95% CI of ``fn_a - fn_b`` with one shared report-level resample.
+
+    With ``n_runs == (1, 1)`` the functions take the row indices, ``fn(idx)``. With several
+    training runs per side they take ``fn(idx, run)``; each replicate draws one run of each side
+    independently (:func:`bootstrap_runs`), so the CI includes both sides' seed variance.
+    """
+    if tuple(n_runs) == (1, 1):
+        diff = lambda idx, r: fn_a(idx) - fn_b(idx)  # noqa: E731
+    else:
+        diff = lambda idx, r: fn_a(idx, r[0]) - fn_b(idx, r[1])  # noqa: E731
+    v, lo, hi = bootstrap_runs(diff, groups, tuple(n_runs), n_boot, seed)
+    return float(v), float(lo), float(hi)

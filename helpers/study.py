@@ -63,6 +63,13 @@ class Study:
         return text_embeddings(self.model, self.tokenizer, self.info.weights_sha256, texts, device=self.device)
 
     @property
+    def artefacts(self):
+        """The files this (profile, model) pair writes and reads (:class:`artefacts.Artefacts`)."""
+        from .artefacts import Artefacts
+
+        return Artefacts.of(self.profile, self.info.spec)
+
+    @property
     def logit_scale(self) -> float:
         """The model's temperature ``exp(logit_scale)``."""
         return float(self.model.logit_scale.exp())
@@ -85,7 +92,9 @@ def subsample(split: pd.DataFrame, limit: int | None) -> pd.DataFrame:
 
 def load_study(profile: str = "demo", model: str | None = None, image_dir: str | None = None,
                style: str = "target", uncertain_policy: str = "positive", split_seed: int = 0,
-               limit: int | None = None, on_error: str = "stop", device: str = "auto") -> Study:
+               limit: int | None = None, on_error: str = "stop", device: str = "auto",
+               reports_path: str | None = None, split_fractions: Sequence[float] = (0.7, 0.1, 0.2),
+               views: Sequence[str] | str = "frontal") -> Study:
     """Everything a chapter needs for ``profile``.
 
     Parameters
@@ -95,6 +104,9 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     style : ``demo`` profile: phantom style of the IU-Xray images (default ``target``).
     limit : at most this many images per split (smoke runs); ``None`` for all.
     on_error : unreadable image policy, ``stop`` or ``skip`` (skipped ones are counted).
+    uncertain_policy, split_seed, split_fractions, views, reports_path : the label table and
+        split of chapter 1
+        (:func:`data.load_study_data`); every chapter takes them, so they reach every chapter.
     """
     from . import images as I
     from .data import load_study_data
@@ -103,7 +115,8 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     prof = get_profile(profile)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    data = load_study_data(uncertain_policy, split_seed)
+    data = load_study_data(uncertain_policy, split_seed, split_fractions, views,
+                           reports_path=reports_path or None)
     split = subsample(data.split, limit)
     if prof.images == "phantoms":
         table = I.phantom_images(split, style=style)
@@ -126,20 +139,6 @@ def embeddings_of(study: Study, model: torch.nn.Module) -> np.ndarray:
 
     return image_embeddings(model, _weights_hash(model), study.pixels, study.info.mean, study.info.std,
                             device=study.device)
-
-
-def finetuned_scorer(study: Study):
-    """The fine-tuned model that chapter 4 recorded in ``fine_tune.json`` for this profile."""
-    import json
-
-    from .config import output_dir
-    from .finetune import load_finetuned
-
-    meta = output_dir(study.profile) / "fine_tune.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta} is missing; run chapter 4 first: python -m helpers.run 04_fine_tune")
-    run_dir = data_dir() / json.loads(meta.read_text())["run_dir"]
-    return load_finetuned(study.model, study.tokenizer, study.labels, run_dir, study.device)
 
 
 @dataclass

@@ -66,11 +66,16 @@ def ensemble_embedding(text_emb: np.ndarray) -> np.ndarray:
     return l2_normalize(l2_normalize(text_emb).mean(0))
 
 
+def cosines(img: np.ndarray, txt: np.ndarray) -> np.ndarray:
+    """Cosine similarities (n, k) of images (n, d) and one text per label (k, d)."""
+    return l2_normalize(img) @ l2_normalize(txt).T
+
+
 def single_prompt_scores(img: np.ndarray, txt: np.ndarray, logit_scale: float, mode: str) -> np.ndarray:
     """Seed-style probabilities (n, k) from image (n, d) and one prompt per label (k, d)."""
     if mode not in PROB_MODES:
         raise ValueError(f"unknown probability mode {mode!r}; valid: {', '.join(PROB_MODES)}")
-    z = logit_scale * l2_normalize(img) @ l2_normalize(txt).T
+    z = logit_scale * cosines(img, txt)
     if mode == "sigmoid":
         return 1 / (1 + np.exp(-z))
     if mode == "softmax":
@@ -89,12 +94,6 @@ def paired_scores(img: np.ndarray, pos: np.ndarray, neg: np.ndarray, logit_scale
     zp = logit_scale * u @ l2_normalize(pos).T
     zn = logit_scale * u @ l2_normalize(neg).T
     return 1 / (1 + np.exp(-(zp - zn)))
-
-
-def label_prompt_table(template: str = "bare", ensemble: bool = False,
-                       labels: Sequence[str] = CHEXPERT_LABELS) -> dict[str, tuple[list[str], list[str]]]:
-    """Label -> (positive prompts, negative prompts) for every label."""
-    return {c: prompts(c, template, ensemble) for c in labels}
 
 
 def select_on_val(candidates: dict[str, np.ndarray], y: np.ndarray, val_rows: np.ndarray) -> tuple[str, np.ndarray]:

@@ -98,7 +98,7 @@ def test_vectorised_metrics_equal_sklearn(seed):
     y[1] = 1  # all-negative and all-positive rows
     s = np.round(rng.random((120, 6)), 1)  # many ties
     pred = (s >= 0.5).astype(int)
-    r = M._ranking(y, s)
+    r = M.ranking_metrics(y, s)
     assert r["lrap"] == pytest.approx(label_ranking_average_precision_score(y, s))
     assert r["coverage_error"] == pytest.approx(coverage_error(y, s))
     assert r["ranking_loss"] == pytest.approx(label_ranking_loss(y, s))

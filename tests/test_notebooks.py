@@ -48,10 +48,11 @@ def _metrics_without_date(path):
 
 def test_chapter_2_metrics_are_reproducible(built_book, tmp_path):
     """Executing chapter 2 twice gives identical metrics JSON apart from the time stamp."""
-    first = _metrics_without_date(Path(os.environ.get("IUXRAY_OUTPUT_DIR", REPO_ROOT / "outputs"))
-                                  / "demo" / "zero_shot.json")
+    from helpers.artefacts import Artefacts
+
+    path = Artefacts.of("demo").metrics("zs")
+    first = _metrics_without_date(path)
     rc = R.main(["02_zero_shot", "--out", str(tmp_path), "-p", "limit", "40", "-p", "n_boot", "20"])
     assert rc == 0
-    second = _metrics_without_date(Path(os.environ.get("IUXRAY_OUTPUT_DIR", REPO_ROOT / "outputs"))
-                                   / "demo" / "zero_shot.json")
+    second = _metrics_without_date(path)
     assert first == second

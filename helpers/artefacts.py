@@ -1,0 +1,150 @@
+"""Every file a chapter writes or reads, named in one place, per (profile, model).
+
+Chapters never type each other's file names: chapter 3 writes ``arts.probe()`` and chapter 6
+reads ``arts.probe()``. Outputs of one (profile, model) pair live in one folder,
+
+    <output root>/<profile>/<model slug>/            (metrics JSON, test scores, findings)
+    <data dir>/runs/<profile>/<model slug>/          (fine-tuning checkpoints)
+
+so a second model run beside the first never overwrites it, and the results page lists every
+pair it finds. The output root is ``IUXRAY_OUTPUT_DIR`` (default ``<repo>/outputs``), the data
+dir ``IUXRAY_DATA_DIR`` (default ``<repo>/data``).
+
+A *setting* is one of :data:`SETTINGS` (``zs`` zero-shot, ``lp`` linear probe, ``ft``
+fine-tune); a *variant* names a training condition of a setting: ``""`` (the real labels),
+``"permuted"`` (labels permuted across training reports: the negative control) or
+``"localising"`` (chapter 6's positive-control model). A *seed* numbers a training run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SETTINGS = {"zs": "zero-shot", "lp": "linear probe", "ft": "fine-tune"}
+"""Setting key -> name used on the pages."""
+VARIANTS = ("", "permuted", "localising")
+METRICS_FILES = {"zs": "zero_shot.json", "lp": "linear_probe.json", "ft": "fine_tune.json"}
+GEOMETRY_FILE = "embedding_geometry.json"
+GRAD_CAM_FILE = "grad_cam.json"
+REFERENCE_FILE = "reference_scorers.json"
+FINDINGS_GLOB = "findings-*.json"
+
+
+def output_root() -> Path:
+    """The folder holding one sub-folder per profile (``IUXRAY_OUTPUT_DIR``)."""
+    from .config import REPO_ROOT
+
+    return Path(os.environ.get("IUXRAY_OUTPUT_DIR", REPO_ROOT / "outputs"))
+
+
+def model_slug(spec: str) -> str:
+    """A folder name for a model spec: readable, unique, filesystem-safe.
+
+    ``tiny`` -> ``tiny``; ``hf-hub:microsoft/BiomedCLIP-...`` -> ``hf-hub-microsoft-BiomedCLIP-...``;
+    ``local-dir:/a/b/clip`` -> ``local-dir-clip-<6 hex of the full path>`` (two folders of the
+    same name stay apart).
+    """
+    if not spec or not isinstance(spec, str):
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    if spec.startswith("local-dir:"):
+        path = spec[len("local-dir:"):].rstrip("/\\")
+        tail = Path(path).name or "model"
+        h = hashlib.sha256(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:6]
+        spec = f"local-dir-{tail}-{h}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", spec.replace(":", "-")).strip("-")
+
+
+def _variant_suffix(variant: str, seed: int | None) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(repr(v) for v in VARIANTS)}")
+    parts = [p for p in (variant, None if seed is None else f"seed{seed}") if p]
+    return "".join(f"-{p}" for p in parts)
+
+
+@dataclass(frozen=True)
+class Artefacts:
+    """The files of one (profile, model) pair. ``model`` is the spec as run (e.g. ``tiny``)."""
+
+    profile: str
+    model: str
+
+    @classmethod
+    def of(cls, profile: str, model: str | None = None) -> "Artefacts":
+        """The pair for ``profile`` and ``model`` (empty or ``None``: the profile's default)."""
+        from .config import get_profile
+
+        return cls(profile, model or get_profile(profile).model)
+
+    @property
+    def slug(self) -> str:
+        return model_slug(self.model)
+
+    @property
+    def dir(self) -> Path:
+        """Metrics JSON, test scores and findings of this pair."""
+        return output_root() / self.profile / self.slug
+
+    @property
+    def runs_dir(self) -> Path:
+        """Fine-tuning checkpoints of this pair (large; kept out of the outputs folder)."""
+        from .config import data_dir
+
+        return data_dir() / "runs" / self.profile / self.slug
+
+    def metrics(self, setting: str) -> Path:
+        """Test metrics JSON of a setting (``zs``, ``lp``, ``ft``)."""
+        return self.dir / METRICS_FILES[_check_setting(setting)]
+
+    def scores(self, setting: str, variant: str = "", seed: int | None = None) -> Path:
+        """Test scores (``metrics.save_scores``) of a setting, variant and training seed."""
+        return self.dir / f"{_check_setting(setting)}_test_scores{_variant_suffix(variant, seed)}.npz"
+
+    def probe(self, variant: str = "") -> Path:
+        """The fitted linear probe (``probe.save_probe``)."""
+        return self.dir / f"probe{_variant_suffix(variant, None)}.npz"
+
+    def finetune_runs(self, variant: str = "") -> Path:
+        """Root folder of the fine-tuning runs of a variant (one sub-folder per run key)."""
+        return self.runs_dir / f"finetune{_variant_suffix(variant, None)}"
+
+    def finetune_index(self) -> Path:
+        """JSON naming the run folder of every fine-tuned (variant, seed) that chapter 4 made."""
+        return self.dir / "fine_tune_runs.json"
+
+    @property
+    def geometry(self) -> Path:
+        return self.dir / GEOMETRY_FILE
+
+    @property
+    def grad_cam(self) -> Path:
+        return self.dir / GRAD_CAM_FILE
+
+    @property
+    def reference(self) -> Path:
+        """Chance-level reference scorers on this pair's split (chapter 2)."""
+        return self.dir / REFERENCE_FILE
+
+    def findings(self, chapter: str) -> Path:
+        """The finding records a chapter wrote (``findings.write_findings``)."""
+        return self.dir / f"findings-{chapter}.json"
+
+
+def _check_setting(setting: str) -> str:
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
+    return setting
+
+
+def all_pairs(root: str | os.PathLike | None = None) -> list[tuple[str, str, Path]]:
+    """Every (profile, model slug, folder) under the output root that holds a JSON file."""
+    root = Path(root) if root else output_root()
+    out = []
+    for prof in sorted(p for p in root.glob("*") if p.is_dir()):
+        for mdir in sorted(p for p in prof.glob("*") if p.is_dir()):
+            if any(mdir.glob("*.json")):
+                out.append((prof.name, mdir.name, mdir))
+    return out
