@@ -103,6 +103,18 @@ class Artefacts:
         """Test scores (``metrics.save_scores``) of a setting, variant and training seed."""
         return self.dir / f"{_check_setting(setting)}_test_scores{_variant_suffix(variant, seed)}.npz"
 
+    def scored_seeds(self, setting: str, variant: str = "", made_by: str = "") -> list[int]:
+        """The seeds whose test scores exist for (setting, variant); an error names the chapter
+        that writes them when there are none."""
+        prefix = self.scores(setting, variant, 0).name.rsplit("seed0", 1)[0] + "seed"
+        seeds = sorted(int(p.stem[len(prefix):]) for p in self.dir.glob(f"{prefix}*.npz")
+                       if p.stem[len(prefix):].isdigit())
+        if not seeds:
+            raise FileNotFoundError(f"no test scores {prefix}*.npz in {self.dir}; run "
+                                    f"{made_by or 'the chapter that writes them'} first "
+                                    f"(python -m helpers.run {made_by or '<chapter>'})")
+        return seeds
+
     def probe(self, variant: str = "") -> Path:
         """The fitted linear probe (``probe.save_probe``)."""
         return self.dir / f"probe{_variant_suffix(variant, None)}.npz"

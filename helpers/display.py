@@ -49,9 +49,12 @@ def against_floors(ours: Mapping[str, Mapping[str, Any]], refs: Mapping[str, Map
     """Metric table: our settings (value [CI]) beside every reference scorer, and a verdict.
 
     ``ours`` and ``refs`` map a column name to a :func:`metrics.evaluate` result. The last column
-    names the best reference scorer for the metric and whether the *first* of ``ours`` beats it
-    with its whole CI (``yes`` / ``no``).
+    names the best reference scorer for the metric (the first in :data:`chance.SCORERS` order
+    on a tie) and whether the *first* of ``ours`` beats it with its whole CI (``yes``/``no``).
     """
+    from .chance import SCORERS
+
+    refs = {n: refs[n] for n in sorted(refs, key=lambda n: SCORERS.index(n) if n in SCORERS else 99)}
     rows = {}
     first = next(iter(ours.values()))
     for m in metrics:

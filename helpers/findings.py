@@ -130,12 +130,9 @@ def gather_findings(root: str | Path | None = None) -> pd.DataFrame:
 
 
 def _fmt(v: float | None, ci: Sequence[float | None] | None) -> str:
-    if v is None:
-        return "–"
-    s = f"{v:+.3f}" if abs(v) < 10 else f"{v:.2f}"
-    if ci and None not in ci:
-        s += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
-    return s
+    from .display import fmt_ci
+
+    return fmt_ci(v, ci, signed=True)
 
 
 def findings_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,13 @@ embeddings ``E`` (n, d) (raw, unnormalised, as the seed study measures them) and
 
 Classes with fewer than ``min_count`` members are left out (their centroid is noise). Distances
 carry the embedding's scale; the ratio is scale-free, so it is the number to compare across models.
+
+Confidence intervals (:func:`geometry_with_ci`) resample reports. The class set is fixed once,
+on the whole test split (classes with at least ``min_count`` distinct images), so every
+replicate averages over the same classes. A bootstrap replicate draws some images twice: they
+count twice in a centroid (as weights) but only once toward a class's size. A replicate in which
+a class of the set has fewer than two *distinct* images (no spread can be measured) is dropped,
+and the number of dropped replicates is reported (``dropped``).
 """
 
 from __future__ import annotations
@@ -21,16 +28,18 @@ from typing import Sequence
 import numpy as np
 
 
-def class_geometry(emb: np.ndarray, y: np.ndarray, min_count: int = 5) -> dict[str, np.ndarray | float]:
+def class_geometry(emb: np.ndarray, y: np.ndarray, min_count: int = 5,
+                   classes: np.ndarray | None = None) -> dict[str, np.ndarray | float]:
     """Per-class and overall distances.
 
+    ``classes`` (k,) bool fixes the class set (default: classes with ``min_count`` members).
     Returns ``intra`` (k,), ``inter`` (k,) (NaN for classes left out), ``used`` (k,) bool and the
     overall ``intra_all``, ``inter_all`` and ``ratio_all`` floats.
     """
     e = np.asarray(emb, dtype=np.float64)
     y = np.asarray(y).astype(bool)
     k = y.shape[1]
-    used = y.sum(0) >= min_count
+    used = y.sum(0) >= min_count if classes is None else np.asarray(classes, bool) & y.any(0)
     cent = np.full((k, e.shape[1]), np.nan)
     intra = np.full(k, np.nan)
     for j in np.flatnonzero(used):
@@ -50,30 +59,62 @@ def class_geometry(emb: np.ndarray, y: np.ndarray, min_count: int = 5) -> dict[s
             "ratio_all": inter_all / intra_all if intra_all else float("nan")}
 
 
-def geometry_with_ci(emb: np.ndarray, y: np.ndarray, groups: Sequence, labels: Sequence[str],
-                     n_boot: int = 200, seed: int = 0, min_count: int = 5) -> dict:
+def geometry_with_ci(emb: np.ndarray | Sequence[np.ndarray], y: np.ndarray, groups: Sequence,
+                     labels: Sequence[str], n_boot: int = 200, seed: int = 0,
+                     min_count: int = 5) -> dict:
     """Overall inter, intra, ratio with report-level bootstrap 95% CIs, plus per-label values.
 
-    Returns ``{"inter", "intra", "ratio", "inter_ci", "intra_ci", "ratio_ci", "per_label"}``;
-    ``per_label`` maps label -> {inter, intra, ratio, n} (point values).
+    ``emb`` is one embedding matrix (n, d) or a list of them, one per training seed: then the
+    point values are means over seeds and every replicate also draws a seed
+    (:func:`metrics.bootstrap_runs`). Returns ``{"inter", "intra", "ratio", "inter_ci",
+    "intra_ci", "ratio_ci", "per_label", "classes", "dropped", "n_boot"}``; ``per_label`` maps
+    label -> {inter, intra, ratio, n} (point values, first seed).
     """
-    from .metrics import bootstrap_values
+    from .metrics import bootstrap_runs
 
+    runs = [emb] if isinstance(emb, np.ndarray) else list(emb)
+    y = np.asarray(y).astype(bool)
+    classes = y.sum(0) >= min_count  # fixed once, on the whole split
     keys = ("inter_all", "intra_all", "ratio_all")
+    dropped = [0]
 
-    def overall(idx: np.ndarray) -> list[float]:
-        g = class_geometry(emb[idx], y[idx], min_count)
+    def overall(idx: np.ndarray, r: tuple[int, ...]) -> list[float]:
+        if not spread_measurable(y, idx, classes):
+            dropped[0] += 1
+            return [np.nan] * 3
+        g = class_geometry(runs[r[0]][idx], y[idx], classes=classes)
         return [g[k] for k in keys]
 
-    _, lo, hi = bootstrap_values(overall, groups, n_boot, seed)  # one geometry per resample
-    g = class_geometry(emb, y, min_count)
-    out: dict = {}
-    for i, (key, name) in enumerate(zip(keys, ("inter", "intra", "ratio"))):
-        out[name], out[f"{name}_ci"] = g[key], [float(lo[i]), float(hi[i])]
+    point, lo, hi = bootstrap_runs(overall, groups, (len(runs),), n_boot, seed)
+    g = class_geometry(runs[0], y, classes=classes)
+    out: dict = {"classes": [c for c, u in zip(labels, classes) if u], "dropped": dropped[0],
+                 "n_boot": n_boot, "runs": len(runs)}
+    for i, name in enumerate(("inter", "intra", "ratio")):
+        out[name], out[f"{name}_ci"] = float(point[i]), [float(lo[i]), float(hi[i])]
     out["per_label"] = {c: {"inter": float(g["inter"][j]), "intra": float(g["intra"][j]),
-                            "ratio": float(g["inter"][j] / g["intra"][j]), "n": int(np.asarray(y)[:, j].sum())}
+                            "ratio": float(g["inter"][j] / g["intra"][j]), "n": int(y[:, j].sum())}
                         for j, c in enumerate(labels) if g["used"][j]}
     return out
+
+
+def spread_measurable(y: np.ndarray, idx: np.ndarray, classes: np.ndarray) -> bool:
+    """Whether every class of ``classes`` has at least two *distinct* images among rows ``idx``."""
+    u = np.unique(idx)
+    return bool((y[u][:, classes].sum(0) >= 2).all())
+
+
+def ratio_fn(runs: Sequence[np.ndarray], y: np.ndarray, min_count: int = 5):
+    """``fn(idx, r)``: the overall ratio of run ``r`` on rows ``idx``, over the class set fixed on
+    all rows of ``y`` (for paired differences between settings)."""
+    y = np.asarray(y).astype(bool)
+    classes = y.sum(0) >= min_count
+
+    def fn(idx: np.ndarray, r: int = 0) -> float:
+        if not spread_measurable(y, idx, classes):
+            return float("nan")
+        return class_geometry(runs[r][idx], y[idx], classes=classes)["ratio_all"]
+
+    return fn
 
 
 def primary_label(y: np.ndarray, labels: Sequence[str], highlight: Sequence[str]) -> np.ndarray:

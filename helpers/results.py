@@ -1,8 +1,10 @@
 """Gather every run's metrics JSON into the study's results table, the seed's values beside.
 
-Chapters write ``<output root>/<profile>/{zero_shot,linear_probe,fine_tune}.json`` (chapters
-2-4) and ``embedding_geometry.json`` (chapter 5). :func:`gather` reads whatever is there, for
-every profile, so a ``full`` run's files drop into the table without code changes.
+Chapters write their files through :mod:`helpers.artefacts`, one folder per (profile, model):
+``zero_shot.json``, ``linear_probe.json``, ``fine_tune.json`` (chapters 2-4),
+``embedding_geometry.json`` (chapter 5) and ``reference_scorers.json`` (chapter 2's
+image-independent scorers). :func:`gather` reads whatever is there, for every pair, so a
+``full`` run (or a second model) drops into the table without code changes.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-SETTINGS = {"zs": "zero_shot.json", "lp": "linear_probe.json", "ft": "fine_tune.json"}
-GEOMETRY_FILE = "embedding_geometry.json"
+from .artefacts import GEOMETRY_FILE, METRICS_FILES, REFERENCE_FILE, all_pairs
+from .display import fmt_ci
 
 # The seed study's test-set values (Sadman et al. 2025, as listed in DESIGN.md): BiomedCLIP on
-# IU-Xray. Reference values to compare against, not results of this project.
+# IU-Xray, on the seed's own split. Reference values to compare against, not our results.
 SEED_REFERENCE: dict[str, dict[str, float | None]] = {
     "zs": {"inter": 31.890, "intra": 21.160, "ratio": 1.506, "f1_macro": 0.105, "exact_match": 0.000,
            "lrap": 0.250, "coverage_error": 7.70, "time_min": None},
@@ -26,18 +28,23 @@ SEED_REFERENCE: dict[str, dict[str, float | None]] = {
     "lp": {"inter": 31.894, "intra": 21.160, "ratio": 1.507, "f1_macro": 0.183, "exact_match": 0.143,
            "lrap": 0.741, "coverage_error": 3.077, "time_min": 6.10},
 }
-COLUMNS = ["inter", "intra", "ratio", "f1_macro", "exact_match", "lrap", "coverage_error", "auroc_macro",
-           "time_min"]
-HEADERS = {"inter": "inter-class dist.", "intra": "intra-class dist.", "ratio": "ratio", "f1_macro": "F1 (macro)",
-           "exact_match": "exact match", "lrap": "LRAP", "coverage_error": "coverage error",
-           "auroc_macro": "AUROC (macro)", "time_min": "time (min)"}
+METRICS = ["f1_macro", "f1_micro", "exact_match", "lrap", "coverage_error", "auroc_macro", "auprc_macro"]
+COLUMNS = ["inter", "intra", "ratio", *METRICS, "time_min"]
+HEADERS = {"inter": "inter-class dist.", "intra": "intra-class dist.", "ratio": "ratio",
+           "f1_macro": "F1 (macro)", "f1_micro": "F1 (micro)", "exact_match": "exact match",
+           "lrap": "LRAP", "coverage_error": "coverage error", "auroc_macro": "AUROC (macro)",
+           "auprc_macro": "AUPRC (macro)", "time_min": "time (min)"}
+ROW_KINDS = {"zs": "zero-shot (validation-tuned prompts and thresholds)",
+             "zs-seed": "zero-shot, seed protocol (one prompt per label, threshold 0.5)",
+             "lp": "linear probe", "ft": "fine-tune (mean over seeds)"}
+SETTING_ORDER = {"zs": 0, "zs-seed": 1, "lp": 2, "ft": 3}
 
 
 def output_root() -> Path:
-    """The folder holding one sub-folder of metrics JSON per profile (``IUXRAY_OUTPUT_DIR``)."""
-    from .config import REPO_ROOT
+    """The folder holding one sub-folder per profile (``IUXRAY_OUTPUT_DIR``)."""
+    from .artefacts import output_root as root
 
-    return Path(os.environ.get("IUXRAY_OUTPUT_DIR", REPO_ROOT / "outputs"))
+    return root()
 
 
 def _read(path: Path) -> dict | None:
@@ -46,59 +53,86 @@ def _read(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it and re-run the chapter that writes it") from e
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and re-run the chapter that "
+                         f"writes it") from e
+
+
+def _row(profile: str, model: str, setting: str, metrics: dict, stamp: dict, **extra) -> dict:
+    ci = metrics.get("ci95", {})
+    row = {"profile": profile, "model_id": stamp.get("model_id", model), "setting": setting,
+           "data_hash": stamp.get("data_hash"), "executed": stamp.get("date"), **extra}
+    for k in METRICS:
+        row[k], row[f"{k}_ci"] = metrics.get(k), ci.get(k)
+    return row
+
+
+def _pair_rows(profile: str, model: str, folder: Path) -> list[dict]:
+    geo = (_read(folder / GEOMETRY_FILE) or {}).get("settings", {})
+    rows = []
+    for setting, fname in METRICS_FILES.items():
+        d = _read(folder / fname)
+        if d is None:
+            continue
+        g = geo.get(setting, {})
+        geo_cols = {k: g.get(k) for k in ("inter", "intra", "ratio")}
+        geo_cols.update({f"{k}_ci": g.get(f"{k}_ci") for k in ("inter", "intra", "ratio")})
+        rows.append(_row(profile, model, setting, d["metrics"], d.get("stamp", {}),
+                         time_min=d.get("time_min"), runs=d["metrics"].get("runs", 1), **geo_cols))
+        if setting == "zs" and d.get("seed_protocol"):
+            rows.append(_row(profile, model, "zs-seed", d["seed_protocol"], d.get("stamp", {})))
+    return rows
 
 
 def gather(root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """One row per (profile, setting) found: point values, 95% CIs and provenance.
+    """One row per (profile, model, setting) found: point values, 95% CIs and provenance.
 
-    Columns: profile, setting, model_id, data_hash, executed, then for every metric ``m`` in
-    :data:`COLUMNS` the value ``m`` and its interval ``m_ci`` ([low, high] or None).
+    Settings: ``zs``, ``zs-seed`` (chapter 2's seed-protocol row), ``lp``, ``ft``. Columns:
+    profile, model_id, setting, data_hash, executed, time_min, runs, and for every metric ``m``
+    of :data:`COLUMNS` the value ``m`` and its interval ``m_ci`` ([low, high] or None).
     """
-    root = Path(root) if root else output_root()
-    rows = []
-    for prof_dir in sorted(p for p in root.glob("*") if p.is_dir()):
-        geo = _read(prof_dir / GEOMETRY_FILE) or {}
-        for setting, fname in SETTINGS.items():
-            d = _read(prof_dir / fname)
-            g = (geo.get("settings") or {}).get(setting)
-            if d is None and g is None:
-                continue
-            stamp = (d or geo).get("stamp", {})
-            m = (d or {}).get("metrics", {})
-            ci = m.get("ci95", {})
-            row = {"profile": stamp.get("profile", prof_dir.name), "setting": setting,
-                   "model_id": stamp.get("model_id"), "data_hash": stamp.get("data_hash"),
-                   "executed": stamp.get("date")}
-            for k in ("f1_macro", "exact_match", "lrap", "coverage_error", "auroc_macro"):
-                row[k], row[f"{k}_ci"] = m.get(k), ci.get(k)
-            row["time_min"], row["time_min_ci"] = (d or {}).get("time_min"), None
-            for k in ("inter", "intra", "ratio"):
-                row[k], row[f"{k}_ci"] = (g or {}).get(k), (g or {}).get(f"{k}_ci")
-            rows.append(row)
+    rows = [r for profile, model, folder in all_pairs(root) for r in _pair_rows(profile, model, folder)]
     return pd.DataFrame(rows)
 
 
-def _fmt(v, ci, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "–"
-    s = f"{v:.{digits}f}"
-    if ci:
-        s += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-    return s
+def gather_references(root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The image-independent reference scorers of every (profile, model) pair: one row each."""
+    rows = []
+    for profile, model, folder in all_pairs(root):
+        d = _read(folder / REFERENCE_FILE)
+        if d is None:
+            continue
+        for name, m in d["scorers"].items():
+            rows.append(_row(profile, model, name, m, d.get("stamp", {})))
+    return pd.DataFrame(rows)
 
 
-def results_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The display table: our rows (value [95% CI]) and the seed's rows, setting by setting."""
-    order = {"zs": 0, "lp": 1, "ft": 2}
+def _cells(r, digits: dict[str, int] | None = None) -> dict[str, str]:
+    return {HEADERS[c]: fmt_ci(r.get(c), r.get(f"{c}_ci"), (digits or {}).get(c, 3)) for c in COLUMNS}
+
+
+def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The display table: per setting, the seed paper's row, then ours (value [95% CI]) for
+    every (profile, model), then the image-independent reference scorers (marked as such)."""
     out = []
-    for setting in sorted(SEED_REFERENCE, key=order.get):
-        ref = SEED_REFERENCE[setting]
-        out.append({"setting": setting, "source": "seed paper (BiomedCLIP, reported)",
-                    **{HEADERS[c]: _fmt(ref.get(c), None) for c in COLUMNS}})
-        for _, r in df[df.setting == setting].iterrows() if len(df) else []:
-            label = f"this book, profile `{r.profile}` ({r.model_id})"
-            out.append({"setting": setting, "source": label,
-                        **{HEADERS[c]: _fmt(r.get(c), r.get(f"{c}_ci"), 2 if c == "time_min" else 3)
-                           for c in COLUMNS}})
+    for setting in sorted(ROW_KINDS, key=SETTING_ORDER.get):
+        ref = SEED_REFERENCE.get(setting)
+        if ref:
+            out.append({"setting": ROW_KINDS[setting], "source": "seed paper (BiomedCLIP, its own split)",
+                        **_cells(ref)})
+        for _, r in (df[df.setting == setting].iterrows() if len(df) else []):
+            out.append({"setting": ROW_KINDS[setting], "source": f"`{r.profile}` · {r.model_id}",
+                        **_cells(r, {"time_min": 2})})
+    for _, r in (refs.iterrows() if refs is not None and len(refs) else []):
+        out.append({"setting": f"image-independent: {r.setting}",
+                    "source": f"`{r.profile}` · {r.model_id}", **_cells(r)})
     return pd.DataFrame(out).set_index(["setting", "source"])
+
+
+def models_side_by_side(df: pd.DataFrame, metric: str = "auroc_macro") -> pd.DataFrame:
+    """One row per (profile, model), one column per setting: ``metric`` as value [95% CI]."""
+    if df.empty:
+        return pd.DataFrame()
+    t = df.assign(cell=[fmt_ci(v, c) for v, c in zip(df[metric], df[f"{metric}_ci"])])
+    wide = t.pivot_table(index=["profile", "model_id"], columns="setting", values="cell", aggfunc="first")
+    cols = [s for s in sorted(ROW_KINDS, key=SETTING_ORDER.get) if s in wide.columns]
+    return wide[cols].rename(columns=ROW_KINDS).fillna("–")

@@ -108,3 +108,17 @@ def finetuned_seeds(study, variant: str = "") -> list[int]:
     if not path.is_file():
         return []
     return sorted(int(s) for s in json.loads(path.read_text()).get(variant or "real", {}))
+
+
+def finetuned_embeddings(study, rows: np.ndarray, variant: str = "") -> list[np.ndarray]:
+    """Image embeddings (len(rows), d) of every fine-tuned seed of a variant, one array per seed
+    (computed for ``rows`` only: no cache, a few seconds per seed on the demo)."""
+    from .embeddings import compute_image_embeddings
+
+    seeds = finetuned_seeds(study, variant)
+    if not seeds:
+        raise FileNotFoundError("chapter 4 has not trained any model for variant "
+                                f"{variant or 'real'!r}; run python -m helpers.run 04_fine_tune")
+    return [compute_image_embeddings(finetuned_scorer(study, variant, s).clip, study.pixels,
+                                     study.info.mean, study.info.std, rows=rows,
+                                     device=study.device, progress=False) for s in seeds]

@@ -18,81 +18,118 @@
 #
 # ## Overview
 #
-# **The question.** The image encoder stays frozen; only a linear classifier is trained on its
-# embeddings. How much of the gap between zero-shot and a trained model does that close, and
-# does the probe, as the seed study suggests {cite}`sadman2025interpreting`, lean on findings
-# that merely *co-occur* with the one it is asked about?
+# **The question.** The image encoder stays frozen; only a linear classifier is trained on
+# its embeddings. How much of the gap between zero-shot and a trained model does that close,
+# what part of it is only the label prior, and does the probe, as the seed study suggests
+# {cite}`sadman2025interpreting`, lean on findings that merely *co-occur* with the one it is
+# asked about?
 #
-# You will learn how to fit and regularise a probe without touching the test split, how class
-# weighting answers imbalance, and a direct test of whether a classifier uses co-occurring
-# findings as shortcuts.
+# **Objectives.** By the end of this chapter you will be able to
+#
+# 1. fit and regularise a probe on frozen embeddings without touching the test split
+#    (§ Fitting);
+# 2. read its metrics against the image-independent scorers of chapter 2 (§ Test metrics);
+# 3. build a negative control by permuting labels across training reports (§ The
+#    permuted-label control);
+# 4. test whether a classifier uses a co-occurring partner as a cue, beside pairs that do
+#    not co-occur (§ Finding 3).
 #
 # ## Prerequisites
 #
-# - {doc}`01_data` (label co-occurrence) and {doc}`02_zero_shot` (this chapter compares with its
-#   scores, which it reads from chapter 2's output).
-# - Logistic regression with an L2 penalty; {term}`AUROC`, {term}`Linear probe`.
+# | Concept | Importance | Notes |
+# |---|---|---|
+# | {doc}`01_data`, {doc}`02_zero_shot` | Necessary | this chapter reads chapter 2's scores |
+# | Logistic regression with an L2 penalty | Necessary | |
+# | {term}`AUROC`, {term}`Linear probe` | Necessary | {doc}`../glossary` |
+# | Percentiles and ranks | Helpful | the co-occurrence test uses them |
+#
+# **Time to learn**: 30 minutes.
 #
 # ## Method
 #
-# For image $i$ let $e_i \in \mathbb{R}^d$ be the frozen image embedding. The features
-# are the L2-normalised embeddings, standardised with the training split's mean $\mu$ and spread
-# $\sigma$: $x_i = (e_i/\lVert e_i\rVert - \mu)/\sigma$. For every label $j$ an independent logistic
-# regression is fitted,
+# For image $i$ let $e_i \in \mathbb{R}^d$ be the frozen image embedding. The features are
+# the L2-normalised embeddings, standardised with the training split's mean $\mu$ and spread
+# $\sigma$: $x_i = (e_i/\lVert e_i\rVert - \mu)/\sigma$. For every label $j$ an independent
+# logistic regression is fitted,
 #
 # $$ p_{ij} = \sigma(w_j^\top x_i + b_j), \qquad
 #    \min_{w_j, b_j} \; \tfrac{1}{2}\lVert w_j \rVert^2 + C \sum_i c_{y_{ij}} \,
 #    \mathrm{BCE}(p_{ij}, y_{ij}) , $$ (eq-probe)
 #
-# with class weights $c_y = n / (2 n_y)$ when `class_weight="balanced"` (imbalance: most labels
-# are rare) and $c_y = 1$ otherwise ({eq}`eq-probe`). The strength $C$ is chosen from a grid by the validation
-# macro AUROC, and per-label decision thresholds maximise validation F1. Test labels are read
-# once, for the final numbers.
+# with class weights $c_y = n / (2 n_y)$ when `class_weight="balanced"` (most labels are
+# rare) and $c_y = 1$ otherwise. The strength $C$ is chosen from a grid by the validation
+# macro AUROC, and per-label decision thresholds maximise validation F1. The fitted probe
+# turns embeddings into logits with
+#
+# ```{literalinclude} ../../helpers/probe.py
+# :pyobject: Probe.decision_function
+# ```
+#
+# The objective {eq}`eq-probe` is strictly convex and solved from a fixed start, so the probe
+# has no random element: a second training seed gives the same weights. Its intervals cover
+# test resampling only; the permuted-label control below is random (which report receives
+# which labels) and is fitted `n_seeds` times.
 
 # %% tags=["parameters"]
 profile = "demo"  # demo or full
 model = ""  # model spec; empty uses the profile's (tiny or biomedclip)
+image_dir = ""  # full only: folder of Open-I PNGs; empty uses data/openi/images
 style = "target"  # demo only: phantom style of the IU-Xray images
+uncertain_policy = "positive"  # as chapter 1: uncertain mentions positive or negative
+split_seed = 0  # as chapter 1: seed of the report-level split
+split_fractions = [0.7, 0.1, 0.2]  # as chapter 1: train, val, test fractions
+views = ["frontal"]  # as chapter 1: image views in the study
+reports_path = ""  # as chapter 1: report archive; empty uses torchxrayvision's copy
 limit = 0  # at most this many images per split (0 = all); for quick runs
-on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted in the stamp)
+on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted)
 n_boot = 500  # bootstrap resamples (by report) for confidence intervals
 class_weight = "balanced"  # "balanced" or "none"
 Cs = [0.01, 0.1, 1.0, 10.0]  # grid of inverse regularisation strengths, chosen on val
+n_seeds = 3  # label permutations of the negative control (the probe itself is exact)
 
 # %%
+import json
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from myst_nb import glue
 
-from helpers import metrics as M
-from helpers import probe as P
-from helpers.config import output_dir
+from helpers import cooccurrence, display, findings, metrics, probe, runs
 from helpers.stamp import show_stamp
 from helpers.study import load_study
 
-if class_weight not in ("balanced", "none"):
-    raise ValueError(f"class_weight must be 'balanced' or 'none', got {class_weight!r}")
-study = load_study(profile, model or None, style=style, limit=limit or None, on_error=on_error)
+study = load_study(profile, model or None, image_dir=image_dir or None, style=style,
+                   uncertain_policy=uncertain_policy, split_seed=split_seed,
+                   split_fractions=split_fractions, views=views,
+                   reports_path=reports_path or None, limit=limit or None,
+                   on_error=on_error)
+arts = study.artefacts
 LABELS = study.labels
 stamp = study.stamp()
 show_stamp(stamp)
 train, val, test = study.rows("train"), study.rows("val"), study.rows("test")
 Y = study.y()
+yt, groups = Y[test], study.groups(test)
+test_ids = study.table.image_id.to_numpy()[test]
 emb = study.image_embeddings()
-print(f"{len(train)} train, {len(val)} val, {len(test)} test images; embeddings {emb.shape}")
+weights = None if class_weight == "none" else class_weight
+print(f"{len(train)} train, {len(val)} val, {len(test)} test images; "
+      f"embeddings {emb.shape}")
 
 # %% [markdown]
 # ## Fitting and choosing $C$ on validation
 
 # %%
-probe = P.fit_probe(emb[train], Y[train], emb[val], Y[val], Cs=Cs,
-                    class_weight=None if class_weight == "none" else class_weight)
-glue("lp_fit_s", f"{probe.fit_s:.2f}", display=False)
-glue("lp_C", probe.C, display=False)
+lp = probe.fit_probe(emb[train], Y[train], emb[val], Y[val], Cs=Cs,
+                     class_weight=weights)
+glue("lp_fit_s", f"{lp.fit_s:.2f}", display=False)
+glue("lp_C", lp.C, display=False)
+glue("lp_n_C", len(Cs), display=False)
 fig, ax = plt.subplots(figsize=(4.5, 3))
-ax.semilogx(list(probe.val_auroc_by_C), list(probe.val_auroc_by_C.values()), "o-", color="#1b9e77")
-ax.axvline(probe.C, color="#999999", ls="--")
+ax.semilogx(list(lp.val_auroc_by_C), list(lp.val_auroc_by_C.values()), "o-",
+            color="#1b9e77")
+ax.axvline(lp.C, color="#999999", ls="--")
 ax.set_xlabel("C (inverse regularisation strength)")
 ax.set_ylabel("validation macro AUROC")
 ax.set_title("Choosing C on validation")
@@ -104,33 +141,57 @@ plt.close(fig)
 # ```{glue:figure} fig_choose_c
 # :name: fig-choose-c
 #
-# Validation macro AUROC of the probe for each regularisation strength $C$; the dashed line marks
-# the chosen one. The test split plays no part in this choice.
+# Validation macro AUROC of the probe for each regularisation strength $C$; the dashed line
+# marks the chosen one. The test split plays no part in this choice.
 # ```
 #
-# The whole grid (14 labels × {glue:text}`lp_n_C` values of $C$) took {glue:text}`lp_fit_s` s to fit
-# from the cached embeddings; the chosen strength is $C$ = {glue:text}`lp_C`
+# The whole grid (14 labels × {glue:text}`lp_n_C` values of $C$) took {glue:text}`lp_fit_s`
+# s to fit from the cached embeddings; the chosen strength is $C$ = {glue:text}`lp_C`
 # ({numref}`fig-choose-c`).
+#
+# ## Test metrics
+#
+# Thresholds maximise validation F1 per label. Beside the probe: chapter 2's zero-shot
+# result and the image-independent reference scorers (chapter 2 computed them on this very
+# split).
 
 # %%
-glue("lp_n_C", len(Cs), display=False)
-val_logits, test_logits = probe.decision_function(emb[val]), probe.decision_function(emb[test])
-thr = M.tune_thresholds(Y[val], val_logits)
-result = M.evaluate(Y[test], test_logits, thr, LABELS, study.groups(test), n_boot=n_boot)
+val_logits = lp.decision_function(emb[val])
+test_logits = lp.decision_function(emb[test])
+thr = metrics.tune_thresholds(Y[val], val_logits)
+result = metrics.evaluate(yt, test_logits, thr, LABELS, groups, n_boot=n_boot)
+result["calibration"] = metrics.calibration(yt, metrics.sigmoid(test_logits))
+zs_json = json.loads(arts.metrics("zs").read_text())
+refs = json.loads(arts.reference.read_text())["scorers"]
 glue("lp_auroc", f"{result['auroc_macro']:.3f}", display=False)
 glue("lp_f1", f"{result['f1_macro']:.3f}", display=False)
-M.headline_table(result).style.format("{:.3f}")
+glue("lp_lrap", f"{result['lrap']:.3f}", display=False)
+glue("zs_lrap_prior", f"{zs_json['with_val_intercepts']['lrap']:.3f}", display=False)
+glue("prev_lrap", f"{refs['prevalence']['lrap']:.3f}", display=False)
+glue("lp_ece", f"{result['calibration']['ece']:.3f}", display=False)
+display.against_floors({"linear probe": result, "zero-shot": zs_json["metrics"]}, refs,
+                       metrics.HEADLINE)
 
 # %% [markdown]
+# The probe's LRAP ({glue:text}`lp_lrap`) is read beside two references that rank labels
+# without looking at the image: the prevalence scorer ({glue:text}`prev_lrap`) and zero-shot
+# with validation intercepts ({glue:text}`zs_lrap_prior`, chapter 2). Balanced class weights
+# take the base rates out of the probe's intercepts, so its ranking *across* labels is not
+# the label prior's; AUROC and AUPRC measure what the embedding adds *within* each label.
+# The same weights make its probabilities deliberately uncalibrated (ECE
+# {glue:text}`lp_ece`): every rare label's scores move up.
+#
 # Per label on test, beside zero-shot (chapter 2's validation-selected method):
 
 # %%
-zs = M.load_scores(output_dir(profile) / "zs_test_scores.npz", study.table.image_id.to_numpy()[test],
-                   made_by="02_zero_shot")
-per = pd.DataFrame(result["per_label"]).T[["prevalence", "precision", "recall", "f1", "auroc"]].astype(float)
-per.insert(4, "zero-shot AUROC", M.per_label_auroc(Y[test], zs["scores"]))
-ax = per[["zero-shot AUROC", "auroc"]].rename(columns={"auroc": "linear probe AUROC"}).plot.barh(
-    figsize=(6, 5), color=["#d95f02", "#7570b3"])
+zs = metrics.load_scores(arts.scores("zs"), test_ids, made_by="02_zero_shot")
+per = pd.DataFrame(result["per_label"]).T[["prevalence", "f1", "auroc", "auprc"]]
+per = per.astype(float)
+per.insert(2, "zero-shot AUROC", metrics.per_label_auroc(yt, zs["scores"]))
+per["zero-shot AUPRC"] = metrics.per_label_ap(yt, zs["scores"])
+ax = per[["zero-shot AUROC", "auroc"]].rename(columns={"auroc": "linear probe AUROC"}
+                                              ).plot.barh(figsize=(6, 5),
+                                                          color=["#d95f02", "#7570b3"])
 ax.axvline(0.5, color="k", lw=0.8)
 ax.set_xlabel("test AUROC")
 ax.invert_yaxis()
@@ -143,82 +204,138 @@ per.style.format("{:.3f}")
 # ```{glue:figure} fig_lp_per_label
 # :name: fig-lp-per-label
 #
-# Test AUROC per label: zero-shot (chapter 2's validation-selected prompts) and the linear probe.
-# The line marks chance.
+# Test AUROC per label: zero-shot (chapter 2's validation-selected prompts) and the linear
+# probe. The line marks chance; for AUPRC (table) chance is the prevalence column.
 # ```
+#
+# ## The permuted-label control
+#
+# A probe fitted to labels that have nothing to do with the images must score at chance on
+# test. We give every training (and validation) report the label vector of another report of
+# the same split, drawn by a random permutation: label frequencies and co-occurrences are
+# exactly those of IU-Xray, only the image-label link is broken. Chapters 4 and 5 compare
+# with it; here it checks that the probe's numbers come from the images.
+
+# %%
+def fit_control(seed):
+    y_perm = runs.control_targets(study, seed)
+    fit = probe.fit_probe(emb[train], y_perm[train], emb[val], y_perm[val], Cs=Cs,
+                          class_weight=weights)
+    t = metrics.tune_thresholds(y_perm[val], fit.decision_function(emb[val]))
+    return fit, fit.decision_function(emb[test]), t
+
+
+controls = [fit_control(s) for s in range(n_seeds)]
+ctrl_scores = np.stack([c[1] for c in controls])
+ctrl_thr = np.stack([c[2] for c in controls])
+ctrl_result = metrics.evaluate(yt, ctrl_scores, ctrl_thr, LABELS, groups, n_boot=n_boot)
+for s, (fit, scores_s, t) in enumerate(controls):
+    path = arts.scores("lp", "permuted", s)
+    metrics.save_scores(path, test_ids, scores_s, yt, groups, t)
+probe.save_probe(arts.probe("permuted"), controls[0][0])
+ctrl_ci = ctrl_result["ci95"]["auroc_macro"]
+glue("ctrl_auroc", display.fmt_ci(ctrl_result["auroc_macro"], ctrl_ci), display=False)
+glue("ctrl_reading", "contains 0.5, as it must" if ctrl_ci[0] <= 0.5 <= ctrl_ci[1] else
+     "excludes 0.5: labels that have nothing to do with the images should not be "
+     "learnable, so something in the pipeline leaks and every finding below is suspect",
+     display=False)
+display.against_floors({"probe, permuted labels": ctrl_result, "linear probe": result},
+                       refs, ["auroc_macro", "auprc_macro", "f1_macro", "lrap"])
+
+# %% [markdown]
+# With permuted labels the probe's macro AUROC is {glue:text}`ctrl_auroc` (mean over
+# {glue:text}`n_seeds_glue` permutations; the interval covers test resampling and the
+# permutation). Its interval {glue:text}`ctrl_reading`.
 #
 # ## Finding 3: does the probe pick up co-occurring findings?
 #
-# Labels co-occur in real reports (an enlarged heart often comes with edema or an effusion). A
-# classifier trained on such data can learn the *partner* as a cue. We list the label pairs
-# $(a, b)$ that co-occur in the training split with lift
-# $P(a,b)/(P(a)P(b)) \ge 1.5$ and at least 20 images. For each pair and each direction we measure
-# the **partner shift**: among test images *without* label $a$, the mean within-label percentile of
-# $a$'s score on images that have the partner $b$, minus that on images without it,
+# A classifier trained on co-occurring labels can learn the *partner* as a cue. We list the
+# label pairs $(a, b)$ that co-occur in the training split with lift
+# $P(a,b)/(P(a)P(b)) \ge 1.5$ and at least 20 images, and for each direction measure the
+# **partner shift**: among test images *without* $a$, the mean within-label percentile of
+# $a$'s score on images that have $b$, minus that on images without it,
 #
 # $$ \Delta_{a \leftarrow b} = \overline{\mathrm{pct}_a}\,\big|_{a=0,\,b=1}
 #    - \overline{\mathrm{pct}_a}\,\big|_{a=0,\,b=0} . $$ (eq-partner-shift)
 #
-# $\Delta = 0$ in {eq}`eq-partner-shift` means $a$'s score ignores $b$. The finding holds if the probe's mean shift exceeds
-# zero-shot's (a model that never saw IU-Xray's co-occurrences), with a paired report-level
-# bootstrap CI above zero.
+# ```{literalinclude} ../../helpers/cooccurrence.py
+# :pyobject: partner_shift
+# ```
+#
+# An image with *any* finding tends to score higher on every label (a general "abnormal
+# image" response, present in zero-shot too), so the finding compares the probe's mean
+# shift with zero-shot's, with a paired report-level bootstrap. **Negative control**: the
+# same comparison on pairs that do *not* co-occur (training lift between 0.67 and 1.5): a
+# probe that learned co-occurrences has no reason to shift there; a generic abnormality
+# response would.
 
 # %%
-pairs = P.cooccurrence_pairs(Y[train], LABELS)
-idx = {c: i for i, c in enumerate(LABELS)}
-directed = [(idx[a], idx[b]) for a, b, _, _ in pairs] + [(idx[b], idx[a]) for a, b, _, _ in pairs]
-yt = Y[test]
+glue("n_seeds_glue", n_seeds, display=False)
+partners = cooccurrence.partner_pairs(Y[train], LABELS)
+independent = cooccurrence.independent_pairs(Y[train], LABELS)
 
 
-def mean_shift(scores):
-    return lambda rows: np.nanmean([P.partner_shift(scores[rows], yt[rows], j, k) for j, k in directed])
+def shift_difference(pairs):
+    d = cooccurrence.directed(pairs, LABELS)
+    if not d:
+        return float("nan"), float("nan"), float("nan")
+    probe_shift = cooccurrence.mean_shift(test_logits, yt, d)
+    zs_shift = cooccurrence.mean_shift(zs["scores"], yt, d)
+    return metrics.paired_difference(probe_shift, zs_shift, groups, n_boot)
 
 
-if directed:
-    shift_tab = pd.DataFrame(
-        [{"label": LABELS[j], "partner": LABELS[k],
-          "zero-shot shift": P.partner_shift(zs["scores"], yt, j, k),
-          "probe shift": P.partner_shift(test_logits, yt, j, k)} for j, k in directed])
-    diff, lo, hi = M.paired_difference(mean_shift(test_logits), mean_shift(zs["scores"]), study.groups(test),
-                                       n_boot=n_boot)
-    holds3 = bool(lo > 0)
-else:
-    shift_tab, diff, lo, hi, holds3 = pd.DataFrame(), float("nan"), float("nan"), float("nan"), False
-glue("n_pairs", len(pairs), display=False)
-glue("shift_diff", f"{diff:+.3f}", display=False)
-glue("shift_ci", f"[{lo:+.3f}, {hi:+.3f}]", display=False)
-glue("cooc_verdict", "holds" if holds3 else "does not hold", display=False)
-shift_tab.style.format({"zero-shot shift": "{:+.3f}", "probe shift": "{:+.3f}"}) if len(shift_tab) else shift_tab
+shift = shift_difference(partners)
+shift_ctrl = shift_difference(independent)
+rec3 = findings.record(
+    "co-occurrence", "03_linear_probe",
+    "the probe's score for a label rises with a co-occurring partner more than "
+    "zero-shot's does (partner shift, probe minus zero-shot, > 0)",
+    shift[0], shift[1:], {"above": 0.0},
+    "the same difference on label pairs that do not co-occur (lift 0.67-1.5)",
+    shift_ctrl[0], shift_ctrl[1:], n_pairs=len(partners),
+    n_control_pairs=len(independent))
+shift_tab = pd.DataFrame(
+    [{"label": LABELS[j], "partner": LABELS[k], "kind": kind,
+      "zero-shot shift": cooccurrence.partner_shift(zs["scores"], yt, j, k),
+      "probe shift": cooccurrence.partner_shift(test_logits, yt, j, k)}
+     for kind, pairs in (("co-occurring", partners), ("independent", independent))
+     for j, k in cooccurrence.directed(pairs, LABELS)])
+glue("n_pairs", len(partners), display=False)
+glue("n_indep", len(independent), display=False)
+glue("shift_diff", display.fmt_ci(shift[0], shift[1:], signed=True), display=False)
+glue("shift_ctrl", display.fmt_ci(shift_ctrl[0], shift_ctrl[1:], signed=True),
+     display=False)
+glue("cooc_verdict", rec3["verdict"], display=False)
+shift_tab.style.format({"zero-shot shift": "{:+.3f}", "probe shift": "{:+.3f}"})
 
 # %% [markdown]
-# Over {glue:text}`n_pairs` co-occurring pairs (both directions), the probe's mean partner shift
-# exceeds zero-shot's by {glue:text}`shift_diff` (95% CI {glue:text}`shift_ci`): **the co-occurrence
-# finding {glue:text}`cooc_verdict` on this run.** Both columns of the table are positive for
-# many pairs: an image with *any* finding tends to score higher on every label (a general
-# "abnormal image" response, present even in zero-shot). The test therefore compares the two:
-# in the `demo` profile each finding is drawn by its own mechanism in the phantom, so the probe's
-# shift *beyond* zero-shot's is what it learned from the co-occurrences of IU-Xray's training
-# labels.
+# Over {glue:text}`n_pairs` co-occurring pairs (both directions), the probe's mean partner
+# shift exceeds zero-shot's by {glue:text}`shift_diff`; over {glue:text}`n_indep`
+# independent pairs, by {glue:text}`shift_ctrl`. **Finding 3 {glue:text}`cooc_verdict`.**
+# What this cannot tell us: the shift is observational. An image with a partner finding may
+# also look different in ways that matter for $a$ itself (in the `demo` phantoms some
+# findings share drawing code, see {doc}`../demo_profile`); only re-rendering the same image
+# with and without the partner separates the two.
 
 # %%
-P.save_probe(output_dir(profile) / "probe.npz", probe)  # chapter 6 explains this probe's decisions
-M.save_scores(output_dir(profile) / "lp_test_scores.npz", study.table.image_id.to_numpy()[test],
-              test_logits, Y[test], study.groups(test), thr)
-out = M.write_metrics(
-    output_dir(profile) / "linear_probe.json", "lp", result,
-    params={"model": model or None, "style": style, "limit": limit, "n_boot": n_boot,
-            "class_weight": class_weight, "Cs": list(Cs), "C": probe.C},
-    stamp=stamp, time_min=probe.fit_s / 60,
-    findings={"cooccurrence": {"mean_shift_difference": diff, "ci95": [lo, hi], "holds": holds3,
-                               "pairs": [[a, b] for a, b, _, _ in pairs]}})
-print(out)
+probe.save_probe(arts.probe(), lp)  # chapter 6 explains this probe's decisions
+metrics.save_scores(arts.scores("lp"), test_ids, test_logits, yt, groups, thr)
+params = {"model": study.info.spec, "style": style, "limit": limit, "n_boot": n_boot,
+          "class_weight": class_weight, "Cs": list(Cs), "C": lp.C, "n_seeds": n_seeds,
+          "uncertain_policy": uncertain_policy, "split_seed": split_seed}
+metrics.write_metrics(arts.metrics("lp"), "lp", result, params=params, stamp=stamp,
+                      time_min=lp.fit_s / 60, permuted_control=ctrl_result)
+print(findings.write_findings(arts.findings("03_linear_probe"), [rec3], stamp))
 
 # %% [markdown]
 # ## Summary
 #
-# - Per label ({numref}`fig-lp-per-label`), a linear probe on frozen embeddings reaches a test macro AUROC of {glue:text}`lp_auroc` (macro
-#   F1 {glue:text}`lp_f1`), in {glue:text}`lp_fit_s` s of fitting.
-# - Whether it exploits co-occurrence is measured, not assumed: the partner-shift test above.
+# - Per label ({numref}`fig-lp-per-label`), a linear probe on frozen embeddings reaches a
+#   test macro AUROC of {glue:text}`lp_auroc` (macro F1 {glue:text}`lp_f1`), in
+#   {glue:text}`lp_fit_s` s of fitting; the same probe on permuted labels scores
+#   {glue:text}`ctrl_auroc`.
+# - Part of its LRAP is the label prior that any trained setting learns for free.
+# - Finding 3 (co-occurrence) {glue:text}`cooc_verdict`.
 #
 # ## What's next
 #
@@ -226,48 +343,83 @@ print(out)
 #
 # ## Exercises
 #
-# :::{exercise}
+# ```{exercise}
 # :label: ex-lp-weights
 #
-# Run `python -m helpers.run 03_linear_probe -p class_weight none`. Which metrics change most:
-# AUROC or F1? Explain why from what class weighting does to the loss {eq}`eq-probe`.
-# :::
+# Fit the probe without class weights. Which metrics change most: AUROC or F1? Explain why
+# from what class weighting does to the loss {eq}`eq-probe`.
+# ```
 #
-# :::{solution} ex-lp-weights
+# ```{solution-start} ex-lp-weights
 # :class: dropdown
+# ```
+
+# %%
+plain = probe.fit_probe(emb[train], Y[train], emb[val], Y[val], Cs=Cs,
+                        class_weight=None)
+logits_plain = plain.decision_function(emb[test])
+thr_plain = metrics.tune_thresholds(Y[val], plain.decision_function(emb[val]))
+r_plain = metrics.evaluate(yt, logits_plain, thr_plain, LABELS)
+pd.DataFrame({"balanced": {k: result[k] for k in ("auroc_macro", "f1_macro")},
+              "no weights": {k: r_plain[k] for k in ("auroc_macro", "f1_macro")}})
+
+# %% [markdown]
+# Without weights the rare labels' positives contribute little to the loss, so their scores
+# are compressed towards low values. AUROC depends only on the ranking within a label and
+# usually moves little; thresholds tuned on validation absorb much of the shift in F1.
 #
-# Without weights the rare labels' positives contribute little to the loss, so the fitted scores
-# for rare labels are compressed towards low values. AUROC depends only on the ranking within a
-# label and usually moves little; the thresholded metrics move more, although per-label
-# thresholds tuned on validation absorb part of the shift.
-# :::
+# ```{solution-end}
+# ```
 #
-# :::{exercise}
+# ```{exercise}
 # :label: ex-lp-grid
 #
-# Narrow the grid to one value, `-p Cs "[100.0]"` (almost no regularisation). Compare the
-# validation and test AUROC with the chapter's default. What does the gap tell you?
-# :::
+# Fit with a single, very large $C$ (almost no regularisation). Compare the validation and
+# test AUROC with the chosen $C$. What does the gap tell you?
+# ```
 #
-# :::{solution} ex-lp-grid
+# ```{solution-start} ex-lp-grid
 # :class: dropdown
+# ```
+
+# %%
+loose = probe.fit_probe(emb[train], Y[train], emb[val], Y[val], Cs=[100.0],
+                        class_weight=weights)
+auc_loose = np.nanmean(metrics.per_label_auroc(yt, loose.decision_function(emb[test])))
+print(f"C=100: val {loose.val_auroc_by_C[100.0]:.3f}, test {auc_loose:.3f}; "
+      f"C={lp.C}: val {lp.val_auroc_by_C[lp.C]:.3f}, test {result['auroc_macro']:.3f}")
+
+# %% [markdown]
+# Weak regularisation lets the probe fit the training split's noise; validation and test
+# AUROC drop relative to the tuned $C$. The grid and its choice on validation keep the probe
+# honest.
 #
-# Weak regularisation lets the probe fit the training split's noise, including the co-occurrence
-# patterns of the training reports; validation and test AUROC drop relative to the tuned $C$. The
-# grid and its choice on validation are what keep the probe honest.
-# :::
+# ```{solution-end}
+# ```
 #
-# :::{exercise}
+# ```{exercise}
 # :label: ex-lp-shift
 #
-# The partner shift uses within-label percentiles rather than raw scores. Why would raw scores
-# make the comparison between zero-shot and the probe meaningless?
-# :::
+# The partner shift uses within-label percentiles rather than raw scores. Show that a
+# monotone rescaling of the probe's logits leaves the shift unchanged while changing the raw
+# score difference.
+# ```
 #
-# :::{solution} ex-lp-shift
+# ```{solution-start} ex-lp-shift
 # :class: dropdown
+# ```
+
+# %%
+if partners:
+    j, k = cooccurrence.directed(partners, LABELS)[0]
+    rescaled = np.exp(test_logits)  # monotone in every column
+    for name, s in (("logits", test_logits), ("exp(logits)", rescaled)):
+        print(f"shift of {name}: {cooccurrence.partner_shift(s, yt, j, k):.4f}")
+
+# %% [markdown]
+# Percentiles depend only on the order of the scores, so any increasing transformation
+# gives the same shift; raw differences mix the effect with the scale, which differs
+# between zero-shot probabilities and probe logits.
 #
-# Zero-shot scores are probabilities from a softmax over two prompts; probe scores are logits of
-# another scale. A raw difference mixes the effect with the scale. Percentiles put both on the
-# same 0-1 scale, where a shift is comparable.
-# :::
+# ```{solution-end}
+# ```

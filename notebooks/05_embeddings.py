@@ -18,44 +18,71 @@
 #
 # ## Overview
 #
-# **The question.** Chapters 2-4 measured *what* each protocol achieves. Here we look at *why*,
-# in the geometry of the image embeddings: are the classes further apart, relative to their
-# spread, after fine-tuning? The seed study {cite}`sadman2025interpreting` reports the
-# inter-/intra-class distance ratio rising from zero-shot to fine-tuned (its values are in the
-# {doc}`07_results` table).
+# **The question.** Chapters 2-4 measured *what* each protocol achieves. Here we look at
+# *why*, in the geometry of the image embeddings: are the classes further apart, relative to
+# their spread, after fine-tuning? The seed study {cite}`sadman2025interpreting` reports the
+# inter-/intra-class distance ratio rising from zero-shot to fine-tuned (its values are in
+# the {doc}`07_results` table).
 #
-# You will learn precise definitions of class distances for multi-label data, how to put a
-# confidence interval on them, and how (not) to read UMAP and t-SNE pictures.
+# **Objectives.** By the end of this chapter you will be able to
+#
+# 1. define class distances for multi-label data precisely and compute them (§ Definitions);
+# 2. put a confidence interval on them that covers test resampling and training seeds
+#    (§ Distances);
+# 3. test whether the ratio rises beside a model fine-tuned on permuted labels (§ Finding 4);
+# 4. read (and not over-read) UMAP and t-SNE pictures (§ Projections).
 #
 # ## Prerequisites
 #
-# - {doc}`04_fine_tune`: this chapter loads its fine-tuned model.
-# - {term}`Inter-class distance`, {term}`Intra-class distance`.
+# | Concept | Importance | Notes |
+# |---|---|---|
+# | {doc}`04_fine_tune` | Necessary | this chapter loads its fine-tuned models |
+# | {term}`Inter-class distance`, {term}`Intra-class distance` | Necessary | {doc}`../glossary` |
+# | Euclidean norm, centroids | Necessary | |
+#
+# **Time to learn**: 25 minutes.
 #
 # ## Definitions
 #
-# For raw (unnormalised) image embeddings $e_i$ of the test images and the 14
-# labels, an image counts toward *every* class it is positive for. With the centroid
+# For raw (unnormalised) image embeddings $e_i$ of the test images and the 14 labels, an
+# image counts toward *every* class it is positive for. With the centroid
 # $c_j = \frac{1}{|C_j|}\sum_{i \in C_j} e_i$ of class $C_j = \{i : y_{ij} = 1\}$,
 #
 # $$ \mathrm{intra}_j = \frac{1}{|C_j|}\sum_{i \in C_j} \lVert e_i - c_j \rVert_2 , \qquad
 #    \mathrm{inter} = \binom{k'}{2}^{-1} \sum_{j < l} \lVert c_j - c_l \rVert_2 , \qquad
-#    \mathrm{ratio} = \frac{\mathrm{inter}}{\frac{1}{k'}\sum_j \mathrm{intra}_j} , $$ (eq-ratio)
+#    \mathrm{ratio} = \frac{\mathrm{inter}}{\frac{1}{k'}\sum_j \mathrm{intra}_j} ,
+# $$ (eq-ratio)
 #
-# over the $k'$ classes with at least five test images {eq}`eq-ratio`. Distances carry each model's scale; the
-# ratio is scale-free and is the number to compare. The linear probe does not change the
-# encoder, so its embedding space *is* the zero-shot one: its distances are identical by
-# construction (the seed's 31.894 vs 31.890 can only be numerical noise).
+# over the $k'$ classes with at least five test images, a set fixed once on the whole test
+# split. In code:
+#
+# ```{literalinclude} ../../helpers/geometry.py
+# :pyobject: class_geometry
+# ```
+#
+# Distances carry each model's scale; the ratio is scale-free and is the number to compare.
+# The linear probe does not change the encoder, so its embedding space *is* the zero-shot
+# one: its distances are identical by construction (the seed's 31.894 vs 31.890 can only be
+# numerical noise). In a bootstrap replicate an image drawn twice counts twice in a centroid
+# but once toward a class's size; a replicate in which a class of the set has fewer than two
+# distinct images is dropped (the table reports how many).
 
 # %% tags=["parameters"]
 profile = "demo"  # demo or full
 model = ""  # model spec; empty uses the profile's (tiny or biomedclip)
+image_dir = ""  # full only: folder of Open-I PNGs; empty uses data/openi/images
 style = "target"  # demo only: phantom style of the IU-Xray images
+uncertain_policy = "positive"  # as chapter 1: uncertain mentions positive or negative
+split_seed = 0  # as chapter 1: seed of the report-level split
+split_fractions = [0.7, 0.1, 0.2]  # as chapter 1: train, val, test fractions
+views = ["frontal"]  # as chapter 1: image views in the study
+reports_path = ""  # as chapter 1: report archive; empty uses torchxrayvision's copy
 limit = 0  # at most this many images per split (0 = all); for quick runs
-on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted in the stamp)
+on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted)
 n_boot = 200  # bootstrap resamples (by report) for confidence intervals
 projection_points = 1000  # at most this many test images in the UMAP / t-SNE plots
-highlight = ["No Finding", "Cardiomegaly", "Pleural Effusion", "Lung Opacity", "Support Devices"]  # colours
+highlight = ["No Finding", "Cardiomegaly", "Pleural Effusion", "Lung Opacity",
+             "Support Devices"]  # labels coloured in the projections
 
 # %%
 import warnings
@@ -65,60 +92,94 @@ import numpy as np
 import pandas as pd
 from myst_nb import glue
 
-from helpers import geometry as G
-from helpers import results as R
-from helpers.config import output_dir
+from helpers import display, findings, geometry, metrics, results, runs
 from helpers.io import atomic_write_json
 from helpers.stamp import show_stamp
-from helpers.study import embeddings_of, finetuned_scorer, load_study
+from helpers.study import load_study
 
-study = load_study(profile, model or None, style=style, limit=limit or None, on_error=on_error)
+study = load_study(profile, model or None, image_dir=image_dir or None, style=style,
+                   uncertain_policy=uncertain_policy, split_seed=split_seed,
+                   split_fractions=split_fractions, views=views,
+                   reports_path=reports_path or None, limit=limit or None,
+                   on_error=on_error)
+arts = study.artefacts
 LABELS = study.labels
 stamp = study.stamp()
 show_stamp(stamp)
 test = study.rows("test")
 yt = study.y(test)
 groups = study.groups(test)
-emb = {"zs": study.image_embeddings()[test]}
-emb["lp"] = emb["zs"]  # frozen encoder: the probe's embedding space is the zero-shot one
-emb["ft"] = embeddings_of(study, finetuned_scorer(study).clip)[test]
-print({k: v.shape for k, v in emb.items()})
+emb = {"zs": [study.image_embeddings()[test]]}
+emb["lp"] = emb["zs"]  # frozen encoder: the probe's space is the zero-shot one
+emb["ft"] = runs.finetuned_embeddings(study, test)
+emb["ft (permuted)"] = runs.finetuned_embeddings(study, test, variant="permuted")
+print({k: f"{len(v)} seed(s) x {v[0].shape}" for k, v in emb.items()})
 
 # %% [markdown]
 # ## Distances, with confidence intervals
+#
+# For the fine-tuned model the point values are means over its training seeds, and every
+# bootstrap replicate also draws a seed.
 
 # %%
-geo = {"zs": G.geometry_with_ci(emb["zs"], yt, groups, LABELS, n_boot)}
+geo = {s: geometry.geometry_with_ci(emb[s], yt, groups, LABELS, n_boot)
+       for s in ("zs", "ft", "ft (permuted)")}
 geo["lp"] = geo["zs"]
-geo["ft"] = G.geometry_with_ci(emb["ft"], yt, groups, LABELS, n_boot)
-names = {"zs": "zero-shot", "lp": "linear probe", "ft": "fine-tuned"}
-tab = pd.DataFrame({names[s]: {m: f"{g[m]:.3f} [{g[m + '_ci'][0]:.3f}, {g[m + '_ci'][1]:.3f}]"
-                               for m in ("inter", "intra", "ratio")} for s, g in geo.items()}).T
-ref = pd.DataFrame({f"{names[s]} (seed, BiomedCLIP)": {m: f"{R.SEED_REFERENCE[s][m]:.3f}"
-                                                      for m in ("inter", "intra", "ratio")} for s in geo}).T
+names = {"zs": "zero-shot", "lp": "linear probe", "ft": "fine-tuned",
+         "ft (permuted)": "fine-tuned on permuted labels"}
+tab = pd.DataFrame({names[s]: {**{m: display.fmt_ci(g[m], g[m + "_ci"])
+                                  for m in ("inter", "intra", "ratio")},
+                               "replicates dropped": f"{g['dropped']} of {g['n_boot']}"}
+                    for s, g in geo.items()}).T
+ref = pd.DataFrame({f"{names[s]} (seed paper, BiomedCLIP)":
+                    {m: f"{results.SEED_REFERENCE[s][m]:.3f}"
+                     for m in ("inter", "intra", "ratio")}
+                    for s in ("zs", "lp", "ft")}).T
 glue("ratio_zs", f"{geo['zs']['ratio']:.3f}", display=False)
 glue("ratio_ft", f"{geo['ft']['ratio']:.3f}", display=False)
-pd.concat([tab, ref])
+glue("n_classes", len(geo["zs"]["classes"]), display=False)
+pd.concat([tab, ref]).fillna("")
+
+# %% [markdown]
+# ## Finding 4: does the ratio rise with fine-tuning?
+#
+# The finding is the paired difference ratio(fine-tuned) − ratio(zero-shot) on the same
+# test images, its interval covering test resampling and the fine-tuning seeds. **Negative
+# control**: the same difference for the models fine-tuned on permuted labels. Any change
+# that training on meaningless labels produces too (a general contraction or stretching of
+# the space) is not separation of the findings.
 
 # %%
-from helpers.metrics import paired_difference  # noqa: E402
+ratio = {s: geometry.ratio_fn(emb[s], yt) for s in ("zs", "ft", "ft (permuted)")}
 
-d, lo, hi = paired_difference(lambda i: G.class_geometry(emb["ft"][i], yt[i])["ratio_all"],
-                              lambda i: G.class_geometry(emb["zs"][i], yt[i])["ratio_all"], groups, n_boot)
-rises = bool(lo > 0)
-glue("ratio_diff", f"{d:+.3f}", display=False)
-glue("ratio_diff_ci", f"[{lo:+.3f}, {hi:+.3f}]", display=False)
-glue("ratio_verdict", "rises" if rises else ("falls" if hi < 0 else "does not change measurably"),
+
+def ratio_change(setting):
+    return metrics.paired_difference(ratio[setting], ratio["zs"], groups, n_boot,
+                                     n_runs=(len(emb[setting]), 1))
+
+
+change, change_ctrl = ratio_change("ft"), ratio_change("ft (permuted)")
+rec4 = findings.record(
+    "geometry: ratio rises", "05_embeddings",
+    "the inter/intra class distance ratio is higher after fine-tuning than zero-shot",
+    change[0], change[1:], {"above": 0.0},
+    "the same difference for models fine-tuned on permuted labels",
+    change_ctrl[0], change_ctrl[1:])
+glue("ratio_diff", display.fmt_ci(change[0], change[1:], signed=True), display=False)
+glue("ratio_ctrl", display.fmt_ci(change_ctrl[0], change_ctrl[1:], signed=True),
      display=False)
+glue("ratio_verdict", rec4["verdict"], display=False)
 
-per = pd.DataFrame({names[s]: {c: v["ratio"] for c, v in geo[s]["per_label"].items()} for s in ("zs", "ft")})
+per = pd.DataFrame({names[s]: {c: v["ratio"] for c, v in geo[s]["per_label"].items()}
+                    for s in ("zs", "ft", "ft (permuted)")})
 fig, ax = plt.subplots(figsize=(6, 5))
 if per.empty:
-    ax.text(0.5, 0.5, "no label has five or more test images in this run", ha="center", va="center")
+    ax.text(0.5, 0.5, "no label has five or more test images in this run", ha="center",
+            va="center")
     ax.set_axis_off()
 else:
-    per.plot.barh(ax=ax, color=["#d95f02", "#1b9e77"])
-    ax.set_xlabel("inter / intra ratio of the class (test)")
+    per.plot.barh(ax=ax, color=["#d95f02", "#1b9e77", "#bbbbbb"])
+    ax.set_xlabel("inter / intra ratio of the class (test, first seed)")
     ax.invert_yaxis()
 ax.set_title("Per-label distance ratio")
 fig.tight_layout()
@@ -129,23 +190,26 @@ plt.close(fig)
 # ```{glue:figure} fig_ratio_per_label
 # :name: fig-ratio-per-label
 #
-# Inter/intra distance ratio of each label's class (test images), frozen encoder and fine-tuned.
+# Inter/intra distance ratio of each label's class (test images): frozen encoder,
+# fine-tuned, and fine-tuned on permuted labels (first seed of each).
 # ```
 #
 # The overall ratio goes from {glue:text}`ratio_zs` (zero-shot) to {glue:text}`ratio_ft`
-# (fine-tuned), a change of {glue:text}`ratio_diff` (paired bootstrap 95% CI
-# {glue:text}`ratio_diff_ci`): on this run the ratio **{glue:text}`ratio_verdict`** with fine-tuning.
-# A higher ratio means the class centroids moved apart relative to how widely each class
-# scatters: the encoder now spends its dimensions on what tells the labels apart, which is what
-# lets a simple rule on top (the paired prompts) separate them. The ratio summarises centroids,
-# not decision boundaries, so it can move less than AUROC does (or the other way round): per
-# label, {numref}`fig-ratio-per-label` shows where the change happens.
+# (fine-tuned, mean over seeds): a paired change of {glue:text}`ratio_diff`, against
+# {glue:text}`ratio_ctrl` for the models fine-tuned on permuted labels. **Finding 4
+# {glue:text}`ratio_verdict`.** A higher ratio means the class centroids moved apart
+# relative to how widely each class scatters. What it cannot tell us: the ratio summarises
+# centroids, not decision boundaries, so it can move less than AUROC does (or the other way
+# round), and labels that co-occur share members, which pulls their centroids together
+# whatever the encoder learns. Per label, {numref}`fig-ratio-per-label` shows where the
+# change happens.
 #
 # ## Projections
 #
-# UMAP {cite}`mcinnes2018umap` and t-SNE {cite}`vandermaaten2008tsne` place the test images in
-# two dimensions, coloured by the rarest highlighted label each image has (images with none of
-# them: "other"). Projections keep neighbourhoods, not distances: read clusters, not gaps.
+# UMAP {cite}`mcinnes2018umap` and t-SNE {cite}`vandermaaten2008tsne` place the test images
+# in two dimensions, coloured by the rarest highlighted label each image has (images with
+# none of them: "other"). Projections keep neighbourhoods, not distances: read clusters, not
+# gaps.
 
 # %%
 import umap  # noqa: E402
@@ -153,20 +217,29 @@ from sklearn.manifold import TSNE  # noqa: E402
 
 rng = np.random.default_rng(0)
 pick = np.sort(rng.choice(len(test), min(projection_points, len(test)), replace=False))
-colour = G.primary_label(yt[pick], LABELS, highlight)
-palette = dict(zip(list(highlight) + ["other"], ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#cccccc"]))
-fig, axes = plt.subplots(2, 2, figsize=(9, 8))
-for r, s in enumerate(("zs", "ft")):
-    x = emb[s][pick] / np.linalg.norm(emb[s][pick], axis=1, keepdims=True)
+colour = geometry.primary_label(yt[pick], LABELS, highlight)
+palette = dict(zip(list(highlight) + ["other"],
+                   ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#cccccc"]))
+
+
+def project(x):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proj = {"UMAP": umap.UMAP(n_neighbors=15, random_state=0, n_jobs=1).fit_transform(x),
-                "t-SNE": TSNE(perplexity=min(30, len(x) - 1), random_state=0, init="pca").fit_transform(x)}
-    for c, (pname, p) in enumerate(proj.items()):
+        tsne = TSNE(perplexity=min(30, len(x) - 1), random_state=0, init="pca")
+        return {"UMAP": umap.UMAP(n_neighbors=15, random_state=0,
+                                  n_jobs=1).fit_transform(x),
+                "t-SNE": tsne.fit_transform(x)}
+
+
+fig, axes = plt.subplots(2, 2, figsize=(9, 8))
+for r, s in enumerate(("zs", "ft")):
+    for c, (pname, p) in enumerate(project(emb[s][0][pick]).items()):
         ax = axes[r, c]
         for lab in ["other", *highlight]:
             m = colour == lab
-            ax.scatter(p[m, 0], p[m, 1], s=5, c=palette[lab], label=lab, alpha=0.8 if lab != "other" else 0.4)
+            ax.scatter(p[m, 0], p[m, 1], s=5, c=palette[lab], label=lab,
+                       alpha=0.8 if lab != "other" else 0.4)
         ax.set_title(f"{pname}, {names[s]}")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -180,74 +253,114 @@ plt.close(fig)
 # :name: fig-projections
 #
 # UMAP (left) and t-SNE (right) of test-image embeddings before (top) and after (bottom)
-# fine-tuning, coloured by the rarest highlighted label each image has.
+# fine-tuning (first seed), coloured by the rarest highlighted label each image has.
 # ```
 #
-# In {numref}`fig-projections`, look for whether images with findings gather apart from the normal
-# ones after fine-tuning; the ratio above is the quantitative version of that impression.
+# In {numref}`fig-projections`, look for whether images with findings gather apart from the
+# normal ones after fine-tuning; the ratio above is the quantitative version of that
+# impression.
 
 # %%
-out = atomic_write_json(output_dir(profile) / R.GEOMETRY_FILE, {
-    "stamp": stamp, "params": {"model": model or None, "style": style, "limit": limit, "n_boot": n_boot},
-    "settings": geo, "ratio_change_ft_minus_zs": {"value": d, "ci95": [lo, hi], "rises": rises}})
-print(out)
+params = {"model": study.info.spec, "style": style, "limit": limit, "n_boot": n_boot}
+atomic_write_json(arts.geometry, {"stamp": stamp, "params": params, "settings": geo})
+print(findings.write_findings(arts.findings("05_embeddings"), [rec4], stamp))
 
 # %% [markdown]
 # ## Summary
 #
-# - With the seed's definitions, stated above, the inter/intra ratio is {glue:text}`ratio_zs` for
-#   the frozen encoder (zero-shot and linear probe alike) and {glue:text}`ratio_ft` after
-#   fine-tuning.
+# - With the definitions stated above, over {glue:text}`n_classes` classes, the inter/intra
+#   ratio is {glue:text}`ratio_zs` for the frozen encoder (zero-shot and linear probe alike)
+#   and {glue:text}`ratio_ft` after fine-tuning.
+# - Finding 4 (the ratio rises) {glue:text}`ratio_verdict`.
 # - The results page puts these distances beside the seed's.
 #
 # ## What's next
 #
-# {doc}`06_grad_cam` asks where in the image each model looks, and checks it against the true
-# lesion regions.
+# {doc}`06_grad_cam` asks where in the image each model looks, and checks it against the
+# true lesion regions.
 #
 # ## Exercises
 #
-# :::{exercise}
+# ```{exercise}
 # :label: ex-geo-scale
 #
-# Multiply every embedding by 10. What happens to the inter- and intra-class distances and to
-# the ratio {eq}`eq-ratio`? Why is only the ratio comparable between two different models?
-# :::
+# Multiply every embedding by 10. What happens to the inter- and intra-class distances and
+# to the ratio {eq}`eq-ratio`? Why is only the ratio comparable between two models?
+# ```
 #
-# :::{solution} ex-geo-scale
+# ```{solution-start} ex-geo-scale
 # :class: dropdown
-#
+# ```
+
+# %%
+g1 = geometry.class_geometry(emb["zs"][0], yt)
+g10 = geometry.class_geometry(10 * emb["zs"][0], yt)
+overall = ("inter_all", "intra_all", "ratio_all")
+pd.DataFrame({"embeddings": {k: g1[k] for k in overall},
+              "embeddings x 10": {k: g10[k] for k in overall}})
+
+# %% [markdown]
 # Both distances are multiplied by 10; the ratio is unchanged. Two models' embeddings have
-# arbitrary, different scales (a fine-tuned model can change its norms), so absolute distances
-# do not compare, while the ratio does.
-# :::
+# arbitrary, different scales (a fine-tuned model can change its norms), so absolute
+# distances do not compare, while the ratio does.
 #
-# :::{exercise}
+# ```{solution-end}
+# ```
+#
+# ```{exercise}
 # :label: ex-geo-multilabel
 #
-# An image with both Cardiomegaly and Edema counts toward both classes. How does that pull the
-# two centroids, and what does it do to the inter-class distance of co-occurring labels?
-# :::
+# An image with both Cardiomegaly and Edema counts toward both classes. How close are the
+# two centroids compared with the average pair of centroids?
+# ```
 #
-# :::{solution} ex-geo-multilabel
+# ```{solution-start} ex-geo-multilabel
 # :class: dropdown
+# ```
+
+# %%
+g = geometry.class_geometry(emb["zs"][0], yt)
+j, k = LABELS.index("Cardiomegaly"), LABELS.index("Edema")
+members = {c: yt[:, LABELS.index(c)].astype(bool) for c in ("Cardiomegaly", "Edema")}
+shared = (members["Cardiomegaly"] & members["Edema"]).sum()
+if g["used"][j] and g["used"][k]:
+    cj = emb["zs"][0][members["Cardiomegaly"]].mean(0)
+    ck = emb["zs"][0][members["Edema"]].mean(0)
+    print(f"{shared} shared images; centroid distance {np.linalg.norm(cj - ck):.3f} "
+          f"vs mean inter-class distance {g['inter_all']:.3f}")
+else:
+    print("one of the two classes has fewer than five test images in this run")
+
+# %% [markdown]
+# Shared members pull both centroids towards the same images, so labels that often co-occur
+# end up with close centroids and a small inter-class distance, even if the encoder
+# separates the findings well. The ratio mixes separation with the label structure.
 #
-# Shared members pull both centroids towards the same images, so labels that often co-occur end
-# up with close centroids and a small inter-class distance, even if the encoder separates the
-# findings well. The ratio mixes separation with the label structure of the data set.
-# :::
+# ```{solution-end}
+# ```
 #
-# :::{exercise}
+# ```{exercise}
 # :label: ex-geo-umap
 #
-# Re-run with `-p projection_points 300`. Do the UMAP clusters keep their shape? What does this
-# say about reading distances between clusters in a projection?
-# :::
+# Project 300 instead of all test points. Do the UMAP clusters keep their shape? What does
+# this say about reading distances between clusters in a projection?
+# ```
 #
-# :::{solution} ex-geo-umap
+# ```{solution-start} ex-geo-umap
 # :class: dropdown
+# ```
+
+# %%
+small = np.sort(rng.choice(len(test), min(300, len(test)), replace=False))
+p_small = project(emb["zs"][0][small])["UMAP"]
+p_all = project(emb["zs"][0][pick])["UMAP"]
+print(f"UMAP extent, {len(small)} points: {np.ptp(p_small, axis=0).round(1)}; "
+      f"{len(pick)} points: {np.ptp(p_all, axis=0).round(1)}")
+
+# %% [markdown]
+# Cluster layout and spacing change with the sample and the random state; only
+# neighbourhoods are (approximately) preserved. Distances between clusters in UMAP or t-SNE
+# carry little meaning, which is why the chapter measures distances in the original space.
 #
-# Cluster layout and spacing change with the sample and the random state; only neighbourhoods are
-# (approximately) preserved. Distances between clusters in UMAP or t-SNE carry little meaning,
-# which is why the chapter measures distances in the original space.
-# :::
+# ```{solution-end}
+# ```

@@ -1,0 +1,101 @@
+"""Does a classifier use a finding's co-occurring partner as a cue? (chapter 3)
+
+Labels co-occur in real reports: an enlarged heart comes with edema, an opacity with
+atelectasis. A classifier trained on such labels can learn the partner ``b`` as evidence for
+``a``. Two tests, both on within-label percentiles so that settings with different score scales
+compare:
+
+* **observational partner shift** (:func:`partner_shift`): among test images *without* ``a``,
+  the mean percentile of ``a``'s score on images that have ``b`` minus that on images without
+  it;
+* **causal partner effect** (:func:`causal_effect`, ``demo`` only): the same image rendered
+  twice, with and without ``b`` (counterfactual phantoms: every pixel outside ``b``'s region is
+  identical), and the change in ``a``'s percentile.
+
+Pairs are chosen from the *training* labels by their lift ``P(a, b) / (P(a) P(b))``: partners
+(lift well above 1) for the finding, independent pairs (lift near 1) for its negative control.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+PARTNER_LIFT = 1.5
+"""Minimum lift of a co-occurring pair."""
+INDEPENDENT_LIFT = (0.67, 1.5)
+"""Lift range of an independent (control) pair."""
+
+
+def pairs_by_lift(y: np.ndarray, labels: Sequence[str], min_lift: float, max_lift: float = np.inf,
+                  min_count: int = 20, min_expected: float = 0.0) -> list[tuple[str, str, int, float]]:
+    """Unordered label pairs whose lift in ``y`` (n, k) lies in ``[min_lift, max_lift)``.
+
+    A pair needs at least ``min_count`` images with both labels and ``min_expected`` under
+    independence (``n P(a) P(b)``). Returns (a, b, count, lift), strongest lift first; "No Finding"
+    is excluded (it is defined by the others' absence).
+    """
+    y = np.asarray(y).astype(int)
+    n = len(y)
+    out = []
+    for i, a in enumerate(labels):
+        for j, b in enumerate(labels):
+            if j <= i or "No Finding" in (a, b):
+                continue
+            both = int((y[:, i] & y[:, j]).sum())
+            expected = y[:, i].sum() * y[:, j].sum() / max(n, 1)
+            if both < min_count or expected < min_expected or expected == 0:
+                continue
+            lift = both / expected
+            if min_lift <= lift < max_lift:
+                out.append((a, b, both, float(lift)))
+    return sorted(out, key=lambda r: -r[3])
+
+
+def partner_pairs(y: np.ndarray, labels: Sequence[str]) -> list[tuple[str, str, int, float]]:
+    """Co-occurring pairs of the training labels: lift >= :data:`PARTNER_LIFT`, >= 20 images."""
+    return pairs_by_lift(y, labels, PARTNER_LIFT, min_count=20)
+
+
+def independent_pairs(y: np.ndarray, labels: Sequence[str]) -> list[tuple[str, str, int, float]]:
+    """Control pairs: lift within :data:`INDEPENDENT_LIFT`, >= 5 images with both and >= 5 expected."""
+    lo, hi = INDEPENDENT_LIFT
+    return pairs_by_lift(y, labels, lo, hi, min_count=5, min_expected=5)
+
+
+def directed(pairs: Sequence[tuple], labels: Sequence[str]) -> list[tuple[int, int]]:
+    """Both directions (a <- b and b <- a) of each pair, as label indices."""
+    idx = {c: i for i, c in enumerate(labels)}
+    return [(idx[a], idx[b]) for a, b, *_ in pairs] + [(idx[b], idx[a]) for a, b, *_ in pairs]
+
+
+def percentiles(scores: np.ndarray) -> np.ndarray:
+    """Within-label percentiles (n, k) in [0, 1] of scores (n, k); ties share their mean rank."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=float)
+    return (rankdata(s, axis=0) - 1) / max(len(s) - 1, 1)
+
+
+def partner_shift(scores: np.ndarray, y: np.ndarray, j: int, k: int) -> float:
+    """How much label ``k``'s presence raises label ``j``'s score where ``j`` is absent.
+
+    Mean percentile of ``j`` on rows with ``j = 0, k = 1`` minus that on rows with ``j = 0,
+    k = 0`` (0: no shift; NaN if a group is empty). Shapes: scores, y (n, k).
+    """
+    pct = percentiles(scores[:, [j]])[:, 0]
+    neg = y[:, j] == 0
+    with_k, without_k = neg & (y[:, k] == 1), neg & (y[:, k] == 0)
+    if not with_k.any() or not without_k.any():
+        return float("nan")
+    return float(pct[with_k].mean() - pct[without_k].mean())
+
+
+def mean_shift(scores: np.ndarray, y: np.ndarray, pairs: Sequence[tuple[int, int]]):
+    """A function of row indices: the mean :func:`partner_shift` over directed ``pairs``."""
+    def fn(rows: np.ndarray) -> float:
+        vals = [partner_shift(scores[rows], y[rows], j, k) for j, k in pairs]
+        return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+
+    return fn
