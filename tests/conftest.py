@@ -74,6 +74,7 @@ SMOKE = {
     "n_boot": "20",
     "epochs": "1",
     "max_steps_per_epoch": "2",
+    "n_seeds": "1",
 }
 
 

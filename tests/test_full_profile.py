@@ -37,7 +37,7 @@ def test_full_profile_chapters_run_offline(full_setup, tmp_path):
     args = ["--profile", "full", "--out", str(tmp_path)]
     for k, v in {"model": f"local-dir:{model}", "limit": "8", "n_boot": "5", "epochs": "1",
                  "max_steps_per_epoch": "1", "batch_size": "4", "annotations": str(ann), "n_examples": "1",
-                 "max_pairs": "10", "projection_points": "20"}.items():
+                 "max_pairs": "10", "projection_points": "20", "n_seeds": "1"}.items():
         args += ["-p", k, v]
     assert R.main([*chapters, *args]) == 0
     for c in chapters:
@@ -46,6 +46,9 @@ def test_full_profile_chapters_run_offline(full_setup, tmp_path):
     from helpers.results import gather
 
     df = gather()
-    assert {"full"} <= set(df.profile) and set(df[df.profile == "full"].setting) == {"zs", "lp", "ft"}
-    stamp = json.loads((R.output_dir("full") / "zero_shot.json").read_text())["stamp"]
+    assert {"full"} <= set(df.profile)
+    assert set(df[df.profile == "full"].setting) == {"zs", "zs-seed", "lp", "ft"}
+    from helpers.artefacts import Artefacts
+
+    stamp = json.loads(Artefacts.of("full", f"local-dir:{model}").metrics("zs").read_text())["stamp"]
     assert stamp["profile"] == "full" and stamp["model_id"].startswith("local-dir:")
