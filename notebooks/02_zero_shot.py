@@ -81,13 +81,13 @@
 profile = "demo"  # demo or full
 model = ""  # model spec; empty uses the profile's (tiny or biomedclip)
 image_dir = ""  # full only: folder of Open-I PNGs; empty uses data/openi/images
-style = "target"  # demo only: phantom style of the IU-Xray images (target = shifted)
+style = "target"  # demo only: phantom style of the IU-Xray images (target: shifted)
 uncertain_policy = "positive"  # as chapter 1: uncertain mentions positive or negative
 split_seed = 0  # as chapter 1: seed of the report-level split
 split_fractions = [0.7, 0.1, 0.2]  # as chapter 1: train, val, test fractions
 views = ["frontal"]  # as chapter 1: image views in the study
 reports_path = ""  # as chapter 1: report archive; empty uses torchxrayvision's copy
-limit = 0  # at most this many images per split (0 = all); for quick runs
+limit = 0  # at most this many images per split (0: all); for quick runs
 on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted)
 n_boot = 500  # bootstrap resamples (by report) for confidence intervals
 seed_threshold = 0.5  # the seed study's fixed decision threshold

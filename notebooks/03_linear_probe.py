@@ -80,7 +80,7 @@ split_seed = 0  # as chapter 1: seed of the report-level split
 split_fractions = [0.7, 0.1, 0.2]  # as chapter 1: train, val, test fractions
 views = ["frontal"]  # as chapter 1: image views in the study
 reports_path = ""  # as chapter 1: report archive; empty uses torchxrayvision's copy
-limit = 0  # at most this many images per split (0 = all); for quick runs
+limit = 0  # at most this many images per split (0: all); for quick runs
 on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted)
 n_boot = 500  # bootstrap resamples (by report) for confidence intervals
 class_weight = "balanced"  # "balanced" or "none"

@@ -87,16 +87,16 @@ split_seed = 0  # as chapter 1: seed of the report-level split
 split_fractions = [0.7, 0.1, 0.2]  # as chapter 1: train, val, test fractions
 views = ["frontal"]  # as chapter 1: image views in the study
 reports_path = ""  # as chapter 1: report archive; empty uses torchxrayvision's copy
-limit = 0  # at most this many images per split (0 = all); for quick runs
+limit = 0  # at most this many images per split (0: all); for quick runs
 on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted)
 n_boot = 500  # bootstrap resamples (by report) for confidence intervals
 objective = "contrastive"  # contrastive (label prompts) or bce (classification head)
-epochs = 0  # 0 = the profile's default
-lr = 0.0  # 0 = the profile's default
-batch_size = 0  # 0 = the profile's default (32)
-patience = 0  # early-stopping patience in epochs; 0 = the profile's default
+epochs = 0  # 0: the profile's default
+lr = 0.0  # 0: the profile's default
+batch_size = 0  # 0: the profile's default (32)
+patience = 0  # early-stopping patience in epochs; 0: the profile's default
 temperature = 0.17  # the seed's temperature T
-max_steps_per_epoch = 0  # cap on steps per epoch (0 = whole split); for quick runs
+max_steps_per_epoch = 0  # cap on steps per epoch (0: whole split); for quick runs
 n_seeds = 3  # training seeds, for the real labels and for the permuted-label control
 
 # %%

@@ -63,10 +63,10 @@
 profile = "demo"  # demo or full
 model = ""  # model spec; empty uses the profile's (tiny or biomedclip)
 style = "target"  # demo only: phantom style of the IU-Xray images
-limit = 0  # at most this many images per split (0 = all); for quick runs
+limit = 0  # at most this many images per split (0: all); for quick runs
 on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted in the stamp)
 n_boot = 200  # bootstrap resamples (by report) for confidence intervals
-max_pairs = 300  # at most this many (image, label) pairs per split (0 = all)
+max_pairs = 300  # at most this many (image, label) pairs per split (0: all)
 n_examples = 4  # example figures
 annotations = ""  # full profile: annotation CSV (empty: the shipped example in annotations/)
 
@@ -79,10 +79,10 @@ from myst_nb import glue
 from helpers import cam as C
 from helpers import probe as P
 from helpers import zeroshot as Z
-from helpers.config import output_dir
 from helpers.io import atomic_write_json
 from helpers.stamp import show_stamp
-from helpers.study import finetuned_scorer, load_study, localization_pairs
+from helpers.runs import finetuned_scorer
+from helpers.study import load_study, localization_pairs
 
 study = load_study(profile, model or None, style=style, limit=limit or None, on_error=on_error)
 LABELS = study.labels
@@ -97,7 +97,7 @@ pairs["test"].table.label.value_counts().rename("test pairs").to_frame().T
 # ## The three settings, two methods, and the sanity check
 
 # %%
-probe = P.load_probe(output_dir(profile) / "probe.npz")
+probe = P.load_probe(study.artefacts.probe())
 ft = finetuned_scorer(study)
 zs_pos = study.text_embeddings([Z.prompts(c)[0][0] for c in LABELS])
 zs_neg = study.text_embeddings([Z.prompts(c)[1][0] for c in LABELS])
@@ -234,7 +234,7 @@ plt.close(fig)
 # {numref}`fig-cam-examples` shows what the numbers summarise, one image at a time.
 
 # %%
-out = atomic_write_json(output_dir(profile) / "grad_cam.json", {
+out = atomic_write_json(study.artefacts.grad_cam, {
     "stamp": stamp, "params": {"model": model or None, "style": style, "limit": limit, "n_boot": n_boot,
                                "max_pairs": max_pairs},
     "settings": {f"{n} · {m}": {k: v for k, v in r.items() if k != "per_pair"} for (n, m), r in runs.items()},
