@@ -28,7 +28,7 @@
 # results. A `full` run's files, or a second model's, appear here without any code change.
 
 # %% tags=["parameters"]
-profile = "demo"  # the profile whose stamp heads this page; the tables list every profile
+profile = "demo"  # whose stamp heads this page; the tables list every profile
 
 # %% tags=["hide-input"]
 import json
@@ -44,8 +44,8 @@ get_profile(profile)
 table = results.gather()
 references = results.gather_references()
 if table.empty:
-    raise FileNotFoundError(f"no metrics JSON under {artefacts.output_root()}: run chapters "
-                            f"2-5 first (python -m helpers.run)")
+    raise FileNotFoundError(f"no metrics JSON under {artefacts.output_root()}: "
+                            "run chapters 2-5 first (python -m helpers.run)")
 mine = [folder for p, _, folder in artefacts.all_pairs() if p == profile]
 stamps = [json.loads(f.read_text())["stamp"] for d in mine
           for f in sorted(d.glob("*.json")) if "stamp" in json.loads(f.read_text())]
@@ -74,9 +74,10 @@ settings = ["zs", "lp", "ft"]
 for i, ((prof, mid), sub) in enumerate(table.groupby(["profile", "model_id"])):
     sub = sub.set_index("setting").reindex(settings).dropna(subset=["auroc_macro"])
     x = [settings.index(s) + 0.12 * i for s in sub.index]
-    # a percentile interval need not contain the point estimate (tiny runs): no negative bar
-    lo = [max(v - c[0], 0) if c else 0 for v, c in zip(sub.auroc_macro, sub.auroc_macro_ci)]
-    hi = [max(c[1] - v, 0) if c else 0 for v, c in zip(sub.auroc_macro, sub.auroc_macro_ci)]
+    # a percentile interval need not contain the estimate (tiny runs): no negative bar
+    cis = list(zip(sub.auroc_macro, sub.auroc_macro_ci))
+    lo = [max(v - c[0], 0) if c else 0 for v, c in cis]
+    hi = [max(c[1] - v, 0) if c else 0 for v, c in cis]
     ax.errorbar(x, sub.auroc_macro, yerr=[lo, hi], fmt="o", capsize=4,
                 label=f"{prof} · {mid}")
 ax.axhline(0.5, color="#999999", lw=0.8, ls="--")

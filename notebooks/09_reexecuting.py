@@ -50,11 +50,11 @@
 # %% tags=["hide-input"]
 import pandas as pd
 
-from helpers import run as R
+from helpers import run
 
 rows = []
-for c in R.toc_chapters():
-    for p in R.declared_parameters(R.read_notebook(R.notebook_path(c))).values():
-        rows.append({"chapter": c, "parameter": p.name, "default": repr(p.default), "type": p.type_name,
-                     "meaning": p.comment})
+for c in run.toc_chapters():
+    for p in run.declared_parameters(run.read_notebook(run.notebook_path(c))).values():
+        rows.append({"chapter": c, "parameter": p.name, "default": repr(p.default),
+                     "type": p.type_name, "meaning": p.comment})
 pd.DataFrame(rows).set_index(["chapter", "parameter"])
