@@ -241,15 +241,15 @@ def infer_views(images: pd.DataFrame) -> pd.DataFrame:
     view[m], src[m] = "LATERAL", "orientation"
 
     df["view"], df["view_source"] = view, src
-    for rid, g in df.groupby("report_id"):
-        if len(g) != 2:
-            continue
-        known = g[g.view != "UNKNOWN"]
-        unknown = g[g.view == "UNKNOWN"]
-        if len(known) == 1 and len(unknown) == 1:
-            other = "LATERAL" if known.view.iloc[0] in FRONTAL_VIEWS else "FRONTAL"
-            df.loc[unknown.index, "view"] = other
-            df.loc[unknown.index, "view_source"] = "report-pair"
+    unknown = df.view == "UNKNOWN"
+    size = df.groupby("report_id").image_id.transform("size")
+    n_unknown = unknown.groupby(df.report_id).transform("sum")
+    pair = unknown & (size == 2) & (n_unknown == 1)
+    partner = df[~unknown].groupby("report_id").view.first()
+    other = df.report_id[pair].map(partner).isin(FRONTAL_VIEWS).map({True: "LATERAL",
+                                                                     False: "FRONTAL"})
+    df.loc[pair, "view"] = other
+    df.loc[pair, "view_source"] = "report-pair"
     return df
 
 
@@ -286,15 +286,14 @@ def select_frontals(images: pd.DataFrame) -> pd.DataFrame:
     decided the image's report; "no frontal candidate" where it has none).
     """
     df = images.copy()
-    df["frontal_selected"] = False
-    df["view_rule"] = SELECTION_RULES[4]
     cand = df[df.view.isin(FRONTAL_VIEWS)]
     chosen: set[str] = set()
+    rules: dict[str, str] = {}
     for rid, g in cand.groupby("report_id", sort=False):
-        ids, rule = _select_in_report(g)
+        ids, rules[rid] = _select_in_report(g)
         chosen.update(ids)
-        df.loc[df.report_id == rid, "view_rule"] = rule
     df["frontal_selected"] = df.image_id.isin(chosen)
+    df["view_rule"] = df.report_id.map(rules).fillna(SELECTION_RULES[4])
     return df
 
 

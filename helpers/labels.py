@@ -365,8 +365,7 @@ def _mesh_other_finding(term: str) -> bool:
     return any(p.search(t) for p in _MESH_OTHER_PATTERNS)
 
 
-_MESH_OTHER_PATTERNS = [phrase_regex(s) for s in R.NO_FINDING_OTHER + MESH_OTHER_FINDING_SYNONYMS
-                        + ["densit(y|ies)"]]
+_MESH_OTHER_PATTERNS = [phrase_regex(s) for s in R.NO_FINDING_OTHER + MESH_OTHER_FINDING_SYNONYMS]
 
 
 def mesh_labels(terms: Sequence[str]) -> dict[str, int]:
