@@ -128,3 +128,22 @@ def test_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         P.main(["--profile", "nope"])
     assert e.value.code == 2
+
+
+def test_gpu_line_reports_name_and_memory(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (70 * P.GIB, 80 * P.GIB))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Fake H100")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    c = P.check_gpu("full")
+    assert c.ok and not c.warnings and c.summary == "Fake H100: 70.0 GiB free of 80.0 GiB (1 device(s))"
+
+
+def test_no_gpu_is_a_warning_for_full_only(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert P.check_gpu("full").warnings and P.check_gpu("full").ok
+    assert not P.check_gpu("demo").warnings
