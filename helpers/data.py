@@ -293,7 +293,7 @@ def select_frontals(images: pd.DataFrame) -> pd.DataFrame:
         ids, rules[rid] = _select_in_report(g)
         chosen.update(ids)
     df["frontal_selected"] = df.image_id.isin(chosen)
-    df["view_rule"] = df.report_id.map(rules).fillna(SELECTION_RULES[4])
+    df["view_rule"] = [rules.get(r, SELECTION_RULES[4]) for r in df.report_id]
     return df
 
 
