@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-done
 PROFILE ?= demo
 ARGS   ?=
 
-.PHONY: setup run book test bench serve clean
+.PHONY: setup run book test bench preflight serve clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m helpers.bench
 	@echo "Wrote benchmarks/results.json; re-run the benchmark page with: $(PY) -m helpers.run 08_benchmarks"
+
+preflight: $(STAMP)
+	$(PY) -m helpers.preflight --profile $(PROFILE) $(ARGS)
 
 serve:
 	$(PY) -m http.server --directory _build/html 8000

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tarfile
 import warnings
 import xml.etree.ElementTree as ET
@@ -29,14 +30,40 @@ import pandas as pd
 
 from . import labels as L
 from .config import data_dir
-from .io import atomic_write_csv, frame_hash, sha256_file
+from .io import atomic_write_csv, frame_hash, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
+
+LABEL_TABLE_VERSION = "2"
+"""Version of the label table's layout and rules (2: one selected frontal per report,
+CheXpert-conformant labels); part of :attr:`LabelTable.hash`, so every stamp and cache keyed
+on the table changes with it."""
 
 FRONTAL_VIEWS = ("PA", "AP", "FRONTAL")
 """View values that are frontal: PA, AP, and frontal with PA/AP unknown (``FRONTAL``)."""
 VIEW_VALUES = ("PA", "AP", "FRONTAL", "LATERAL", "UNKNOWN")
-VIEW_ALIASES = {"frontal": FRONTAL_VIEWS, "lateral": ("LATERAL",), "all": VIEW_VALUES}
+VIEW_ALIASES = {"frontal": FRONTAL_VIEWS, "frontal-any": FRONTAL_VIEWS, "lateral": ("LATERAL",),
+                "all": VIEW_VALUES}
+"""Names accepted by ``views`` besides the view values (see :func:`view_mask`):
+
+* ``frontal``: the selected frontal image of each report (:func:`select_frontals`), the study;
+* ``frontal-any``: every image any evidence calls frontal (before selection);
+* ``lateral``: every lateral image;
+* ``all``: every image of every report, whatever its view: selected frontals, frontal
+  candidates that lost the selection, laterals and unknowns (a multi-view set; a report
+  then contributes all its images, kept together by the report-level split).
+
+A view value (``PA``, ``AP``, ``FRONTAL``) means the selected frontals with that view;
+``LATERAL`` and ``UNKNOWN`` mean the images with that view."""
+
+EVIDENCE_RANK = {"pixels": 3, "dicom": 2, "orientation": 1, "report-pair": 0, "none": -1}
+"""Strength of the evidence behind an image's view (``view_source``): the pixel-derived
+call beats the DICOM View Position tag, which beats Patient Orientation, which beats the
+other image of a two-image report."""
+
+SELECTION_RULES = ("only candidate", "stronger evidence", "tie: first image id",
+                   "several pixel-confirmed", "no frontal candidate")
+"""What decided a report's frontal image(s), per report (see :func:`select_frontals`)."""
 
 
 def package_file(name: str) -> Path:
@@ -214,16 +241,91 @@ def infer_views(images: pd.DataFrame) -> pd.DataFrame:
     view[m], src[m] = "LATERAL", "orientation"
 
     df["view"], df["view_source"] = view, src
-    for rid, g in df.groupby("report_id"):
-        if len(g) != 2:
-            continue
-        known = g[g.view != "UNKNOWN"]
-        unknown = g[g.view == "UNKNOWN"]
-        if len(known) == 1 and len(unknown) == 1:
-            other = "LATERAL" if known.view.iloc[0] in FRONTAL_VIEWS else "FRONTAL"
-            df.loc[unknown.index, "view"] = other
-            df.loc[unknown.index, "view_source"] = "report-pair"
+    unknown = df.view == "UNKNOWN"
+    size = df.groupby("report_id").image_id.transform("size")
+    n_unknown = unknown.groupby(df.report_id).transform("sum")
+    pair = unknown & (size == 2) & (n_unknown == 1)
+    partner = df[~unknown].groupby("report_id").view.first()
+    other = df.report_id[pair].map(partner).isin(FRONTAL_VIEWS).map({True: "LATERAL",
+                                                                     False: "FRONTAL"})
+    df.loc[pair, "view"] = other
+    df.loc[pair, "view_source"] = "report-pair"
     return df
+
+
+def _natural_key(image_id: str) -> tuple:
+    """Sort key that orders ``-4004`` before ``-12012`` (numbers compared as numbers)."""
+    return tuple(int(x) if x.isdigit() else x for x in re.split(r"(\d+)", image_id))
+
+
+def _select_in_report(cand: pd.DataFrame) -> tuple[list[str], str]:
+    """(selected image ids, rule) among one report's frontal candidates."""
+    if len(cand) == 1:
+        return [cand.image_id.iloc[0]], SELECTION_RULES[0]
+    rank = cand.view_source.map(EVIDENCE_RANK)
+    best = cand[rank == rank.max()]
+    if rank.max() == EVIDENCE_RANK["pixels"] and len(best) > 1:
+        return sorted(best.image_id), SELECTION_RULES[3]
+    if len(best) == 1:
+        return [best.image_id.iloc[0]], SELECTION_RULES[1]
+    return [min(best.image_id, key=_natural_key)], SELECTION_RULES[2]
+
+
+def select_frontals(images: pd.DataFrame) -> pd.DataFrame:
+    """Choose each report's frontal image: one per report unless pixels say otherwise.
+
+    Among a report's frontal candidates (images whose inferred ``view`` is PA, AP or
+    FRONTAL), the strongest evidence wins (:data:`EVIDENCE_RANK`: pixels over DICOM tags
+    over orientation over report pairing): a DICOM-only "PA" beside a pixel-confirmed
+    frontal is dropped. Ties at equal evidence go to the first image id in natural order
+    (the first exposure; in the reports where pixels identify the frontal, it is the
+    first id in nearly all). Several candidates all confirmed by pixels are all kept.
+
+    ``images`` needs image_id, report_id, view, view_source. Returns a copy with
+    ``frontal_selected`` (bool) and ``view_rule`` (the :data:`SELECTION_RULES` entry that
+    decided the image's report; "no frontal candidate" where it has none).
+    """
+    df = images.copy()
+    cand = df[df.view.isin(FRONTAL_VIEWS)]
+    chosen: set[str] = set()
+    rules: dict[str, str] = {}
+    for rid, g in cand.groupby("report_id", sort=False):
+        ids, rules[rid] = _select_in_report(g)
+        chosen.update(ids)
+    df["frontal_selected"] = df.image_id.isin(chosen)
+    df["view_rule"] = [rules.get(r, SELECTION_RULES[4]) for r in df.report_id]
+    return df
+
+
+def view_audit(images: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Counts that show what view inference and frontal selection did.
+
+    Returns three tables:
+
+    * ``by_source``: images by inferred view (rows) and evidence source (columns), totals;
+    * ``per_report``: reports (with at least one image) with 0, 1, 2+ frontal images and
+      the number of frontal images, before selection (every frontal candidate) and after;
+    * ``rules``: per selection rule, the reports it decided and the frontal candidates it
+      kept and dropped.
+    """
+    by_source = pd.crosstab(images.view, images.view_source, margins=True, margins_name="total")
+    reports = images.report_id.unique()
+    cols = {}
+    for name, mask in (("before selection", images.view.isin(FRONTAL_VIEWS)),
+                       ("after selection", images.frontal_selected)):
+        n = images[mask].groupby("report_id").size().reindex(reports, fill_value=0)
+        cols[name] = {"reports with 0 frontal images": int((n == 0).sum()),
+                      "reports with 1 frontal image": int((n == 1).sum()),
+                      "reports with 2+ frontal images": int((n >= 2).sum()),
+                      "frontal images": int(n.sum())}
+    per_report = pd.DataFrame(cols)
+    cand = images[images.view.isin(FRONTAL_VIEWS)]
+    rules = pd.DataFrame({
+        "reports": images.groupby("view_rule").report_id.nunique(),
+        "frontal kept": cand[cand.frontal_selected].groupby("view_rule").size(),
+        "frontal dropped": cand[~cand.frontal_selected].groupby("view_rule").size(),
+    }).reindex(list(SELECTION_RULES)).fillna(0).astype(int)
+    return {"by_source": by_source, "per_report": per_report, "rules": rules}
 
 
 def label_reports(reports: pd.DataFrame, labeler: L.ReportLabeler | None = None) -> pd.DataFrame:
@@ -305,18 +407,20 @@ def build_label_table(reports_path: str | os.PathLike | None = None,
     rep.images_without_report = sorted(set(meta.index) - set(img.image_id))
     rep.images_without_metadata = sorted(set(img.image_id) - set(meta.index))
     img = img.merge(meta, left_on="image_id", right_index=True, how="left")
-    img = infer_views(img)
+    img = select_frontals(infer_views(img))
     keep = ["report_id", "findings", "impression", "mesh"] + list(L.CHEXPERT_LABELS) + label_cols
-    images = img[["image_id", "report_id", "view", "view_source", "dicom_view", "rows", "columns"]]
+    images = img[["image_id", "report_id", "view", "view_source", "frontal_selected", "view_rule",
+                  "dicom_view", "rows", "columns"]]
     images = images.merge(labelled[keep], on="report_id", how="left").reset_index(drop=True)
     n_img = labelled.image_ids.str.len()
     reports_out = labelled.drop(columns=["image_ids"]).assign(n_images=n_img.values)
+    table_hash = sha256_bytes(f"{LABEL_TABLE_VERSION}|{frame_hash(images)}".encode())
     return LabelTable(images=images, reports=reports_out, load_report=rep,
-                      uncertain_policy=uncertain_policy, hash=frame_hash(images))
+                      uncertain_policy=uncertain_policy, hash=table_hash)
 
 
 def resolve_views(views: Sequence[str] | str) -> tuple[str, ...]:
-    """Expand view names and aliases (``frontal``, ``lateral``, ``all``) to view values.
+    """Normalise view names: aliases (:data:`VIEW_ALIASES`) stay, values are upper-cased.
 
     Raises ``ValueError`` naming a view that is neither a value nor an alias.
     """
@@ -325,13 +429,37 @@ def resolve_views(views: Sequence[str] | str) -> tuple[str, ...]:
     out: list[str] = []
     for v in views:
         if v in VIEW_ALIASES:
-            out += VIEW_ALIASES[v]
+            out.append(v)
         elif v.upper() in VIEW_VALUES:
             out.append(v.upper())
         else:
             raise ValueError(f"unknown view {v!r}; expected one of {VIEW_VALUES} "
                              f"or an alias {tuple(VIEW_ALIASES)}")
     return tuple(dict.fromkeys(out))
+
+
+def view_mask(images: pd.DataFrame, views: Sequence[str] | str) -> pd.Series:
+    """Boolean mask of the images that ``views`` names (see :data:`VIEW_ALIASES`).
+
+    ``images`` needs view and, for ``frontal`` and the frontal values, ``frontal_selected``
+    (added by :func:`select_frontals` when missing and view_source is there).
+    """
+    if "frontal_selected" not in images.columns:
+        images = select_frontals(images)
+    sel, view = images.frontal_selected.astype(bool), images.view
+    mask = pd.Series(False, index=images.index)
+    for v in resolve_views(views):
+        if v == "all":
+            mask |= True
+        elif v == "frontal":
+            mask |= sel
+        elif v in VIEW_ALIASES:
+            mask |= view.isin(VIEW_ALIASES[v])
+        elif v in FRONTAL_VIEWS:
+            mask |= sel & (view == v)
+        else:
+            mask |= view == v
+    return mask
 
 
 SPLITS = ("train", "val", "test")
@@ -351,7 +479,8 @@ def make_split(images: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.1, 0.2
     images : one row per image, with report_id, view and the binary label columns.
     fractions : (train, val, test), positive, summing to 1.
     seed : random seed; the same seed gives the same split.
-    views : which images take part (view values or aliases, default ``frontal``).
+    views : which images take part (view values or aliases, default ``frontal``: each
+        report's selected frontal image; see :data:`VIEW_ALIASES`).
 
     Returns
     -------
@@ -363,10 +492,9 @@ def make_split(images: pd.DataFrame, fractions: Sequence[float] = (0.7, 0.1, 0.2
     if fr.shape != (3,) or (fr <= 0).any() or abs(fr.sum() - 1) > 1e-6:
         raise ValueError(f"fractions={tuple(fractions)} is not valid; expected three positive "
                          f"numbers (train, val, test) summing to 1")
-    allowed = resolve_views(views)
-    sel = images[images.view.isin(allowed)]
+    sel = images[view_mask(images, views).to_numpy()]
     if sel.empty:
-        raise ValueError(f"no image has a view in {allowed}")
+        raise ValueError(f"no image matches views={views!r} (see helpers.data.VIEW_ALIASES)")
     rep = sel.groupby("report_id", sort=True)[list(label_names)].max()
     y = rep.to_numpy()
     ids = rep.index.to_numpy()

@@ -4,18 +4,22 @@ Two independent label schemes for the same 14 CheXpert observations:
 
 * :class:`ReportLabeler` reads the report text (FINDINGS + IMPRESSION). It is a spaCy 3.8
   pipeline built from ``spacy.blank("en")`` (no model download): a sentencizer, an
-  ``entity_ruler`` holding mention patterns per observation, and two NegEx components from
-  ``negspacy``: one for negation (the ``en_clinical`` termset, adapted) and one, with its own
-  termset, for uncertainty ("cannot exclude", "may represent", "possible").
-* :func:`mesh_labels` maps the human-coded MeSH terms shipped with each report.
+  ``entity_ruler`` holding the CheXpert labeler's mention phrases (and its list of *other
+  findings* that rule out No Finding), and three NegEx passes from ``negspacy`` that mirror
+  CheXpert's three rule files: pre-negation uncertainty ("cannot exclude", "no new"),
+  negation ("no", "without", "resolved") and post-negation uncertainty ("may", "possible",
+  "versus"), plus CheXpert's "X or Y" rule. The rules themselves are data, in
+  :mod:`helpers.label_rules`, with the places where they still differ from CheXpert's.
+* :func:`mesh_labels` maps the human-coded MeSH terms shipped with each report, with the same
+  definitions (scarring is a Lung Opacity; emphysema or degenerative changes rule out No
+  Finding).
 
-Mention-level rule (as in the CheXpert labeler): an uncertain mention is uncertain even
-when a negation cue is also in scope ("cannot exclude pneumonia"); otherwise a negated
-mention is negative; otherwise positive. Report-level aggregation per observation:
-any positive -> 1, else any uncertain -> -1 (``UNCERTAIN``), else any negative -> 0,
-else not mentioned (``NOT_MENTIONED``, NaN). ``No Finding`` follows CheXpert's rule: it is
-1 when none of the 12 pathologies (all but Support Devices and No Finding) is positive
-or uncertain, else 0.
+Mention-level rule (CheXpert's order): pre-negation hedge -> uncertain; else negation ->
+negative; else post-negation hedge, "or" coordination or a hedged phrase -> uncertain; else
+positive. Report-level aggregation per observation: any positive -> 1, else any uncertain ->
+-1 (``UNCERTAIN``), else any negative -> 0, else not mentioned (``NOT_MENTIONED``, NaN).
+``No Finding`` follows CheXpert's rule: it is 1 unless some mention other than Support
+Devices (one of the 12 pathologies or an *other finding*) is positive or uncertain.
 
 The uncertainty policy turns the three-valued labels into the binary targets used by the
 study (see :func:`binarize`): ``"positive"`` (U-Ones, the default) or ``"negative"`` (U-Zeros).
@@ -24,6 +28,7 @@ study (see :func:`binarize`): ``"positive"`` (U-Ones, the default) or ``"negativ
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +36,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from . import label_rules as R
 
 CHEXPERT_LABELS: tuple[str, ...] = (
     "Enlarged Cardiomediastinum",
@@ -60,199 +67,157 @@ NOT_MENTIONED = float("nan")
 UNCERTAIN_POLICIES: tuple[str, ...] = ("positive", "negative")
 """Accepted values of ``uncertain_policy``: U-Ones (``positive``) or U-Zeros (``negative``)."""
 
-# --------------------------------------------------------------------------------------
-# Mention patterns. Plain strings are matched case-insensitively as phrases; lists are
-# spaCy token patterns. The entity ruler keeps the longest match, so the ``_OTHER``
-# entries shadow phrases that contain a mention word but are not that observation.
-# --------------------------------------------------------------------------------------
-_BE = ["is", "are", "appears", "appear", "remains", "remain", "again", "now", "still", "stably",
-       "mildly", "moderately", "markedly", "severely", "slightly", "minimally", "somewhat",
-       "borderline", "be", "been", "has", "have", "become", "is", "stable", "and", "size"]
-_ENLARGED = ["enlarged", "enlargement", "increased", "large", "prominent", "widened", "widening",
-             "wide"]
+OTHER_FINDING = "Other finding"
+"""Label of mentions from CheXpert's No Finding phrase list (emphysema, granuloma,
+degenerative changes, ...): not one of the 14 observations, but they rule out No Finding."""
+_UNMENTION = "_UNMENTION"
+_STAGES = ("pre-negation uncertainty", "negation", "uncertainty", "or-coordination",
+           "hedged phrase", "positive")
+RULE_CLASSES: tuple[str, ...] = _STAGES
+"""What decided a mention's status, in the order the rules are tried (see :class:`Mention`)."""
 
 
-def _adj_pattern(heads: Sequence[str], subs: Sequence[str], adjs: Sequence[str]) -> list[dict]:
-    """Token pattern ``(the)? HEAD SUB? (BE-like word)* ADJ``, e.g. "heart size is enlarged"."""
-    return [
-        {"LOWER": "the", "OP": "?"},
-        {"LOWER": {"IN": list(heads)}},
-        {"LOWER": {"IN": list(subs)}, "OP": "?"},
-        {"LOWER": {"IN": _BE}, "OP": "*"},
-        {"LOWER": {"IN": list(adjs)}},
-    ]
+def phrase_pattern(spec: str) -> list[dict] | str:
+    """Token pattern of a word-spec phrase (see :mod:`helpers.label_rules`).
 
-
-MENTIONS: dict[str, list] = {
-    "Enlarged Cardiomediastinum": [
-        "widened mediastinum", "mediastinal widening", "mediastinal enlargement",
-        "enlarged mediastinum", "enlarged cardiomediastinum", "cardiomediastinal enlargement",
-        "enlarged cardiomediastinal silhouette", "enlargement of the cardiomediastinal silhouette",
-        "prominent mediastinum", "mediastinal prominence", "widening of the mediastinum",
-        "prominent cardiomediastinal silhouette", "widened cardiomediastinal silhouette",
-        _adj_pattern(["mediastinum", "mediastinal", "cardiomediastinal"],
-                     ["silhouette", "contour", "contours", "shadow", "width"], _ENLARGED),
-    ],
-    "Cardiomegaly": [
-        "cardiomegaly", "cardiac enlargement", "enlarged heart", "enlarged cardiac silhouette",
-        "enlargement of the cardiac silhouette", "enlargement of the heart", "heart enlargement",
-        "enlarged cardiac shadow", "large heart", "cardiac silhouette enlargement",
-        _adj_pattern(["heart", "cardiac"], ["size", "silhouette", "shadow", "contour"],
-                     ["enlarged", "enlargement", "increased", "large", "prominent"]),
-    ],
-    "Lung Opacity": [
-        "opacity", "opacities", "opacification", "opacifications", "density", "densities",
-        "infiltrate", "infiltrates", "infiltration", "airspace disease", "air space disease",
-        "airspace process", "haziness", "hazy", "interstitial disease", "reticular markings",
-        "increased interstitial markings", "interstitial prominence", "interstitial markings are increased",
-        "airspace opacities", "airspace opacity", "ground-glass", "ground glass",
-    ],
-    "Lung Lesion": [
-        "nodule", "nodules", "nodular density", "nodular opacity", "nodular opacities", "mass",
-        "masses", "lesion", "lesions", "tumor", "tumors", "neoplasm", "carcinoma", "metastasis",
-        "metastases", "metastatic disease", "cavitary lesion",
-    ],
-    "Edema": [
-        "edema", "pulmonary edema", "interstitial edema", "vascular congestion",
-        "pulmonary vascular congestion", "pulmonary congestion", "congestion",
-        "congestive heart failure", "heart failure", "chf", "fluid overload",
-        "cephalization", "kerley b lines",
-    ],
-    "Consolidation": [
-        "consolidation", "consolidations", "consolidative", "consolidated",
-        "consolidative opacity", "consolidative opacities",
-    ],
-    "Pneumonia": [
-        "pneumonia", "pneumonias", "bronchopneumonia", "pneumonitis", "infection",
-        "infectious process", "infectious infiltrate", "infectious infiltrates",
-    ],
-    "Atelectasis": [
-        "atelectasis", "atelectases", "atelectatic", "collapse", "collapsed", "volume loss",
-        "atelectatic changes",
-    ],
-    "Pneumothorax": [
-        "pneumothorax", "pneumothoraces", "hydropneumothorax", "pneumothoraxes",
-    ],
-    "Pleural Effusion": [
-        "pleural effusion", "pleural effusions", "effusion", "effusions", "pleural fluid",
-        "hydrothorax", "hemothorax", "blunting of the costophrenic angle",
-        "blunting of the costophrenic angles", "blunting of the right costophrenic angle",
-        "blunting of the left costophrenic angle", "blunted costophrenic angle",
-        "blunted costophrenic angles", "costophrenic angle blunting", "costophrenic blunting",
-        "hydropneumothorax",
-        [{"LOWER": "costophrenic"}, {"LOWER": {"IN": ["angle", "angles", "sulcus", "sulci"]}},
-         {"LOWER": {"IN": _BE}, "OP": "*"}, {"LOWER": {"IN": ["blunted", "blunting"]}}],
-    ],
-    "Pleural Other": [
-        "pleural thickening", "thickening of the pleura", "pleural plaque", "pleural plaques",
-        "fibrothorax", "pleural scarring", "pleural scar", "pleural calcification",
-        "pleural calcifications", "pleural-parenchymal scarring", "pleuroparenchymal scarring",
-        "apical pleural thickening", "pleural thickenings",
-    ],
-    "Fracture": [
-        "fracture", "fractures", "fractured", "fracture deformity", "fracture deformities",
-    ],
-    "Support Devices": [
-        "pacemaker", "pacer", "aicd", "icd", "defibrillator", "catheter", "catheters", "picc",
-        "picc line", "central line", "central venous catheter", "port-a-cath", "porta cath",
-        "port catheter", "endotracheal tube", "et tube", "nasogastric tube", "ng tube",
-        "feeding tube", "enteric tube", "chest tube", "chest tubes", "tracheostomy",
-        "sternotomy wires", "sternotomy wire", "median sternotomy", "sternotomy",
-        "surgical clips", "clips", "stent", "stents", "prosthetic valve", "valve replacement",
-        "hardware", "fixation hardware", "support devices", "monitoring leads", "leads",
-        "swan-ganz", "dobhoff", "drain",
-    ],
-}
-_OTHER: list[str] = [
-    "pericardial effusion", "joint effusion", "lymph node enlargement", "thyroid enlargement",
-    "calcified granuloma", "calcified granulomas", "granulomatous disease", "lytic lesion",
-    "bony lesion", "bone lesion", "osseous lesion", "soft tissue mass", "breast mass",
-    "hilar mass", "no acute osseous", "nipple shadow", "nipple shadows",
-]
-
-# --------------------------------------------------------------------------------------
-# Negation and uncertainty termsets (NegEx trigger lists).
-# --------------------------------------------------------------------------------------
-_UNCERTAIN_PRECEDING = [
-    "possible", "possibly", "probable", "probably", "may represent", "may reflect", "may be",
-    "may indicate", "might be", "might represent", "could be", "could represent",
-    "cannot exclude", "can not exclude", "cannot rule out", "can not rule out", "can't exclude",
-    "cannot be excluded", "suspicious for", "suspicion of", "suspicion for", "suspected",
-    "suggestive of", "suggesting", "suggest", "suggests", "question of", "questionable",
-    "concerning for", "concern for", "likely", "presumably", "presumed", "borderline",
-    "equivocal", "versus", "vs", "differential diagnosis", "consider", "indeterminate",
-    "uncertain", "not excluded",
-]
-_UNCERTAIN_FOLLOWING = [
-    "cannot be excluded", "can not be excluded", "not excluded", "not be excluded",
-    "is not excluded", "are not excluded", "not ruled out", "is possible", "are possible",
-    "is suspected", "are suspected", "is questioned", "not entirely excluded", "versus", "vs",
-    "is not entirely excluded", "is likely", "is probable", "could be present",
-]
-_UNCERTAIN_INSIDE = {"borderline", "possible", "possibly", "questionable", "equivocal", "probable"}
-_TERMINATION_EXTRA = ["there is", "there are", "and there", "otherwise", "no", "without",
-                      "negative for", "clear", "is normal", "are normal"]
-
-
-def _negation_termset() -> dict[str, list[str]]:
-    """The negspacy ``en_clinical`` termset, adapted to radiology reports.
-
-    Hedging words ("cannot", "versus") are moved to the uncertainty termset, and common
-    report phrasings for absence are added ("is not seen", "has resolved", "clear of").
+    Each space-separated word is a regular expression matched against a whole lower-cased
+    token; an optional hyphen token may separate words. A single plain word becomes a spaCy
+    phrase pattern (a string), which the entity ruler matches faster.
     """
+    words = spec.split()
+    if len(words) == 1 and re.fullmatch(r"[a-z']+", spec):
+        return spec
+    pattern: list[dict] = []
+    for i, w in enumerate(words):
+        if i:
+            pattern.append({"ORTH": "-", "OP": "?"})
+        plain = re.fullmatch(r"[a-z']+", w) is not None
+        pattern.append({"LOWER": w} if plain else {"LOWER": {"REGEX": f"^(?:{w})$"}})
+    return pattern
+
+
+def phrase_regex(spec: str) -> re.Pattern:
+    """A regular expression finding a word-spec phrase in free text (used on MeSH terms)."""
+    words = [f"(?:{w})" for w in spec.split()]
+    return re.compile(r"(?<![a-z])" + r"[\s-]+".join(words) + r"(?![a-z])")
+
+
+def _ruler_patterns() -> list[dict]:
+    """Entity-ruler patterns: observations, other findings and unmentions."""
+    out = []
+    for label, items in R.MENTIONS.items():
+        for item in items:
+            spec, tag = item if isinstance(item, tuple) else (item, "")
+            pat = phrase_pattern(spec) if isinstance(spec, str) else spec
+            out.append({"label": label, "pattern": pat, **({"id": tag} if tag else {})})
+    out += [{"label": OTHER_FINDING, "pattern": phrase_pattern(s)} for s in R.NO_FINDING_OTHER]
+    out += [{"label": _UNMENTION, "pattern": phrase_pattern(s)} for s in R.UNMENTIONS]
+    return out
+
+
+def _base_termset() -> dict[str, list[str]]:
     from negspacy.termsets import termset
 
-    ts = termset("en_clinical").get_patterns()
-    ts = {k: list(v) for k, v in ts.items()}
-    ts["preceding_negations"] = [
-        t for t in ts["preceding_negations"] if t not in ("cannot", "versus", "can't", "cant", "ro")
-    ] + ["clear of", "resolution of", "resolved", "without evidence of", "no definite",
-         "no focal", "no acute", "no new", "no visible", "no radiographic evidence of",
-         "no findings of", "removal of", "interval removal of", "normal", "no large",
-         "no significant", "no obvious", "no gross", "no displaced", "no visualized"]
-    ts["following_negations"] = ts["following_negations"] + [
-        "is not seen", "are not seen", "not identified", "is not identified", "are absent",
-        "is absent", "has resolved", "have resolved", "resolved", "not present", "is not present",
-        "are not present", "not visualized", "is not visualized", "has been removed",
-        "have been removed", "removed", "not evident", "is not evident", "not appreciated",
-        "is not appreciated", "are not appreciated",
-    ]
-    ts["pseudo_negations"] = ts["pseudo_negations"] + [
-        "cannot exclude", "can not exclude", "not excluded", "not be excluded", "cannot rule out",
-        "no interval change in", "no change in", "not significantly changed",
-    ]
-    ts["termination"] = ts["termination"] + ["there is", "there are", "and there", "otherwise"]
-    return ts
+    return {k: list(v) for k, v in termset("en_clinical").get_patterns().items()}
 
 
-def _uncertainty_termset() -> dict[str, list[str]]:
-    """A NegEx-style termset whose "negations" are hedges ("may represent", "cannot exclude")."""
-    from negspacy.termsets import termset
+def _termset(preceding: list[str], following: list[str], pseudo: list[str],
+             termination: list[str]) -> dict[str, list[str]]:
+    return {"preceding_negations": preceding, "following_negations": following,
+            "pseudo_negations": pseudo, "termination": termination}
 
-    base = termset("en_clinical").get_patterns()
-    return {
-        "pseudo_negations": ["no increase", "not likely", "unlikely"],
-        "preceding_negations": list(_UNCERTAIN_PRECEDING),
-        "following_negations": list(_UNCERTAIN_FOLLOWING),
-        "termination": list(base["termination"]) + _TERMINATION_EXTRA,
-    }
+
+def termsets() -> dict[str, dict[str, list[str]]]:
+    """The three negspacy termsets, by pipeline stage name.
+
+    ``preneg``: CheXpert's pre-negation uncertainty; ``negation``: negspacy's clinical
+    termset with hedges removed ("cannot", "versus") and CheXpert's absence cues added;
+    ``uncertainty``: CheXpert's post-negation uncertainty. The negation scope ends at a
+    hedge ("no pneumothorax, possible effusion") and the uncertainty scope at a negation.
+    """
+    base = _base_termset()
+    term = base["termination"] + R.TERMINATION_EXTRA
+    pre, post, neg = R.PRE_NEGATION_UNCERTAINTY, R.POST_NEGATION_UNCERTAINTY, R.NEGATION_EXTRA
+    hedges = {"cannot", "can't", "cant", "versus", "ro"}
+    negation = _termset(
+        [t for t in base["preceding_negations"] if t not in hedges] + neg["preceding"],
+        base["following_negations"] + neg["following"],
+        [t for t in base["pseudo_negations"] if "rule" not in t] + neg["pseudo"],
+        [t for t in term if t != "secondary to"] + post["preceding"])
+    uncertainty = _termset(post["preceding"], post["following"], post["pseudo"],
+                           [t for t in term if t != "secondary to"]
+                           + ["no", "without", "negative for"])
+    preneg = _termset(pre["preceding"], pre["following"], [], term)
+    return {"preneg": preneg, "negation": negation, "uncertainty": uncertainty}
 
 
 @dataclass(frozen=True)
 class Mention:
-    """One observation mention in a report: its label, character span and status."""
+    """One mention in a report: its label, character span, status and deciding rule.
+
+    ``label`` is one of the 13 observations before No Finding, or :data:`OTHER_FINDING`;
+    ``rule`` is one of :data:`RULE_CLASSES` (or "heart failure" for the uncertain
+    Cardiomegaly mention that CHF / heart failure adds).
+    """
 
     label: str
     text: str
     start_char: int
     end_char: int
     status: float  # POSITIVE, NEGATIVE or UNCERTAIN
+    rule: str = ""
+
+
+def _or_coordinated(doc) -> set[int]:
+    """Indices (into ``doc.ents``) of mentions coordinated by "or" / "versus" / "and/or".
+
+    A mention is coordinated when an or-word follows it within two tokens, or stands
+    between it and the previous mention (at most three tokens back); a comma list that
+    ends in such a pair ("atelectasis, scarring, or pneumonia") is coordinated throughout.
+    """
+    ents = list(doc.ents)
+    flagged: set[int] = set()
+    for i, e in enumerate(ents):
+        sent = e.sent
+        after = doc[e.end:min(e.end + 2, sent.end)]
+        ok_after = any(t.lower_ in R.OR_WORDS and t.i + 1 < sent.end and not doc[t.i + 1].is_punct
+                       for t in after)
+        lo = max(sent.start, e.start - 3, ents[i - 1].end if i and ents[i - 1].sent == sent else 0)
+        ok_before = any(t.lower_ in R.OR_WORDS for t in doc[lo:e.start])
+        if ok_after or ok_before:
+            flagged.add(i)
+    for i in range(len(ents) - 2, -1, -1):
+        gap = doc[ents[i].end:ents[i + 1].start]
+        if i + 1 in flagged and len(gap) == 1 and gap[0].text == ",":
+            flagged.add(i)
+    return flagged
+
+
+def _status(ent, coordinated: bool) -> tuple[float, str]:
+    """A mention's status and the rule class that decided it (CheXpert's order)."""
+    if ent._.preneg_uncertain:
+        return UNCERTAIN, _STAGES[0]
+    if ent._.negex:
+        return NEGATIVE, _STAGES[1]
+    if ent._.uncertain or {t.lower_ for t in ent} & R.INSIDE_UNCERTAIN:
+        return UNCERTAIN, _STAGES[2]
+    if coordinated:
+        return UNCERTAIN, _STAGES[3]
+    if ent.ent_id_ == "hedged":
+        return UNCERTAIN, _STAGES[4]
+    return POSITIVE, _STAGES[5]
 
 
 class ReportLabeler:
-    """Rule-based CheXpert-14 labeler (spaCy blank English + entity ruler + NegEx)."""
+    """Rule-based CheXpert-14 labeler (spaCy blank English + entity ruler + three NegEx passes).
 
-    VERSION = "1"
+    Rules follow the CheXpert labeler (see :mod:`helpers.label_rules`): a mention is
+    uncertain when a pre-negation hedge reaches it ("cannot exclude"), else negative when a
+    negation does, else uncertain when a post-negation hedge, an "or" coordination or a
+    hedged phrase ("vascular congestion") does, else positive.
+    """
+
+    VERSION = "2"
 
     @cached_property
     def nlp(self):
@@ -263,38 +228,30 @@ class ReportLabeler:
         nlp = spacy.blank("en")
         nlp.add_pipe("sentencizer")
         ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
-        patterns = []
-        for label, items in MENTIONS.items():
-            patterns += [{"label": label, "pattern": p} for p in items]
-        patterns += [{"label": "_OTHER", "pattern": p} for p in _OTHER]
-        ruler.add_patterns(patterns)
-        labels = list(MENTIONS)
-        nlp.add_pipe("negex", name="negation",
-                     config={"neg_termset": _negation_termset(), "ent_types": labels,
-                             "extension_name": "negex"})
-        nlp.add_pipe("negex", name="uncertainty",
-                     config={"neg_termset": _uncertainty_termset(), "ent_types": labels,
-                             "extension_name": "uncertain"})
+        ruler.add_patterns(_ruler_patterns())
+        types = list(R.MENTIONS) + [OTHER_FINDING]
+        for name, ext in (("preneg", "preneg_uncertain"), ("negation", "negex"),
+                          ("uncertainty", "uncertain")):
+            nlp.add_pipe("negex", name=name, config={
+                "neg_termset": termsets()[name], "ent_types": types, "extension_name": ext})
         return nlp
 
     def mentions(self, text: str) -> list[Mention]:
-        """All observation mentions in ``text`` with their status."""
+        """All mentions in ``text`` (observations and other findings) with their status."""
         return self._mentions(self.nlp(text or ""))
 
     @staticmethod
     def _mentions(doc) -> list[Mention]:
+        coordinated = _or_coordinated(doc)
         out = []
-        for ent in doc.ents:
-            if ent.label_ == "_OTHER":
+        for i, ent in enumerate(doc.ents):
+            if ent.label_ == _UNMENTION:
                 continue
-            inside = {t.lower_ for t in ent} & _UNCERTAIN_INSIDE
-            if ent._.uncertain or inside:
-                status = UNCERTAIN
-            elif ent._.negex:
-                status = NEGATIVE
-            else:
-                status = POSITIVE
-            out.append(Mention(ent.label_, ent.text, ent.start_char, ent.end_char, status))
+            status, rule = _status(ent, i in coordinated)
+            out.append(Mention(ent.label_, ent.text, ent.start_char, ent.end_char, status, rule))
+            if ent.ent_id_ == "chf" and status != NEGATIVE:
+                out.append(Mention("Cardiomegaly", ent.text, ent.start_char, ent.end_char,
+                                   UNCERTAIN, "heart failure"))
         return out
 
     def label(self, text: str) -> dict[str, float]:
@@ -309,12 +266,27 @@ class ReportLabeler:
 
     @staticmethod
     def fingerprint() -> str:
-        """Hash of this module's source: changes whenever the rules change (cache key)."""
-        return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+        """Hash of the rules (this module, :mod:`label_rules`, spaCy and negspacy versions).
+
+        Changes whenever the labels could change, so cached label tables rebuild.
+        """
+        import negspacy
+        import spacy
+
+        h = hashlib.sha256(ReportLabeler.VERSION.encode())
+        for f in (Path(__file__), Path(R.__file__)):
+            h.update(f.read_bytes())
+        h.update(f"{spacy.__version__}|{getattr(negspacy, '__version__', '')}".encode())
+        return h.hexdigest()[:12]
 
 
 def aggregate(mentions: Sequence[Mention]) -> dict[str, float]:
-    """Report-level three-valued labels from mention statuses, with CheXpert's No Finding rule."""
+    """Report-level three-valued labels from mention statuses, with CheXpert's No Finding rule.
+
+    Per observation: any positive -> 1, else any uncertain -> -1, else any negative -> 0,
+    else NaN. No Finding is 1 unless a mention other than Support Devices (an observation
+    or an :data:`OTHER_FINDING`) is positive or uncertain.
+    """
     out: dict[str, float] = {}
     for label in CHEXPERT_LABELS[:-1]:
         st = [m.status for m in mentions if m.label == label]
@@ -326,7 +298,8 @@ def aggregate(mentions: Sequence[Mention]) -> dict[str, float]:
             out[label] = NEGATIVE
         else:
             out[label] = NOT_MENTIONED
-    found = any(out[p] in (POSITIVE, UNCERTAIN) for p in PATHOLOGIES)
+    found = any(m.status in (POSITIVE, UNCERTAIN) for m in mentions
+                if m.label != "Support Devices")
     out["No Finding"] = NEGATIVE if found else POSITIVE
     return out
 
@@ -355,31 +328,52 @@ def binarize(labels: pd.DataFrame, uncertain_policy: str = "positive") -> pd.Dat
 MESH_RULES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "Enlarged Cardiomediastinum": [("mediastinum", ("enlarged", "prominent", "widened"))],
     "Cardiomegaly": [("cardiomegaly", ()), ("cardiac shadow", ("enlarged",)),
-                     ("heart", ("enlarged",))],
-    "Lung Opacity": [("opacity", ()), ("density", ("lung",)), ("airspace disease", ()),
-                     ("infiltrate", ())],
-    "Lung Lesion": [("nodule", ()), ("mass", ()), ("lung neoplasms", ()), ("cysts", ("lung",))],
+                     ("heart", ("enlarged",)), ("heart failure", ())],
+    "Lung Opacity": [("opacity", ()), ("airspace disease", ()), ("infiltrate", ()),
+                     ("cicatrix", ("lung",))],
+    "Lung Lesion": [("nodule", ()), ("mass", ()), ("lung neoplasms", ())],
     "Edema": [("pulmonary edema", ()), ("pulmonary congestion", ()), ("heart failure", ()),
               ("edema", ())],
     "Consolidation": [("consolidation", ())],
     "Pneumonia": [("pneumonia", ())],
-    "Atelectasis": [("pulmonary atelectasis", ()), ("volume loss", ("lung",))],
+    "Atelectasis": [("pulmonary atelectasis", ())],
     "Pneumothorax": [("pneumothorax", ()), ("hydropneumothorax", ()), ("hemopneumothorax", ())],
-    "Pleural Effusion": [("pleural effusion", ()), ("costophrenic angle", ("blunted",)),
-                         ("hydropneumothorax", ()), ("hemothorax", ()), ("hemopneumothorax", ())],
-    "Pleural Other": [("thickening", ("pleura",)), ("pleura", ("thickening",))],
+    "Pleural Effusion": [("pleural effusion", ())],
+    "Pleural Other": [("thickening", ("pleura",)), ("pleura", ("thickening",)),
+                      ("cicatrix", ("pleura",)), ("pulmonary fibrosis", ()), ("fibrosis", ())],
     "Fracture": [("fractures, bone", ())],
     "Support Devices": [("catheters, indwelling", ()), ("implanted medical device", ()),
                         ("surgical instruments", ()), ("medical device", ()),
                         ("tube, inserted", ()), ("stents", ()), ("pacemaker, artificial", ())],
 }
+"""MeSH heading (and, where given, a needed subheading) per observation, with CheXpert's
+definitions: scarring (Cicatrix/lung) is a Lung Opacity, fibrosis and pleural scarring are
+Pleural Other, heart failure adds Cardiomegaly (as CheXpert's CHF rule does under U-Ones); a
+blunted costophrenic angle, volume loss and a plain Density are *other findings*."""
+
+MESH_OTHER_FINDING_SYNONYMS: list[str] = [
+    "calcinosis", "osteophytes?", "spondylosis", "chronic obstructive", "elevated", "hyperlucent",
+    "arthritis", "bone diseases, metabolic",
+]
+"""MeSH words for CheXpert's other findings that the phrase list spells differently
+(Calcinosis = calcification, Osteophyte = osteophytosis, ...)."""
+
+
+def _mesh_other_finding(term: str) -> bool:
+    """Whether a MeSH term names one of CheXpert's other findings (rules out No Finding)."""
+    t = term.lower()
+    return any(p.search(t) for p in _MESH_OTHER_PATTERNS)
+
+
+_MESH_OTHER_PATTERNS = [phrase_regex(s) for s in R.NO_FINDING_OTHER + MESH_OTHER_FINDING_SYNONYMS]
 
 
 def mesh_labels(terms: Sequence[str]) -> dict[str, int]:
     """Binary CheXpert-14 labels from a report's MeSH terms (``major`` terms, "Heading/sub/...").
 
-    "normal" and "no indexing" map to nothing; No Finding follows the same rule as the
-    text labeler (no positive pathology).
+    "normal" and "no indexing" map to nothing; No Finding follows the text labeler's rule:
+    1 unless a pathology or an other finding (any term matching CheXpert's No Finding phrase
+    list, e.g. "Emphysema", "Thoracic Vertebrae/degenerative") is present.
     """
     parsed = []
     for t in terms:
@@ -390,7 +384,8 @@ def mesh_labels(terms: Sequence[str]) -> dict[str, int]:
         out[label] = int(any(h == head and (not need or need & subs)
                              for head, subs in parsed for h, need in
                              ((r[0], set(r[1])) for r in rules)))
-    out["No Finding"] = int(not any(out[p] for p in PATHOLOGIES))
+    other = any(_mesh_other_finding(t) for t in terms)
+    out["No Finding"] = int(not other and not any(out[p] for p in PATHOLOGIES))
     return out
 
 
@@ -430,7 +425,7 @@ _STATUS_STYLE = {POSITIVE: ("#1b7837", "positive"), NEGATIVE: ("#888888", "negat
 
 
 def mentions_html(text: str, mentions: Sequence[Mention]) -> str:
-    """HTML of ``text`` with each mention highlighted by status and titled with its label."""
+    """HTML of ``text`` with each mention highlighted by status, titled with label and rule."""
     import html
 
     out, pos = [], 0
@@ -440,7 +435,7 @@ def mentions_html(text: str, mentions: Sequence[Mention]) -> str:
         color, word = _STATUS_STYLE[m.status]
         deco = "line-through" if m.status == NEGATIVE else "none"
         out.append(html.escape(text[pos:m.start_char]))
-        out.append(f'<span title="{html.escape(m.label)}: {word}" style="background:{color}22;'
+        out.append(f'<span title="{html.escape(m.label)}: {word} ({html.escape(m.rule)})" style="background:{color}22;'
                    f'border-bottom:2px solid {color};text-decoration:{deco}">'
                    f'{html.escape(text[m.start_char:m.end_char])}'
                    f'<sub style="color:{color}">{html.escape(m.label)}</sub></span>')

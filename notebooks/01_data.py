@@ -44,7 +44,7 @@ profile = "demo"  # demo or full: which inputs; this chapter uses the real repor
 uncertain_policy = "positive"  # uncertain mentions become positive (U-Ones) or negative (U-Zeros)
 split_seed = 0  # seed of the report-level stratified split
 split_fractions = [0.7, 0.1, 0.2]  # train, val, test fractions of reports
-views = ["frontal"]  # image views in the study: PA, AP, FRONTAL, LATERAL or aliases frontal/all
+views = ["frontal"]  # frontal: one selected frontal per report; frontal-any, lateral, all (every image), or PA/AP/FRONTAL/LATERAL
 n_examples = 4  # example reports shown with their extracted labels
 reports_path = ""  # report archive; empty uses the copy shipped with torchxrayvision
 
@@ -57,7 +57,8 @@ from myst_nb import glue
 
 from helpers import labels as L
 from helpers.config import get_profile
-from helpers.data import FRONTAL_VIEWS, load_study_data, split_table
+from helpers import label_rules
+from helpers.data import EVIDENCE_RANK, load_study_data, split_table, view_audit
 from helpers.stamp import make_stamp, show_stamp
 
 get_profile(profile)
@@ -90,56 +91,199 @@ table.load_report.summary().style.hide(axis="index")
 # *No Finding*. {glue:text}`n_no_image` reports have no image at all; they keep their labels in
 # the report table (they count in the label statistics below) but cannot enter the image split.
 #
-# ### Views
+# ### Views: one frontal image per report
 #
 # The DICOM `View Position` tag is missing for about a third of the images and is known to be
-# noisy. We infer what can be inferred, in this order: the pixel-derived frontal/lateral call
-# that ships with torchxrayvision, the DICOM tag, the DICOM patient orientation, and finally the
-# other image of a two-image report (a frontal + lateral exam). The table shows how many images
-# each rule decided.
+# noisy. We infer each image's view from four kinds of evidence, strongest first: the
+# pixel-derived frontal/lateral call that ships with torchxrayvision
+# {cite}`cohen2022torchxrayvision` (a t-SNE clustering of the images themselves), the DICOM
+# `View Position` tag, the DICOM patient orientation, and finally the other image of a
+# two-image report (a frontal + lateral exam). Images by inferred view (rows) and the evidence
+# that decided it (columns):
 
 # %%
-vt = pd.crosstab(images.view, images.view_source, margins=True, margins_name="total")
+audit = view_audit(images)
 glue("n_unknown_view", int((images.view == "UNKNOWN").sum()), display=False)
-n_frontal_per_report = images[images.view.isin(FRONTAL_VIEWS)].groupby("report_id").size()
-glue("n_multi_frontal", int((n_frontal_per_report > 1).sum()), display=False)
-vt
+audit["by_source"]
 
 # %% [markdown]
-# {glue:text}`n_unknown_view` images stay `UNKNOWN` and are left out of the frontal study.
-# A caveat we cannot remove without pixels: {glue:text}`n_multi_frontal` reports have more than
-# one image tagged frontal. Most IU-Xray exams are one frontal and one lateral image, so some
-# of those tags are wrong (a lateral image tagged PA); in the `full` profile such images add
-# label noise to the frontal set. The `demo` profile renders frontal phantoms for every
-# frontal-tagged id, so the issue does not arise there.
+# {glue:text}`n_unknown_view` images stay `UNKNOWN`. The DICOM tags are copied across the
+# images of an exam more often than not, so a report can hold a pixel-confirmed frontal *and*
+# a sibling whose tag also says "PA" but whose pixels the t-SNE call saw as lateral or did
+# not see at all. IU-Xray exams are one frontal and one lateral image, so the study keeps
+# **one frontal image per report**, chosen by a stated rule:
+#
+# 1. **Stronger evidence wins.** Among a report's frontal candidates, pixels beat DICOM tags,
+#    which beat orientation, which beats report pairing; a DICOM-only "PA" beside a
+#    pixel-confirmed frontal is dropped.
+# 2. **Ties go to the first image id** (natural order, so `-4004` before `-12012`): the first
+#    exposure of the exam. The data back this rule: in the reports where the pixels identify
+#    the frontal image, it is the first id in {glue:text}`first_id_agree` of them.
+# 3. **Pixels may keep more.** Several candidates all confirmed by pixels would all be kept
+#    (the evidence then says the exam had two frontals); this happens in
+#    {glue:text}`n_several_px` reports.
+#
+# How many reports each rule decided, and how many frontal candidates it kept and dropped:
+
+# %%
+import re
+
+def _natural(s):
+    return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", s)]
+
+px_reports = images[images.view_source.eq("pixels") & images.view.ne("LATERAL")].report_id
+multi = images[images.report_id.isin(px_reports)].groupby("report_id").filter(lambda g: len(g) > 1)
+first_is_px = multi.groupby("report_id").apply(
+    lambda g: g.sort_values("image_id", key=lambda c: c.map(_natural)).iloc[0].view_source == "pixels")
+glue("first_id_agree", f"{first_is_px.mean():.1%} ({first_is_px.sum()} of {len(first_is_px)})",
+     display=False)
+glue("n_several_px", int(audit["rules"].loc["several pixel-confirmed", "reports"]), display=False)
+audit["rules"]
+
+# %% [markdown]
+# The audit before and after the selection, over the reports that have at least one image:
+
+# %%
+per = audit["per_report"]
+glue("n_frontal_before", int(per.loc["frontal images", "before selection"]), display=False)
+glue("n_frontal_after", int(per.loc["frontal images", "after selection"]), display=False)
+glue("n_multi_before", int(per.loc["reports with 2+ frontal images", "before selection"]), display=False)
+glue("n_zero_frontal", int(per.loc["reports with 0 frontal images", "after selection"]), display=False)
+per
+
+# %% [markdown]
+# Before the selection, {glue:text}`n_multi_before` reports had two or more images tagged
+# frontal; {glue:text}`n_frontal_before` frontal-tagged images become
+# {glue:text}`n_frontal_after` selected frontals, one per report. {glue:text}`n_zero_frontal`
+# reports have no frontal candidate at all (only lateral or unknown images) and take no part in
+# the frontal study.
+#
+# **How this compares with published IU-Xray frontal counts.** Other distributions of the
+# collection label views differently, so the counts below are a sanity check, not a target:
+#
+# - The Kaggle distribution {cite}`raddar_iuxray_kaggle` ships a projection table
+#   (`indiana_projections.csv`) that labels every image *Frontal* or *Lateral*. We could not
+#   open the file ourselves; independent public analyses of it report the counts in the table.
+# - R2Gen {cite}`chen2020r2gen`, the most reused report-generation split, keeps only reports
+#   with exactly two images (a frontal and a lateral): its released annotation file holds the
+#   study counts below, so one frontal per study.
+# - The torchxrayvision pixel call {cite}`cohen2022torchxrayvision` (our strongest evidence)
+#   names the frontal image of the reports it covers, at most one per report.
+
+# %%
+published = pd.DataFrame([
+    # Kaggle indiana_projections.csv, as counted by independent public analyses of the file
+    {"source": "Kaggle projection table", "reports": 3851, "frontal images": 3818,
+     "reports without a frontal": 162, "one frontal per report": "no"},
+    # R2Gen annotation.json: 2,069 / 296 / 590 studies, two images each (frontal + lateral)
+    {"source": "R2Gen split (two-image studies)", "reports": 2069 + 296 + 590,
+     "frontal images": 2069 + 296 + 590, "reports without a frontal": 0,
+     "one frontal per report": "yes"},
+])
+tsne = images.view_source.eq("pixels") & images.view.ne("LATERAL")
+ours = pd.DataFrame([
+    {"source": "torchxrayvision pixel call (shipped file)", "reports": int(images.report_id[images.view_source.eq("pixels")].nunique()),
+     "frontal images": int(tsne.sum()), "reports without a frontal": np.nan,
+     "one frontal per report": "yes"},
+    {"source": "this study, before selection", "reports": images.report_id.nunique(),
+     "frontal images": int(per.loc["frontal images", "before selection"]),
+     "reports without a frontal": int(per.loc["reports with 0 frontal images", "before selection"]),
+     "one frontal per report": "no"},
+    {"source": "this study, after selection", "reports": images.report_id.nunique(),
+     "frontal images": int(per.loc["frontal images", "after selection"]),
+     "reports without a frontal": int(per.loc["reports with 0 frontal images", "after selection"]),
+     "one frontal per report": "yes"},
+])
+counts = pd.concat([published, ours], ignore_index=True).set_index("source")
+counts["reports without a frontal"] = counts["reports without a frontal"].map(
+    lambda v: "n/a" if pd.isna(v) else int(v))
+kaggle = counts.loc["Kaggle projection table"]
+glue("kaggle_frontal", int(kaggle["frontal images"]), display=False)
+glue("kaggle_diff", int(kaggle["frontal images"] - counts.loc["this study, after selection", "frontal images"]),
+     display=False)
+glue("kaggle_reports", int(kaggle["reports"]), display=False)
+glue("kaggle_zero", int(kaggle["reports without a frontal"]), display=False)
+glue("n_reports_with_images", images.report_id.nunique(), display=False)
+counts
+
+# %% [markdown]
+# The Kaggle table covers {glue:text}`kaggle_reports` reports with images (ours:
+# {glue:text}`n_reports_with_images`) and counts {glue:text}`kaggle_frontal` frontal images,
+# {glue:text}`kaggle_diff` more than our selection: it counts every frontal image, a report's
+# second frontal included, where we keep one per report. Its number of reports without a
+# frontal ({glue:text}`kaggle_zero`) is close to ours. Before the selection our frontal count
+# was far above every published count: the extra images were most likely laterals with a
+# copied "PA" tag, since IU-Xray exams are one frontal and one lateral image.
+# The `demo` profile renders one phantom per selected frontal, so it follows the same rule.
 #
 # ## The labeler
 #
-# The labeler is rule-based, in the spirit of the CheXpert labeler {cite}`irvin2019chexpert`:
+# The labeler follows the rules of the CheXpert labeler {cite}`irvin2019chexpert`, restated
+# for a parser-free spaCy pipeline (the rules are data, in `helpers/label_rules.py`):
 #
-# 1. **Mentions.** A spaCy pipeline (`spacy.blank("en")`, a sentencizer and an entity ruler)
-#    finds mentions of each observation in FINDINGS + IMPRESSION, from phrase lists
-#    ("cardiomegaly", "cardiac enlargement", "pacemaker", "nodule") and token patterns
-#    ("heart size is mildly enlarged").
-# 2. **Negation.** NegEx {cite}`chapman2001negex` (the `negspacy` implementation, clinical
-#    termset adapted to radiology) marks mentions in the scope of "no", "without", "free of",
-#    "is not seen", ... as negative.
-# 3. **Uncertainty.** A second NegEx pass with a termset of hedges ("cannot exclude",
-#    "may represent", "possible", "versus") marks mentions as uncertain. Uncertainty wins over
-#    negation: "cannot exclude pneumonia" is uncertain, not negative.
-# 4. **Report level.** Per observation: any positive mention gives 1; otherwise any
-#    uncertain mention gives $-1$; otherwise any negative mention gives 0; otherwise the
-#    observation is not mentioned. *No Finding* is 1 exactly when none of the 12 pathologies
-#    is positive or uncertain (Support Devices do not count), CheXpert's rule.
-# 5. **Uncertainty policy.** The study needs binary targets. With `uncertain_policy="positive"`
+# 1. **Mentions.** An entity ruler finds mentions of each observation in FINDINGS +
+#    IMPRESSION from CheXpert's phrase lists, matched as whole words with their inflections
+#    ("scarring" is a Lung Opacity, "pleural scarring" and "fibrosis" are Pleural Other,
+#    "pericardial effusion" and "calcified nodule" are *not* effusion or lesion). It also
+#    finds CheXpert's *other findings*: emphysema, granulomas, degenerative changes, hernias,
+#    a blunted costophrenic angle and some fifty more that are none of the 14 observations.
+# 2. **Pre-negation uncertainty.** "cannot exclude", "is not excluded", "cannot rule out" and
+#    "no new" make a mention uncertain even though they contain a negation.
+# 3. **Negation.** NegEx {cite}`chapman2001negex` (the `negspacy` implementation, clinical
+#    termset adapted with CheXpert's absence cues) marks mentions in the scope of "no",
+#    "without", "free of", "is not seen", "has resolved", "history of", ... as negative. A hedge
+#    ends a negation's scope: in "no pneumothorax, possible effusion" only the pneumothorax is
+#    negated.
+# 4. **Post-negation uncertainty.** Mentions no negation reached are uncertain in the scope of
+#    CheXpert's hedges ("may", "possible", "suspicious for", "concerning for", "versus",
+#    "secondary to", "poorly evaluated"), when coordinated by "or" ("atelectasis or
+#    scarring": both uncertain), or when the phrase itself is a hedge in CheXpert's rules
+#    ("vascular congestion", "indistinctness"). Words that are **not** uncertainty cues, as in
+#    CheXpert: "likely", "probably", "suggestive of", "consistent with". "Heart failure" or
+#    "CHF" also makes Cardiomegaly uncertain (CheXpert's aggregation rule).
+# 5. **Report level.** Per observation: any positive mention gives 1; otherwise any uncertain
+#    mention gives $-1$; otherwise any negative mention gives 0; otherwise the observation is
+#    not mentioned. *No Finding* is 1 only when nothing other than Support Devices (neither one
+#    of the 12 pathologies nor an other finding) is positive or uncertain: a pacemaker may
+#    co-occur with No Finding, a calcified granuloma may not.
+# 6. **Uncertainty policy.** The study needs binary targets. With `uncertain_policy="positive"`
 #    (U-Ones, the default) an uncertain observation counts as present; with `"negative"`
 #    (U-Zeros) as absent. Not-mentioned is always absent.
 #
-# A few reports, with each mention highlighted (green: positive, grey struck-through:
-# negated, orange: uncertain; hover for the label):
+# How many mentions in the whole archive each rule decided:
 
 # %%
 labeler = L.ReportLabeler()
+report_text = (reports.findings.fillna("") + " " + reports.impression.fillna("")).str.strip()
+all_mentions = [m for doc in labeler.nlp.pipe(report_text) for m in labeler._mentions(doc)]
+by_rule = pd.crosstab(pd.Series([m.rule for m in all_mentions], name="rule"),
+                      pd.Series(["other finding" if m.label == L.OTHER_FINDING else "observation"
+                                 for m in all_mentions], name="mention of"), margins=True,
+                      margins_name="total")
+by_rule = by_rule.reindex([*L.RULE_CLASSES, "heart failure", "total"]).fillna(0).astype(int)
+glue("n_or_coordinated", int(by_rule.loc["or-coordination", "total"]), display=False)
+by_rule
+
+# %% [markdown]
+# Most mentions are negated ("no pleural effusion"); {glue:text}`n_or_coordinated` are
+# uncertain only because an "or" coordinates them (CheXpert's `conj:or` rule). The *other findings* are nearly all positive: they are what
+# radiologists name in otherwise normal reports, and they are why No Finding is rarer here than
+# "none of the 12 observations".
+#
+# ### Where our rules still differ from CheXpert's
+#
+# The CheXpert labeler classifies mentions on a dependency parse; ours uses NegEx scopes and
+# a few deliberate changes. Each difference and the reason we keep it:
+
+# %%
+diffs = pd.DataFrame(label_rules.DIFFERENCES).set_index("rule")
+diffs.style.set_properties(**{"text-align": "left", "white-space": "normal"})
+
+# %% [markdown]
+# A few reports, with each mention highlighted (green: positive, grey struck-through:
+# negated, orange: uncertain; hover for the label and the rule that decided it):
+
+# %%
 rng = np.random.default_rng(split_seed)
 with_text = reports[(reports.findings.str.len() + reports.impression.str.len()) > 0]
 abnormal = with_text[with_text["No Finding"] == 0]
@@ -235,8 +379,11 @@ plt.show()
 #
 # The MeSH terms were coded by people, independently of our rules. We map them to the same 14
 # observations (for example `Cardiomegaly`, `Cardiac Shadow/enlarged` → Cardiomegaly;
-# `Catheters, Indwelling`, `Implanted Medical Device` → Support Devices) and compare, per
-# report: prevalence in each scheme, Cohen's kappa $\kappa = (p_o - p_e)/(1 - p_e)$ (observed
+# `Catheters, Indwelling`, `Implanted Medical Device` → Support Devices), with the labeler's
+# definitions: `Cicatrix/lung` (scarring) is a Lung Opacity, a blunted costophrenic angle is
+# not an effusion, and any MeSH term that names one of CheXpert's other findings
+# (`Emphysema`, `Calcified Granuloma`, `Thoracic Vertebrae/degenerative`, `Calcinosis`, ...)
+# rules out No Finding. Then we compare, per report: prevalence in each scheme, Cohen's kappa $\kappa = (p_o - p_e)/(1 - p_e)$ (observed
 # agreement $p_o$ corrected for the agreement $p_e$ expected by chance from the two
 # prevalences), and F1 of the text labels taking MeSH as the reference.
 
@@ -251,10 +398,10 @@ agr.style.format("{:.3f}").background_gradient(subset=["kappa"], cmap="RdYlGn", 
 # %% [markdown]
 # The median kappa over the 14 observations is {glue:text}`median_kappa`; the weakest is
 # {glue:text}`worst_kappa_label` ($\kappa$ = {glue:text}`worst_kappa`). Disagreement has two
-# sources: labeler errors, and differences of definition (MeSH codes what the radiologist
-# named, e.g. "calcified granuloma" is not a CheXpert lung lesion for either scheme, while
-# "borderline heart size" is uncertain text and no MeSH code). Where kappa is low, per-label
-# results in later chapters deserve caution.
+# sources: labeler errors, and differences of what each scheme records (MeSH codes what the
+# radiologist named; a hedged "possible pneumonia" is an uncertain, hence positive, text label
+# under U-Ones but rarely a MeSH code). Where kappa is low, per-label results in later
+# chapters deserve caution.
 #
 # The uncertainty policy matters most for hedged observations. Prevalence under both
 # policies:
@@ -384,5 +531,7 @@ st
 #
 # No Finding never co-occurs with the other 12 findings by construction (only with Support
 # Devices), so it is strongly anti-correlated with them: a model can score it well just by
-# detecting "anything abnormal".
+# detecting "anything abnormal". Because CheXpert's other findings (granulomas, degenerative
+# changes, emphysema) also rule it out, No Finding is rarer than "none of the 12 observations",
+# and some reports carry no positive label at all.
 # :::

@@ -91,9 +91,76 @@ def test_split_fractions_and_views(split, label_table):
     assert frac["train"] == pytest.approx(0.7, abs=0.02)
     assert frac["val"] == pytest.approx(0.1, abs=0.02)
     assert frac["test"] == pytest.approx(0.2, abs=0.02)
-    # every frontal image of a kept report is in the split
-    frontal = label_table.images[label_table.images.view.isin(D.FRONTAL_VIEWS)]
-    assert len(split) == len(frontal)
+    # the split holds exactly the selected frontal images: one per report
+    im = label_table.images
+    assert set(split.image_id) == set(im.image_id[im.frontal_selected])
+    assert split.report_id.is_unique
+
+
+def test_view_options(label_table):
+    im = label_table.images
+    assert len(D.make_split(im, views="all")) == len(im)
+    assert len(D.make_split(im, views="frontal-any")) == im.view.isin(D.FRONTAL_VIEWS).sum()
+    pa = D.make_split(im, views=["PA"])
+    assert set(pa.view) == {"PA"} and pa.image_id.isin(im.image_id[im.frontal_selected]).all()
+    lat = D.make_split(im, views="lateral")
+    assert set(lat.view) == {"LATERAL"} and len(lat) == (im.view == "LATERAL").sum()
+
+
+# ---- view audit invariants (real package data) -----------------------------------------
+def test_view_audit_counts_add_up(label_table):
+    im = label_table.images
+    audit = D.view_audit(im)
+    n_reports = im.report_id.nunique()
+    per = audit["per_report"]
+    for col in per.columns:
+        assert per[col].iloc[:3].sum() == n_reports, col
+    assert per.loc["frontal images", "before selection"] == im.view.isin(D.FRONTAL_VIEWS).sum()
+    assert per.loc["frontal images", "after selection"] == im.frontal_selected.sum()
+    assert audit["by_source"].loc["total", "total"] == len(im)
+    rules = audit["rules"]
+    assert rules.reports.sum() == n_reports
+    assert rules["frontal kept"].sum() == im.frontal_selected.sum()
+    assert rules[["frontal kept", "frontal dropped"]].sum().sum() == im.view.isin(D.FRONTAL_VIEWS).sum()
+    # selection only removes: reports with a candidate keep one, the others stay at 0
+    assert per.loc["reports with 0 frontal images"].nunique() == 1
+
+
+def test_at_most_one_frontal_per_report_unless_pixels_say_more(label_table):
+    im = label_table.images
+    sel = im[im.frontal_selected]
+    assert sel.view.isin(D.FRONTAL_VIEWS).all()
+    n = sel.groupby("report_id").size()
+    several = sel[sel.report_id.isin(n[n > 1].index)]
+    assert (several.view_source == "pixels").all()
+    assert (several.view_rule == "several pixel-confirmed").all()
+    # a pixel-confirmed frontal is never passed over for a weaker one
+    rank = im.view_source.map(D.EVIDENCE_RANK)
+    cand = im.assign(rank=rank)[im.view.isin(D.FRONTAL_VIEWS)]
+    best = cand.groupby("report_id")["rank"].transform("max")
+    assert (cand["rank"][cand.frontal_selected] == best[cand.frontal_selected]).all()
+
+
+def test_select_frontals_rules():
+    df = pd.DataFrame({
+        "image_id": ["a-1001", "a-2001", "b-12012", "b-4004", "c-1", "d-1", "e-1", "e-2"],
+        "report_id": ["A", "A", "B", "B", "C", "D", "E", "E"],
+        "view": ["FRONTAL", "PA", "AP", "AP", "PA", "LATERAL", "FRONTAL", "PA"],
+        "view_source": ["pixels", "dicom", "dicom", "dicom", "orientation", "pixels", "pixels",
+                        "pixels"],
+    })
+    out = D.select_frontals(df).set_index("image_id")
+    assert out.frontal_selected.to_dict() == {
+        "a-1001": True, "a-2001": False, "b-12012": False, "b-4004": True, "c-1": True,
+        "d-1": False, "e-1": True, "e-2": True}
+    rule = out.groupby("report_id").view_rule.first().to_dict()
+    assert rule == {"A": "stronger evidence", "B": "tie: first image id", "C": "only candidate",
+                    "D": "no frontal candidate", "E": "several pixel-confirmed"}
+
+
+def test_label_table_hash_carries_the_version(data_env, label_table, monkeypatch):
+    monkeypatch.setattr(D, "LABEL_TABLE_VERSION", "test-bump")
+    assert D.build_label_table().hash != label_table.hash
 
 
 def test_every_label_in_every_split_where_possible(split):
@@ -137,3 +204,10 @@ def test_label_cache_is_reused(data_env, label_table, monkeypatch):
     again = D.build_label_table()
     assert calls == []  # served from the cache written by the session fixture
     assert again.hash == label_table.hash
+
+
+def test_views_matching_nothing_are_rejected():
+    df = pd.DataFrame({"image_id": ["a"], "report_id": ["A"], "view": ["LATERAL"],
+                       "view_source": ["pixels"], "No Finding": [1]})
+    with pytest.raises(ValueError, match="no image matches views='frontal'"):
+        D.make_split(df, views="frontal", label_names=["No Finding"])
