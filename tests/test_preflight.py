@@ -44,7 +44,7 @@ def test_complete_setup_is_ready(fake_full, capsys):
     cmd = out.split("Ready. Next:")[1].strip()
     assert "-m helpers.run --profile full" in cmd
     assert f"-p model local-dir:{fake_full['model']}" in cmd and f"-p limit {LIMIT}" in cmd
-    assert f"ln -sfn {fake_full['images'].resolve()}" in cmd
+    assert f"-p image_dir {fake_full['images'].resolve()}" in cmd
 
 
 def test_folder_without_matching_ids(fake_full, tmp_path):
