@@ -18,6 +18,7 @@ Pairs are chosen from the *training* labels by their lift ``P(a, b) / (P(a) P(b)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -97,5 +98,113 @@ def mean_shift(scores: np.ndarray, y: np.ndarray, pairs: Sequence[tuple[int, int
     def fn(rows: np.ndarray) -> float:
         vals = [partner_shift(scores[rows], y[rows], j, k) for j, k in pairs]
         return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+
+    return fn
+
+
+# --------------------------------------------------------------------------------------
+# The causal test: counterfactual phantoms (demo profile)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Counterfactuals:
+    """Test images rendered twice: without label ``a`` and with or without its partner ``b``.
+
+    ``pairs``: directed (a, b) label indices; ``kinds``: "partner" or "independent" per pair;
+    per item ``m``: ``pair`` (index into ``pairs``), ``row`` (study row of the source image),
+    and the two renderings at the model's input geometry, ``with_b`` and ``without_b``
+    (uint8 (m, S, S)). Every pixel outside ``b``'s region is identical in the two.
+    """
+
+    pairs: list[tuple[int, int]]
+    kinds: list[str]
+    pair: np.ndarray
+    row: np.ndarray
+    with_b: np.ndarray
+    without_b: np.ndarray
+
+
+def _render_pair(job: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Both renderings of one item (a process-pool job): ``a`` absent, ``b`` present / absent."""
+    from PIL import Image
+
+    from . import phantoms
+
+    labels, seed, style, a, b, noise, geo = job
+    out = []
+    for has_b in (True, False):
+        img, _ = phantoms.render(labels, seed, style, noise=noise, present={a: False, b: has_b})
+        out.append(np.asarray(geo(Image.fromarray(img, mode="L")), dtype=np.uint8))
+    return out[0], out[1]
+
+
+def render_counterfactuals(study, pairs: Sequence[tuple[int, int]], kinds: Sequence[str],
+                           per_pair: int = 30, seed: int = 0,
+                           progress: bool = True) -> Counterfactuals:
+    """Render ``per_pair`` test images without ``a`` for each directed pair, with and without
+    ``b`` (demo profile: the study's phantom style and label-noise rates). Images are drawn at
+    random among test images whose label ``a`` is 0."""
+    from .images import geometric_transform
+    from .phantoms import seed_for
+    from .workers import process_map
+
+    if study.style is None:
+        raise ValueError("counterfactual phantoms need the demo profile (rendered images); "
+                         f"this study's images are {study.image_source}")
+    rng = np.random.default_rng(seed)
+    test, y = study.rows("test"), study.y()
+    text_cols = [f"text:{c}" for c in study.labels]
+    geo = geometric_transform(study.preprocess)
+    items, jobs = [], []
+    for p, (a, b) in enumerate(pairs):
+        cand = test[y[test, a] == 0]
+        for r in np.sort(rng.choice(cand, min(per_pair, len(cand)), replace=False)):
+            items.append((p, r))
+            labels = study.table.loc[r, text_cols].to_numpy(dtype=float)
+            jobs.append((labels, seed_for(study.table.at[r, "image_id"], study.style), study.style,
+                         study.labels[a], study.labels[b], study.noise, geo))
+    if not jobs:
+        raise ValueError("no test image qualifies for a counterfactual pair (every pair's label "
+                         "a is present in every test image, or there are no pairs)")
+    pix = process_map(_render_pair, jobs, progress=progress, desc="counterfactual phantoms")
+    return Counterfactuals(list(pairs), list(kinds), np.array([i[0] for i in items], int),
+                           np.array([i[1] for i in items], int),
+                           np.stack([w for w, _ in pix]), np.stack([wo for _, wo in pix]))
+
+
+def percentile_in(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Percentile (in [0, 1]) of each value within a reference sample (mid-rank for ties)."""
+    ref = np.sort(np.asarray(reference, dtype=float))
+    lo = np.searchsorted(ref, values, side="left")
+    hi = np.searchsorted(ref, values, side="right")
+    return (lo + hi) / (2 * len(ref))
+
+
+def causal_effects(cf: Counterfactuals, scores_with: np.ndarray, scores_without: np.ndarray,
+                   reference: np.ndarray) -> np.ndarray:
+    """Per item: the change in label ``a``'s percentile when ``b`` is added (m,).
+
+    ``scores_with``/``scores_without``: scores (m, k) of the two renderings; ``reference``:
+    the setting's scores (n, k) on the real test images, which define the percentile scale.
+    """
+    a = np.array([cf.pairs[p][0] for p in cf.pair], int)
+    m = np.arange(len(a))
+    out = np.empty(len(a))
+    for j in np.unique(a):
+        sel = a == j
+        out[sel] = (percentile_in(reference[:, j], scores_with[m[sel], j])
+                    - percentile_in(reference[:, j], scores_without[m[sel], j]))
+    return out
+
+
+def mean_effect(cf: Counterfactuals, effects: np.ndarray, kind: str):
+    """``fn(idx)``: the mean over ``kind`` pairs of each pair's mean effect among items ``idx``."""
+    pair_ids = [p for p, k in enumerate(cf.kinds) if k == kind]
+
+    def fn(idx: np.ndarray) -> float:
+        e, p_of = effects[idx], cf.pair[idx]
+        vals = [e[p_of == p].mean() for p in pair_ids if (p_of == p).any()]
+        return float(np.mean(vals)) if vals else float("nan")
 
     return fn
