@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 PROFILE ?= demo
 ARGS   ?=
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
 
 .PHONY: setup run book test bench serve clean
 
@@ -34,8 +36,9 @@ bench: $(STAMP)
 	$(PY) -m helpers.bench
 	@echo "Wrote benchmarks/results.json; re-run the benchmark page with: $(PY) -m helpers.run 08_benchmarks"
 
+# Serves the built site on this machine only; `make serve HOST=0.0.0.0` opens it to the network.
 serve:
-	$(PY) -m http.server --directory _build/html 8000
+	$(PY) -m http.server --bind $(HOST) --directory _build/html $(PORT)
 
 clean:
 	rm -rf _build book/chapters
