@@ -63,6 +63,19 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
     assert p.stat().st_mode & 0o777 == mode
 
 
+def test_make_serve_binds_the_loopback_address_unless_told():
+    import shutil
+
+    from helpers.config import REPO_ROOT
+
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    run = lambda *a: subprocess.run(["make", "-n", "serve", *a], cwd=REPO_ROOT, capture_output=True,  # noqa: E731
+                                    text=True).stdout
+    assert "--bind 127.0.0.1" in run() and "8000" in run()
+    assert "--bind 0.0.0.0" in run("HOST=0.0.0.0")
+
+
 # --- bullet 6: stale temporaries, atomic folders ------------------------------------------
 
 

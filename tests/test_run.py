@@ -147,8 +147,9 @@ def test_hints_name_only_parameters_that_exist():
     from helpers.config import REPO_ROOT
 
     declared = {p for c in R.toc_chapters() for p in R.declared_parameters(R.read_notebook(R.notebook_path(c)))}
-    texts = [f.read_text() for f in sorted((REPO_ROOT / "helpers").glob("*.py"))]
-    texts.append((REPO_ROOT / "README.md").read_text())
+    files = [*sorted((REPO_ROOT / "helpers").glob("*.py")), *sorted((REPO_ROOT / "notebooks").glob("*.py")),
+             REPO_ROOT / "README.md"]
+    texts = [f.read_text() for f in files]
     named = {m for t in texts for m in re.findall(r"-p ([a-z_]+) ", t)} - {"name"}
     assert named and named <= declared, f"hints name undeclared parameters: {sorted(named - declared)}"
 
