@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil

@@ -13,7 +13,6 @@ images, without decoding a PNG twice.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

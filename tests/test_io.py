@@ -2,13 +2,10 @@
 reading path for caches: every parse or integrity failure is a miss that is rebuilt, or an
 error naming the file."""
 
-import gzip
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pandas as pd
