@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 PROFILE ?= demo
 ARGS   ?=
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
 
 .PHONY: setup run book test bench preflight serve clean
 
@@ -37,8 +39,9 @@ bench: $(STAMP)
 preflight: $(STAMP)
 	$(PY) -m helpers.preflight --profile $(PROFILE) $(ARGS)
 
+# Serves the built site on this machine only; `make serve HOST=0.0.0.0` opens it to the network.
 serve:
-	$(PY) -m http.server --directory _build/html 8000
+	$(PY) -m http.server --bind $(HOST) --directory _build/html $(PORT)
 
 clean:
 	rm -rf _build book/chapters

@@ -46,53 +46,99 @@ def _points(text: str) -> list[tuple[float, float]]:
     return pts
 
 
+def _area(p: list[tuple[float, float]], shape: str) -> float:
+    a = np.asarray(p, float)
+    if shape == "box":
+        return float(abs(a[1, 0] - a[0, 0]) * abs(a[1, 1] - a[0, 1]))
+    x, y = a[:, 0], a[:, 1]
+    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
+
+
+def _row(path: Path, n: int, rec: list[str]) -> dict:
+    """One validated CSV record (line ``n``) as a region dict; raises :class:`AnnotationError`."""
+    def bad(why: str) -> AnnotationError:
+        return AnnotationError(f"{path}, line {n}: {why}")
+
+    if len(rec) != 4:
+        raise bad(f"expected 4 fields, got {len(rec)}")
+    iid, label, shape, pts = (x.strip() for x in rec)
+    if not iid:
+        raise bad("empty image_id")
+    if label not in CHEXPERT_LABELS or label == "No Finding":
+        raise bad(f"unknown label {label!r}; expected one of the CheXpert labels but No Finding")
+    if shape not in ("box", "polygon"):
+        raise bad(f"shape must be 'box' or 'polygon', got {shape!r}")
+    try:
+        p = _points(pts)
+    except ValueError:
+        raise bad(f"points must be 'x,y;x,y;...', got {pts!r}") from None
+    if not all(np.isfinite(v) for xy in p for v in xy):
+        raise bad(f"coordinates must be finite numbers, got {pts!r}")
+    if shape == "box" and len(p) != 2 or shape == "polygon" and len(p) < 3:
+        raise bad(f"a {shape} needs {'2' if shape == 'box' else '3 or more'} points, got {len(p)}")
+    if any(x < 0 or y < 0 for x, y in p):
+        raise bad(f"negative coordinates {pts!r}")
+    if _area(p, shape) <= 0:
+        raise bad(f"the {shape} {pts!r} encloses no area")
+    return {"image_id": iid, "label": label, "shape": shape, "points": p, "line": n, "file": str(path)}
+
+
 def load_annotations(path: str | os.PathLike) -> pd.DataFrame:
-    """Read and validate an annotation CSV: columns image_id, label, shape, points (list of (x, y))."""
+    """Read and validate an annotation CSV.
+
+    Returns one row per region: image_id, label, shape, points (list of (x, y)), and where it
+    came from (``line``, ``file``). A UTF-8 byte-order mark (as Excel writes) is accepted.
+    Raises :class:`AnnotationError` naming the file and line of the first bad row: wrong header
+    or field count, empty image_id, unknown label or shape, unparsable, non-finite or negative
+    coordinates, too few points, or a shape with no area. Points beyond the image are refused
+    when the image's size is known (:func:`rasterize`).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
     rows = []
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != COLUMNS:
-            raise AnnotationError(f"{path}, line 1: header must be {','.join(COLUMNS)}, got {header}")
-        for n, rec in enumerate(reader, start=2):
-            if not rec or all(not x.strip() for x in rec):
-                continue
-            if len(rec) != 4:
-                raise AnnotationError(f"{path}, line {n}: expected 4 fields, got {len(rec)}")
-            iid, label, shape, pts = (x.strip() for x in rec)
-            if label not in CHEXPERT_LABELS or label == "No Finding":
-                raise AnnotationError(f"{path}, line {n}: unknown label {label!r}")
-            try:
-                p = _points(pts)
-            except ValueError:
-                raise AnnotationError(f"{path}, line {n}: points must be 'x,y;x,y;...', got {pts!r}") from None
-            if shape == "box" and len(p) != 2 or shape == "polygon" and len(p) < 3:
-                raise AnnotationError(f"{path}, line {n}: a {shape} needs {'2' if shape == 'box' else '3 or more'} "
-                                      f"points, got {len(p)}")
-            if shape not in ("box", "polygon"):
-                raise AnnotationError(f"{path}, line {n}: shape must be 'box' or 'polygon', got {shape!r}")
-            if any(x < 0 or y < 0 for x, y in p):
-                raise AnnotationError(f"{path}, line {n}: negative coordinates {pts!r}")
-            rows.append({"image_id": iid, "label": label, "shape": shape, "points": p})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header] != COLUMNS:
+                raise AnnotationError(f"{path}, line 1: header must be {','.join(COLUMNS)}, got {header}")
+            for n, rec in enumerate(reader, start=2):
+                if rec and any(x.strip() for x in rec):
+                    rows.append(_row(path, n, rec))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise AnnotationError(f"{path}: not a UTF-8 CSV file ({e})") from None
+    return pd.DataFrame(rows, columns=[*COLUMNS, "line", "file"])
 
 
 def rasterize(regions: pd.DataFrame, width: int, height: int) -> np.ndarray:
-    """Union of the given rows' shapes as a bool mask (height, width) in original pixels."""
+    """Union of the given rows' shapes as a bool mask (height, width) in original pixels.
+
+    Raises :class:`AnnotationError` (naming the file and line when the rows carry them) for a
+    point outside the image, ``0 <= x <= width`` and ``0 <= y <= height``: such a region was drawn
+    for another image size, and clipping it would silently change it."""
     import cv2
 
     m = np.zeros((height, width), np.uint8)
-    for shape, pts in zip(regions["shape"], regions["points"]):
-        a = np.round(np.asarray(pts)).astype(np.int32)
+    for i, (shape, pts) in enumerate(zip(regions["shape"], regions["points"])):
+        a = np.asarray(pts, float)
+        if not np.isfinite(a).all() or (a < 0).any() or (a[:, 0] > width).any() or (a[:, 1] > height).any():
+            raise AnnotationError(f"{_where(regions, i)}: {shape} {pts} lies (partly) outside the image "
+                                  f"({width}x{height} pixels); expected coordinates in pixels of that image")
+        a = np.minimum(np.round(a).astype(np.int32), [width - 1, height - 1])
         if shape == "box":
             (x0, y0), (x1, y1) = a.min(0), a.max(0)
             m[y0:y1 + 1, x0:x1 + 1] = 1
         else:
             cv2.fillPoly(m, [a], 1)
     return m.astype(bool)
+
+
+def _where(regions: pd.DataFrame, i: int) -> str:
+    r = regions.iloc[i]
+    if "file" in regions and "line" in regions:
+        return f"{r['file']}, line {r['line']} ({r['image_id']})"
+    return f"region of {r.get('image_id', '?')} ({r.get('label', '?')})"
 
 
 def region_mask(ann: pd.DataFrame, image_id: str, label: str, image_path: str | os.PathLike,

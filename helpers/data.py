@@ -21,6 +21,7 @@ import re
 import tarfile
 import warnings
 import xml.etree.ElementTree as ET
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +31,7 @@ import pandas as pd
 
 from . import labels as L
 from .config import data_dir
-from .io import atomic_write_csv, frame_hash, sha256_bytes, sha256_file
+from .io import atomic_write_csv, frame_hash, read_csv_cache, sha256_bytes, sha256_file, write_csv_cache
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +154,25 @@ def load_reports(archive: str | os.PathLike | None = None) -> tuple[pd.DataFrame
                          f"(expected a gzipped tar of report XMLs)") from None
     rep = LoadReport(archive=str(path), archive_sha256=sha256_file(path, 12))
     rows = []
-    with tar:
-        for member in tar:
-            if not (member.isfile() and member.name.endswith(".xml")):
-                continue
-            rep.n_xml += 1
-            try:
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                rows.append(parse_report(data, member.name))
-            except (ValueError, tarfile.TarError, EOFError, OSError) as e:
-                rep.malformed.append(member.name)
-                warnings.warn(f"skipped {e}", stacklevel=2)
+    try:
+        with tar:
+            for member in tar:
+                if not (member.isfile() and member.name.endswith(".xml")):
+                    continue
+                rep.n_xml += 1
+                try:
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    rows.append(parse_report(data, member.name))
+                except ValueError as e:
+                    rep.malformed.append(member.name)
+                    warnings.warn(f"skipped {e}", stacklevel=2)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"cannot read report archive {path}: it is truncated or corrupt after {rep.n_xml} "
+                         f"XML file(s) ({type(e).__name__}: {e or 'unexpected end of data'}); expected a complete "
+                         f"gzipped tar of report XMLs (re-fetch it with `python -m helpers.download reports`)") from None
+    if not rows:
+        raise ValueError(f"report archive {path} holds no well-formed report XML ({rep.n_xml} .xml file(s), "
+                         f"{len(rep.malformed)} malformed); expected IU-Xray report XMLs with <uId id=...>")
     df = pd.DataFrame(rows)
     df["_n"] = df.report_id.str.extract(r"(\d+)", expand=False).astype(int)
     df = df.sort_values("_n").drop(columns="_n").reset_index(drop=True)
@@ -385,17 +394,23 @@ def build_label_table(reports_path: str | os.PathLike | None = None,
     key = f"{rep.archive_sha256}-{L.ReportLabeler.fingerprint()}"
     cpath = cache / f"report_labels-{key}.csv"
     label_cols = [f"{p}:{c}" for p in ("text", "mesh") for c in L.CHEXPERT_LABELS]
-    if cpath.is_file():
-        cached = pd.read_csv(cpath, dtype={"report_id": str})
-        if list(cached.report_id) == list(reports.report_id) and set(label_cols) <= set(cached.columns):
-            labelled = pd.concat([reports, cached[label_cols]], axis=1)
-        else:
-            cached = None
+
+    def usable(c: pd.DataFrame) -> str | None:  # the cache's hash is checked by read_csv_cache
+        if "report_id" not in c or list(c.report_id) != list(reports.report_id):
+            return "its report ids differ from the archive's"
+        if not set(label_cols) <= set(c.columns):
+            return "label columns are missing"
+        text, mesh = c[label_cols[:len(L.CHEXPERT_LABELS)]], c[label_cols[len(L.CHEXPERT_LABELS):]]
+        if not ((text.isin([1, 0, -1]) | text.isna()).all().all() and mesh.isin([0, 1]).all().all()):
+            return "label values outside {1, 0, -1, empty} (text) or {0, 1} (MeSH)"
+        return None
+
+    cached = read_csv_cache(cpath, usable, dtype={"report_id": str})
+    if cached is not None:
+        labelled = pd.concat([reports, cached[label_cols]], axis=1)
     else:
-        cached = None
-    if cached is None:
         labelled = label_reports(reports)
-        atomic_write_csv(cpath, labelled[["report_id"] + label_cols])
+        write_csv_cache(cpath, labelled[["report_id"] + label_cols])
 
     three = labelled[[f"text:{c}" for c in L.CHEXPERT_LABELS]]
     binary = L.binarize(three.set_axis(list(L.CHEXPERT_LABELS), axis=1), uncertain_policy)

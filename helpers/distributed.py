@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -99,25 +100,65 @@ def _finetune_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``torchrun ... -m helpers.distributed`` (every option states its default)."""
+    ap = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m helpers.distributed",
+                                 description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    f = sub.add_parser("finetune", help="fine-tune a profile's model with DDP (chapter 4's run)",
+                       description="Fine-tune a profile's model with DDP: the same run as chapter 4 with the "
+                                   "same parameters. 0 means the profile's default where stated.")
+    f.add_argument("--profile", default="demo", help="demo or full (default: demo)")
+    f.add_argument("--model", default="", help="model spec (default: empty, the profile's: tiny or biomedclip)")
+    f.add_argument("--style", default="target", help="demo only: phantom style, source or target (default: target)")
+    f.add_argument("--limit", type=int, default=0, help="at most this many images per split (default: 0 = all)")
+    f.add_argument("--objective", default="contrastive", help="contrastive or bce (default: contrastive)")
+    f.add_argument("--epochs", type=int, default=0, help="epochs (default: 0 = the profile's)")
+    f.add_argument("--lr", type=float, default=0.0, help="learning rate (default: 0 = the profile's)")
+    f.add_argument("--batch-size", type=int, default=0, help="global batch size (default: 0 = the profile's)")
+    f.add_argument("--patience", type=int, default=0,
+                   help="early-stopping patience in epochs (default: 0 = the profile's)")
+    f.add_argument("--temperature", type=float, default=0.17, help="the seed's temperature T (default: 0.17)")
+    f.add_argument("--max-steps-per-epoch", type=int, default=0,
+                   help="cap on steps per epoch (default: 0 = whole split)")
+    f.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    f.add_argument("--backend", default="auto", choices=("auto", "nccl", "gloo"),
+                   help="process-group backend: nccl, gloo or auto = nccl on GPUs, gloo on CPUs (default: auto)")
+    return ap
+
+
+def _check(a: argparse.Namespace) -> None:
+    """Refuse bad options before joining the process group, with the same rules as chapter 4's
+    parameters (:mod:`helpers.params`); refuse running outside ``torchrun``."""
+    from . import params as P
+    from .config import get_profile
+
+    get_profile(a.profile)
+    for name, value in (("model", a.model), ("style", a.style), ("limit", a.limit), ("objective", a.objective),
+                        ("epochs", a.epochs), ("lr", a.lr), ("batch_size", a.batch_size), ("patience", a.patience),
+                        ("temperature", a.temperature), ("max_steps_per_epoch", a.max_steps_per_epoch),
+                        ("seed", a.seed)):
+        try:
+            P.check(name, value)
+        except P.ParameterError as e:
+            raise ValueError(str(e).replace(f"parameter {name!r}", f"--{name.replace('_', '-')}")) from None
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"not started by torchrun (environment lacks {', '.join(missing)}); run e.g. "
+                           f"`torchrun --nproc_per_node=2 -m helpers.distributed finetune --profile {a.profile}`")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="torchrun ... -m helpers.distributed", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("finetune", help="fine-tune a profile's model with DDP (chapter 4's run)")
-    f.add_argument("--profile", default="demo")
-    f.add_argument("--model", default="")
-    f.add_argument("--style", default="target")
-    f.add_argument("--limit", type=int, default=0)
-    f.add_argument("--objective", default="contrastive")
-    f.add_argument("--epochs", type=int, default=0)
-    f.add_argument("--lr", type=float, default=0.0)
-    f.add_argument("--batch-size", type=int, default=0)
-    f.add_argument("--patience", type=int, default=0)
-    f.add_argument("--temperature", type=float, default=0.17)
-    f.add_argument("--max-steps-per-epoch", type=int, default=0)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--backend", default="auto", help="nccl, gloo or auto")
-    a = ap.parse_args(argv)
-    return _finetune_main(a)
+    a = build_parser().parse_args(argv)
+    try:
+        _check(a)
+        return _finetune_main(a)
+    except KeyboardInterrupt:
+        print("\ninterrupted; a finished epoch is kept and the run resumes from it", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

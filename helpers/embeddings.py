@@ -9,7 +9,6 @@ second call is served from the cache.
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 from pathlib import Path
@@ -20,26 +19,20 @@ import torch
 
 from .config import data_dir
 from .images import PixelCache, PixelDataset, to_model_input
-from .io import atomic_write_bytes, sha256_bytes
+from .io import read_npy_cache, sha256_bytes, write_npy_cache
 
 STATS: Counter = Counter()
 """Number of batches actually computed, per kind (``image``, ``text``)."""
 
 
 def _load_npy(path: Path, n: int) -> np.ndarray | None:
-    if not path.is_file():
-        return None
-    try:
-        arr = np.load(path)
-    except (ValueError, OSError, EOFError):
-        return None  # truncated or corrupt: recompute
-    return arr if arr.shape[0] == n else None
+    """A cached (n, d) float32 array, or None (a miss: absent, unparsable, hash, shape or a
+    non-finite value wrong; see :func:`helpers.io.read_npy_cache`)."""
+    return read_npy_cache(path, shape=(n, None), dtype=np.float32, finite=True)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    atomic_write_bytes(path, buf.getvalue())
+    write_npy_cache(path, np.ascontiguousarray(arr, dtype=np.float32))
 
 
 def autocast(device: torch.device):

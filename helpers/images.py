@@ -13,7 +13,6 @@ images, without decoding a PNG twice.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import pandas as pd
 import torch
 
 from .config import data_dir
-from .io import atomic_write_json, sha256_bytes
+from .io import atomic_write_json, remove_stale_temps, sha256_bytes, sha256_file, temp_path
 
 ON_ERROR = ("stop", "skip")
 
@@ -58,8 +57,11 @@ def openi_images(split: pd.DataFrame, image_dir: str | os.PathLike) -> pd.DataFr
     """
     d = Path(image_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"Open-I image folder not found: {d}; fetch the images with "
-                                f"`python -m helpers.download` or pass image_dir=<folder of PNGs>")
+        raise FileNotFoundError(
+            f"Open-I image folder not found: {d}; fetch the images with `python -m helpers.download images` "
+            f"(into {data_dir() / 'openi' / 'images'}), or put the PNGs (named <image id>.png) there, "
+            f"or point the chapters at another folder with `-p image_dir DIR`; "
+            f"IUXRAY_DATA_DIR=DIR moves the default folder to DIR/openi/images")
     out = split.copy()
     out["path"] = [str(d / f"{i}.png") for i in out.image_id]
     return out
@@ -75,6 +77,40 @@ def geometric_transform(preprocess):
     return T.Compose(keep)
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+"""PIL modes with more than 8 bits per pixel (16-bit PNGs open as ``I;16``)."""
+
+
+def to_grey(im) -> "Image.Image":
+    """Any PIL image -> 8-bit grey (mode ``L``), preserving what the pixels mean.
+
+    * ``L``: unchanged; ``1``, ``P`` (palette), ``RGB``, ``CMYK``, ``YCbCr``...: PIL's conversion
+      (ITU-R 601 luma through the palette where there is one);
+    * with transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent entry): composited over
+      black (transparent = no signal, as air on a radiograph);
+    * 16-bit and wider (``I;16``, ``I``, ``F``): scaled by the image's own range, ``min -> 0``,
+      ``max -> 255`` (linear). PIL's ``convert("L")`` would clip every value above 255 to white.
+      A constant image becomes all 0. Non-finite float pixels are refused (``ValueError``).
+    """
+    from PIL import Image
+
+    if im.mode == "L":
+        return im
+    if im.mode in HIGH_DEPTH_MODES:
+        a = np.asarray(im)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ValueError(f"mode {im.mode} image holds NaN or infinite pixels")
+        a = a.astype(np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        out = np.zeros(a.shape, np.uint8) if hi <= lo else np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return Image.fromarray(out, mode="L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("L")
+    return im.convert("L")
+
+
 def _load_one(job: tuple[int, str, object]) -> tuple[int, np.ndarray | None, str]:
     i, path, geo = job
     from PIL import Image, UnidentifiedImageError
@@ -82,7 +118,7 @@ def _load_one(job: tuple[int, str, object]) -> tuple[int, np.ndarray | None, str
     try:
         with Image.open(path) as im:
             im.load()
-            g = im.convert("L")
+            g = to_grey(im)
         return i, np.asarray(geo(g), dtype=np.uint8), ""
     except FileNotFoundError:
         return i, None, "file not found"
@@ -116,18 +152,34 @@ def _cache_key(paths: Sequence[str], ids: Sequence[str], geo) -> str:
     return sha256_bytes("\n".join(parts).encode(), 16)
 
 
-def _open_cache(npy: Path, meta: Path, n: int) -> tuple[np.ndarray, dict] | None:
-    """The cached array and its metadata, or None when absent, truncated or inconsistent."""
-    if not (npy.is_file() and meta.is_file()):
+def _open_cache(npy: Path, meta: Path, ids: Sequence[str]) -> tuple[np.ndarray, dict] | None:
+    """The cached array (memory-mapped) and its metadata, or None (a miss, rebuilt) when absent,
+    unparsable, for other ids, of the wrong shape or dtype, or when the array file's SHA-256
+    differs from the one recorded in the metadata (e.g. zeroed or truncated behind a valid header)."""
+    from .io import CacheIntegrityError, read_cache, read_json_cache
+
+    n = len(ids)
+
+    def meta_ok(m: dict) -> str | None:
+        if m.get("ids") != list(ids) or len(m.get("ok", [])) != n or not isinstance(m.get("npy_sha256"), str):
+            return "its ids, flags or content hash do not match this image list"
         return None
-    try:
-        m = json.loads(meta.read_text())
-        arr = np.load(npy, mmap_mode="r")
-    except (ValueError, OSError, json.JSONDecodeError):
+
+    if not npy.is_file():
         return None
-    if arr.shape[0] != n or len(m.get("ids", [])) != n or arr.dtype != np.uint8:
+    m = read_json_cache(meta, meta_ok)
+    if m is None:
         return None
-    return arr, m
+
+    def load(p: Path) -> np.ndarray:
+        got = sha256_file(p)
+        if got != m["npy_sha256"]:
+            raise CacheIntegrityError(f"content hash {got[:12]} differs from the recorded {m['npy_sha256'][:12]}")
+        return np.load(p, mmap_mode="r")
+
+    arr = read_cache(npy, load, lambda a: None if a.shape[0] == n and a.dtype == np.uint8 and a.ndim == 3
+                     else f"shape {a.shape} / dtype {a.dtype}, expected ({n}, S, S) uint8")
+    return None if arr is None else (arr, m)
 
 
 def build_pixel_cache(paths: Sequence[str], ids: Sequence[str], preprocess, on_error: str = "stop",
@@ -143,9 +195,12 @@ def build_pixel_cache(paths: Sequence[str], ids: Sequence[str], preprocess, on_e
         ``"skip"`` leaves that row black, marks it ``ok=False`` and records it in ``failures``.
     workers : decoding processes (default: all cores).
 
+    Images of any mode are made 8-bit grey by :func:`to_grey` (16-bit ones scaled by their range).
     The key covers the transform, the ids and each file's size and mtime, so a changed image
-    or preprocessing builds a new cache. A truncated or inconsistent cache file is rebuilt.
-    The array is written to a temporary file and renamed; the metadata JSON is written last.
+    or preprocessing builds a new cache. The metadata records the array file's SHA-256; a cache
+    that fails it (or is truncated, or inconsistent) is rebuilt. The array is written to a
+    temporary file and renamed; the metadata JSON is written last. Temporary files left by an
+    interrupted build are removed first.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r} is not valid; expected one of {ON_ERROR}")
@@ -154,7 +209,8 @@ def build_pixel_cache(paths: Sequence[str], ids: Sequence[str], preprocess, on_e
     key = _cache_key(paths, ids, geo)
     folder = Path(cache_dir) if cache_dir is not None else data_dir() / "cache"
     npy, meta = folder / f"pixels-{key}.npy", folder / f"pixels-{key}.json"
-    hit = _open_cache(npy, meta, len(ids))
+    _remove_stale_builds(folder)
+    hit = _open_cache(npy, meta, ids)
     if hit is not None:
         arr, m = hit
         failures = m.get("failures", {})
@@ -166,7 +222,7 @@ def build_pixel_cache(paths: Sequence[str], ids: Sequence[str], preprocess, on_e
     probe = _load_one((0, paths[0], geo)) if paths else (0, None, "")
     S = probe[1].shape if probe[1] is not None else _output_size(geo)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".pixels-{key}.{os.getpid()}.npy.tmp"
+    tmp = temp_path(npy)
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), *S))
     ok = np.zeros(len(ids), bool)
     failures: dict[str, str] = {}
@@ -183,13 +239,27 @@ def build_pixel_cache(paths: Sequence[str], ids: Sequence[str], preprocess, on_e
             ok[i] = True
         arr.flush()
         del arr
+        digest = sha256_file(tmp)
+        meta.unlink(missing_ok=True)
         os.replace(tmp, npy)
     finally:
         if tmp.exists():
             tmp.unlink()
     atomic_write_json(meta, {"ids": ids, "ok": ok.tolist(), "failures": failures,
-                             "transform": repr(geo)})
+                             "transform": repr(geo), "npy_sha256": digest})
     return PixelCache(np.load(npy, mmap_mode="r"), ids, ok, key, npy, failures)
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Remove temporary arrays of interrupted builds: current names (:func:`io.temp_path`) and the
+    older ``.pixels-<key>.<pid>.npy.tmp`` form, when their process no longer runs."""
+    from .io import _pid_alive
+
+    remove_stale_temps(folder)
+    for p in folder.glob(".pixels-*.*.npy.tmp") if folder.is_dir() else ():
+        pid = p.name.split(".")[-3]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
 
 
 def _imap(jobs, workers, progress):
@@ -214,9 +284,11 @@ def _output_size(geo) -> tuple[int, int]:
 
 
 def _bad_message(path: str, err: str) -> str:
-    return (f"{path}: {err}; expected a readable PNG image. Re-fetch it with "
-            f"`python -m helpers.download`, or leave it out with `-p on_error skip` (on_error='skip'; "
-            f"skipped images are counted in the page stamp)")
+    phantom = (data_dir() / "phantoms").resolve() in Path(path).resolve().parents
+    fix = ("Delete it: it is rendered again on the next run" if phantom else
+           "Re-fetch the images with `python -m helpers.download images`")
+    return (f"{path}: {err}; expected a readable PNG image. {fix}, or leave it out with "
+            f"`-p on_error skip` (on_error='skip'; skipped images are counted in the page stamp)")
 
 
 def to_model_input(batch: torch.Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

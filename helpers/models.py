@@ -231,15 +231,54 @@ def _weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+TINY_PRETRAINED_DIR = REPO_ROOT / "models" / "tiny-pretrained"
+"""The committed demo checkpoint (``tiny``)."""
+_RESTORE = ("restore the committed copy with `git checkout models/tiny-pretrained`, or re-create it with "
+            "`python -m helpers.pretrain` (about 5 min on two CPU cores)")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose files differ from the hashes recorded beside them; the message names the
+    file and how to restore it."""
+
+
+def verify_pretrained(folder: Path = TINY_PRETRAINED_DIR) -> None:
+    """Check the demo checkpoint against its ``pretrain_log.json``: the weights' SHA-256
+    (``weights_file_sha256``) and, where recorded, every file's (``files_sha256``).
+
+    Raises ``FileNotFoundError`` (weights or log missing) or :class:`CheckpointError` (unreadable
+    log, or a file that differs), naming the file and how to restore it.
+    """
+    from .io import sha256_file
+
+    weights, log_path = folder / "open_clip_model.safetensors", folder / "pretrain_log.json"
+    for f in (weights, log_path):
+        if not f.is_file():
+            raise FileNotFoundError(f"the pretrained demo model is incomplete: {f} is missing; {_RESTORE}")
+    try:
+        log = json.loads(log_path.read_text())
+        want = {"open_clip_model.safetensors": log["weights_file_sha256"], **log.get("files_sha256", {})}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{log_path} cannot be read ({type(e).__name__}: {e}); {_RESTORE}") from None
+    for name, digest in want.items():
+        f = folder / name
+        got = sha256_file(f) if f.is_file() else "missing"
+        if got != digest:
+            raise CheckpointError(f"{f} does not match the SHA-256 recorded in {log_path} (recorded "
+                                  f"{str(digest)[:12]}, found {got[:12]}): the demo checkpoint was changed or "
+                                  f"replaced; {_RESTORE}")
+
+
 def resolve_spec(spec: str) -> tuple[str, Path | None]:
-    """Map a spec to (open_clip model name, local folder or None). Unknown forms raise."""
+    """Map a spec to (open_clip model name, local folder or None). Unknown forms raise.
+
+    ``tiny`` is verified against the hashes in its ``pretrain_log.json`` (:func:`verify_pretrained`).
+    """
     if spec == "biomedclip":
         return BIOMEDCLIP_ID, None
     if spec == "tiny":
-        d = REPO_ROOT / "models" / "tiny-pretrained"
-        if not (d / "open_clip_model.safetensors").is_file():
-            raise FileNotFoundError(f"the pretrained demo model is missing: {d}; recreate it with "
-                                    f"`python -m helpers.pretrain` (about 5 min on two CPU cores)")
+        d = TINY_PRETRAINED_DIR
+        verify_pretrained(d)
         return f"local-dir:{d}", d
     if spec == "tiny-random":
         d = tiny_dir()

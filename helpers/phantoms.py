@@ -553,13 +553,18 @@ def generate(table: pd.DataFrame, folder: str | os.PathLike, style: str = "sourc
     ----------
     table : one row per image: ``image_id`` and the 14 binary label columns.
     folder : output folder; receives ``images/<id>.png``, ``masks/<id>.png`` and
-        ``manifest.csv`` (image_id, style, path, mask_path, sha256 of the PNG bytes).
+        ``manifest.csv`` (image_id, style, path, mask_path, sha256 and mask_sha256: the first
+        12 hex digits of the SHA-256 of the image and mask PNG bytes).
     workers : processes (default: all cores).
 
     Returns the manifest (paths relative to ``folder``). A manifest whose key (generator
-    version, style, size, ids and labels) matches, with every file present, is re-used
-    without rendering; otherwise only the missing images are rendered.
+    version, style, size, ids and labels) matches is re-used when every image and mask still
+    has the SHA-256 it records; a changed, truncated or missing PNG is rendered again, and an
+    unreadable manifest counts as absent. After an interrupted run, only the missing images are
+    rendered (PNGs already written are kept when they decode).
     """
+    from .io import read_cache, remove_stale_temps
+
     get_style(style)
     folder = Path(folder)
     cols = list(CHEXPERT_LABELS)
@@ -570,25 +575,53 @@ def generate(table: pd.DataFrame, folder: str | os.PathLike, style: str = "sourc
                        + table[["image_id", *cols]].to_csv(index=False).encode())
     man_path, key_path = folder / "manifest.csv", folder / "key.txt"
     same = key_path.is_file() and key_path.read_text() == key
-    if same and man_path.is_file():
-        man = pd.read_csv(man_path)
-        if all((folder / p).is_file() for p in (*man.path, *man.mask_path)):
-            return man
+    for sub in ("images", "masks"):
+        remove_stale_temps(folder / sub)
+    ids = [str(i) for i in table.image_id]
+    man = read_cache(man_path, lambda p: pd.read_csv(p, dtype=str),
+                     lambda m: None if {"image_id", "path", "mask_path", "sha256", "mask_sha256"} <= set(m.columns)
+                     and list(m.image_id) == ids else "not this table's manifest") if same else None
+    verified = _verified_rows(folder, man) if man is not None else {}
+    if man is not None and len(verified) == len(man):
+        return man
     atomic_write_bytes(key_path, key.encode())
     labels = table[cols].to_numpy(dtype=int)
-    jobs, rows = [], {}
-    for iid, y in zip(table.image_id, labels):
+    jobs, rows = [], dict(verified)
+    for iid, y in zip(ids, labels):
+        if iid in rows:
+            continue
         ip, mp_ = folder / "images" / f"{iid}.png", folder / "masks" / f"{iid}.png"
-        if same and ip.is_file() and mp_.is_file():  # resume an interrupted run
+        if same and man is None and _decodes(ip) and _decodes(mp_):  # resume an interrupted run
             rows[iid] = {"image_id": iid, "style": style, "path": f"images/{iid}.png",
                          "mask_path": f"masks/{iid}.png", "sha256": sha256_bytes(ip.read_bytes())}
         else:
             jobs.append((iid, tuple(int(v) for v in y), style, size, str(folder)))
     for r in _map(_render_one, jobs, workers, progress, f"phantoms ({style})"):
         rows[r["image_id"]] = r
-    man = pd.DataFrame([rows[i] for i in table.image_id])
+    for r in rows.values():
+        r.setdefault("mask_sha256", sha256_bytes((folder / r["mask_path"]).read_bytes()))
+    man = pd.DataFrame([rows[i] for i in ids])
     atomic_write_csv(man_path, man)
     return man
+
+
+def _verified_rows(folder: Path, man: pd.DataFrame) -> dict[str, dict]:
+    """The manifest rows whose image and mask PNGs still have the recorded SHA-256 (12 hex)."""
+    def digest(p: Path) -> str | None:
+        try:
+            return sha256_bytes(p.read_bytes())
+        except OSError:
+            return None
+
+    return {r["image_id"]: r for r in man.to_dict("records")
+            if digest(folder / r["path"]) == r["sha256"] and digest(folder / r["mask_path"]) == r["mask_sha256"]}
+
+
+def _decodes(p: Path) -> bool:
+    """Whether ``p`` is a complete PNG (a truncated one fails to decode)."""
+    if not p.is_file():
+        return False
+    return cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_UNCHANGED) is not None
 
 
 def _map(fn, jobs: list, workers: int | None, progress: bool, desc: str) -> list:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -172,11 +173,32 @@ def pretrain(n_samples: int = 8000, epochs: int = 8, batch_size: int = 64, lr: f
              weight_decay: float = 0.1, seed: int = 0, out: str | Path = PRETRAINED_DIR,
              device: str = "auto", workers: int | None = None, progress: bool = True,
              max_steps: int | None = None, augmentation: bool = True) -> dict:
-    """Render the source corpus, pretrain the tiny model, save a ``local-dir:`` checkpoint.
+    """Render the source corpus, pretrain the tiny model, save a ``local-dir:`` checkpoint in ``out``.
+
+    The checkpoint is built in a temporary folder beside ``out`` and renamed into place only when
+    training has finished (:func:`helpers.io.building_dir`): an interrupted or failed run leaves
+    ``out`` (e.g. the committed ``models/tiny-pretrained``) byte for byte as it was.
 
     Returns the log dict (also written to ``out/pretrain_log.json``): parameters, corpus
-    hash, per-step losses, wall time and the weights' SHA-256.
+    hash, per-step losses, wall time, the weights' SHA-256 and every file's SHA-256
+    (``files_sha256``, checked by :func:`helpers.models.load_model`).
     """
+    from .io import building_dir
+
+    with building_dir(out) as build:
+        log = _pretrain_into(build, n_samples=n_samples, epochs=epochs, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, seed=seed, device=device, workers=workers,
+                             progress=progress, max_steps=max_steps, augmentation=augmentation)
+        log["files_sha256"] = {p.name: sha256_file(p) for p in sorted(build.iterdir())
+                               if p.is_file() and p.name != "pretrain_log.json"}
+        atomic_write_json(build / "pretrain_log.json", log)
+    return log
+
+
+def _pretrain_into(out: Path, n_samples: int, epochs: int, batch_size: int, lr: float, weight_decay: float,
+                   seed: int, device: str, workers: int | None, progress: bool, max_steps: int | None,
+                   augmentation: bool) -> dict:
+    """:func:`pretrain`'s work, writing the checkpoint into the (temporary) folder ``out``."""
     from open_clip.loss import ClipLoss
     from tqdm.auto import tqdm
 
@@ -246,17 +268,53 @@ def pretrain(n_samples: int = 8000, epochs: int = 8, batch_size: int = 64, lr: f
     return log
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m helpers.pretrain`` (every option states its default)."""
+    ap = argparse.ArgumentParser(prog="python -m helpers.pretrain", description=__doc__.split("\n")[0]
+                                 + " The checkpoint is replaced only when training finishes.")
+    ap.add_argument("--n-samples", type=int, default=8000,
+                    help="CheXpert rows in the source corpus, one phantom each (default: 8000)")
+    ap.add_argument("--epochs", type=int, default=8, help="passes over the corpus (default: 8)")
+    ap.add_argument("--batch-size", type=int, default=64, help="pairs per contrastive batch (default: 64)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default: 0.001)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of corpus, initial weights and order (default: 0)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many optimiser steps (default: none, all epochs)")
+    ap.add_argument("--out", type=Path, default=PRETRAINED_DIR,
+                    help="checkpoint folder, replaced when training finishes (default: models/tiny-pretrained)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto: CUDA if available)")
+    return ap
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    """Refuse values that would train nothing or diverge, naming the option."""
+    if not (math.isfinite(a.lr) and a.lr > 0):
+        raise ValueError(f"--lr {a.lr}: expected a finite number > 0")
+    for name, v, lo in (("--batch-size", a.batch_size, 2), ("--epochs", a.epochs, 1), ("--n-samples", a.n_samples, 2)):
+        if v < lo:
+            raise ValueError(f"{name} {v}: expected at least {lo}")
+    if a.n_samples < a.batch_size:
+        raise ValueError(f"--n-samples {a.n_samples} is smaller than --batch-size {a.batch_size}: no full batch, "
+                         f"nothing would be trained")
+    if a.max_steps is not None and a.max_steps < 1:
+        raise ValueError(f"--max-steps {a.max_steps}: expected at least 1")
+    if a.seed < 0:
+        raise ValueError(f"--seed {a.seed}: expected 0 or more")
+    torch.device(a.device if a.device != "auto" else "cpu")  # ValueError/RuntimeError names a bad device
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers.pretrain", description=__doc__.split("\n")[0])
-    ap.add_argument("--n-samples", type=int, default=8000)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=PRETRAINED_DIR)
-    ap.add_argument("--device", default="auto")
-    a = ap.parse_args(argv)
-    log = pretrain(a.n_samples, a.epochs, a.batch_size, a.lr, seed=a.seed, out=a.out, device=a.device)
+    a = build_parser().parse_args(argv)
+    try:
+        _check_args(a)
+        log = pretrain(a.n_samples, a.epochs, a.batch_size, a.lr, seed=a.seed, out=a.out, device=a.device,
+                       max_steps=a.max_steps)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {a.out} is unchanged", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps({k: v for k, v in log.items() if k != "losses"}, indent=2))
     return 0
 

@@ -12,9 +12,15 @@ Chapters are the jupytext sources ``notebooks/NN_name.py``; executed copies are 
 fails leaves ``NN_name.failed.ipynb`` beside it and the previous good copy in place.
 
 Every ``-p name value`` is checked before anything runs: the name must be a parameter
-that a selected chapter declares in its ``parameters`` cell, and the value must parse as
-the type of that parameter's default (int, float, bool, str, list). A parameter is given
-to each selected chapter that declares it.
+that a selected chapter declares in its ``parameters`` cell, the value must parse as the type
+of that parameter's default (int, float, bool, str, list; floats finite) and satisfy the
+parameter's choices or range (:mod:`helpers.params`, shown by ``--list-params``). A parameter is
+given to each selected chapter that declares it; a data parameter (``uncertain_policy``,
+``split_seed``, ...) is refused when a selected chapter loads the study without declaring it,
+since that chapter would silently use the default. Path parameters are passed on as absolute
+paths (relative ones are read from the current folder).
+
+A chapter that fails stops the run with one message naming it and its ``.failed.ipynb`` copy.
 """
 
 from __future__ import annotations
@@ -30,14 +36,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import PROFILES, REPO_ROOT, get_profile, output_dir
+from .params import ParameterError  # re-exported: a bad name, type, choice or range
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = REPO_ROOT / "book" / "chapters"
 KERNEL_NAME = "iuxray-book"
 
 
-class ParameterError(ValueError):
-    """A parameter that no selected chapter declares, or a value of the wrong type."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,10 @@ class Param:
 
     @property
     def type_name(self) -> str:
-        return type(self.default).__name__ if self.default is not None else "any"
+        d = self.default
+        if isinstance(d, (list, tuple)) and len({type(x) for x in d}) == 1:
+            return f"list of {type(d[0]).__name__}"
+        return type(d).__name__ if d is not None else "any"
 
 
 def toc_chapters(toc: Path = REPO_ROOT / "_toc.yml") -> list[str]:
@@ -117,7 +125,9 @@ def declared_parameters(nb) -> dict[str, Param]:
 def coerce(param: Param, raw: str) -> Any:
     """Parse the command-line string ``raw`` as the type of ``param``'s default.
 
-    Raises :class:`ParameterError` naming the parameter, the value and the expected type.
+    Lists are read as JSON, a Python literal or comma-separated text; their elements take the
+    type of the default's elements. Raises :class:`ParameterError` naming the parameter, the
+    value and the expected type.
     """
     d = param.default
 
@@ -125,34 +135,41 @@ def coerce(param: Param, raw: str) -> Any:
         return ParameterError(f"parameter {param.name!r}: value {raw!r} is not a valid "
                               f"{param.type_name} (default: {d!r})")
 
-    if isinstance(d, bool):
-        low = raw.strip().lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise fail()
-    if isinstance(d, int):
-        try:
-            return int(raw)
-        except ValueError:
-            raise fail() from None
-    if isinstance(d, float):
-        try:
-            return float(raw)
-        except ValueError:
-            raise fail() from None
     if isinstance(d, (list, tuple)):
         try:
             v = json.loads(raw)
         except json.JSONDecodeError:
             try:
                 v = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
                 v = [x.strip() for x in raw.split(",") if x.strip()]
-        if not isinstance(v, (list, tuple)):
-            v = [v]
-        return list(v)
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        kinds = {type(x) for x in d}
+        if len(kinds) == 1:
+            elem = Param(param.name, next(iter(d)), param.comment)
+            try:
+                return [coerce(elem, x if isinstance(x, str) else json.dumps(x)) for x in v]
+            except ParameterError:
+                raise fail() from None
+        return v
+    try:
+        return _coerce_scalar(d, raw)
+    except ValueError:
+        raise fail() from None
+
+
+def _coerce_scalar(d: Any, raw: str) -> Any:
+    if isinstance(d, bool):
+        low = raw.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ValueError(raw)
+    if isinstance(d, int):
+        return int(raw)
+    if isinstance(d, float):
+        return float(raw)
     if isinstance(d, str):
         return raw
     try:
@@ -161,16 +178,25 @@ def coerce(param: Param, raw: str) -> Any:
         return raw
 
 
+def loads_study(nb) -> bool:
+    """Whether a chapter's code calls ``load_study(`` (so it reads the shared data)."""
+    return any(c.cell_type == "code" and "load_study(" in c.source for c in nb.cells)
+
+
 def resolve_parameters(chapters: Sequence[str], raw: Sequence[tuple[str, str]],
                        profile: str) -> dict[str, dict[str, Any]]:
-    """Check every ``(name, value)`` against the chapters' declarations.
+    """Check every ``(name, value)`` against the chapters' declarations and :mod:`helpers.params`.
 
     Returns chapter -> parameters to inject (``profile`` included). Raises
-    :class:`ParameterError` (unknown name, with the valid ones listed; wrong type) or
+    :class:`ParameterError` (unknown name, with the valid ones listed; wrong type; a value out
+    of its choices or range; a data parameter that a selected chapter would ignore) or
     ``ValueError`` (unknown profile) before anything executes.
     """
+    from . import params as P
+
     get_profile(profile)
-    decl = {c: declared_parameters(read_notebook(notebook_path(c))) for c in chapters}
+    nbs = {c: read_notebook(notebook_path(c)) for c in chapters}
+    decl = {c: declared_parameters(nb) for c, nb in nbs.items()}
     out: dict[str, dict[str, Any]] = {c: {} for c in chapters}
     for c in chapters:
         if "profile" in decl[c]:
@@ -184,8 +210,16 @@ def resolve_parameters(chapters: Sequence[str], raw: Sequence[tuple[str, str]],
             raise ParameterError(
                 f"parameter {name!r} is not declared by {', '.join(chapters)}; "
                 f"valid parameters: {', '.join(valid) or '(none)'}")
+        if name in P.DATA_PARAMETERS:
+            ignoring = [c for c in chapters if name not in decl[c] and loads_study(nbs[c])]
+            if ignoring:
+                raise ParameterError(
+                    f"parameter {name!r} changes the data every chapter reads, but {', '.join(ignoring)} "
+                    f"load the study without declaring it and would silently use its default; "
+                    f"run only {', '.join(owners)} with it, or leave it out")
         for c in owners:
-            out[c][name] = coerce(decl[c][name], value)
+            p = decl[c][name]
+            out[c][name] = P.check(name, coerce(p, value), p.default)
     return out
 
 
@@ -247,24 +281,51 @@ def _fold_injected_parameters(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's layout in ``--help``."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m helpers.run`` (every option's help states its default)."""
+    ap = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__, formatter_class=_Help)
+    ap.add_argument("chapters", nargs="*",
+                    help="chapters to execute, e.g. 01_data or notebooks/01_data.py (default: every chapter "
+                         "of _toc.yml, in order)")
+    ap.add_argument("--profile", default="demo",
+                    help=f"which inputs the chapters use: {', '.join(PROFILES)} (default: demo)")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="set a chapter parameter; repeatable; checked before anything runs "
+                         "(default: none, each chapter's own defaults; see --list-params)")
+    ap.add_argument("--out", type=Path, default=EXECUTED_DIR,
+                    help="folder for the executed notebooks (default: book/chapters)")
+    ap.add_argument("--kernel", default=None,
+                    help=f"Jupyter kernel to execute with (default: {KERNEL_NAME}, registered for this "
+                         f"Python on first use)")
+    ap.add_argument("--list-params", action="store_true",
+                    help="print the chapters' parameters, defaults, types and valid values, then exit "
+                         "(default: off)")
+    return ap
+
+
+def list_params(chapters: Sequence[str]) -> None:
+    """Print each chapter's parameters: default, type, valid values, comment."""
+    from . import params as P
+
+    for c in chapters:
+        print(c)
+        for p in declared_parameters(read_notebook(notebook_path(c))).values():
+            valid = "" if p.name == "profile" else P.describe(p.name)
+            if p.name == "profile":
+                valid = f"one of {', '.join(PROFILES)}; set with --profile"
+            print(f"  {p.name} = {p.default!r}  ({p.type_name}{'; ' + valid if valid else ''})  {p.comment}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("chapters", nargs="*", help="chapters (e.g. 01_data); default: all in _toc.yml")
-    ap.add_argument("--profile", default="demo", help=f"one of {', '.join(PROFILES)} (default demo)")
-    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                    metavar=("NAME", "VALUE"), help="set a chapter parameter (repeatable)")
-    ap.add_argument("--out", type=Path, default=EXECUTED_DIR, help="folder for executed copies")
-    ap.add_argument("--kernel", default=None, help="Jupyter kernel (default: this Python)")
-    ap.add_argument("--list-params", action="store_true", help="print chapters' parameters and exit")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        chapters = [notebook_path(c).stem for c in args.chapters] or toc_chapters()
+        chapters = [_chapter_name(c) for c in args.chapters] or toc_chapters()
         if args.list_params:
-            for c in chapters:
-                print(c)
-                for p in declared_parameters(read_notebook(notebook_path(c))).values():
-                    print(f"  {p.name} = {p.default!r}  ({p.type_name}) {p.comment}")
+            list_params(chapters)
             return 0
         params = resolve_parameters(chapters, [tuple(x) for x in args.parameter], args.profile)
     except (ParameterError, ValueError, FileNotFoundError) as e:
@@ -275,20 +336,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     times_file = output_dir(args.profile) / "run_times.json"
     for c in tqdm(chapters, desc=f"chapters ({args.profile})", unit="chapter"):
         t0 = time.perf_counter()
-        path = execute(c, params[c], args.out, args.kernel)
+        try:
+            path = execute(c, params[c], args.out, args.kernel)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted during {c}; its previous executed copy (if any) is unchanged", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001 - one message per failed chapter, not a traceback
+            print(f"error: {_failure_message(c, e, args.out)}", file=sys.stderr)
+            return 1
         dt = time.perf_counter() - t0
         tqdm.write(f"{c}: {dt:.1f} s -> {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
         record_time(times_file, c, dt, params[c])
     return 0
 
 
+def _chapter_name(name: str) -> str:
+    """``01_data`` for a chapter of notebooks/ (however it was given); the path for any other file."""
+    p = notebook_path(name)
+    return p.stem if p.resolve().parent == NOTEBOOK_DIR.resolve() else str(p)
+
+
+def _failure_message(chapter: str, e: Exception, out_dir: Path) -> str:
+    """One line: which chapter failed, the error raised inside it, where the failed copy is."""
+    failed = out_dir / f"{notebook_path(chapter).stem}.failed.ipynb"
+    what = f"{e.ename}: {e.evalue}" if hasattr(e, "ename") else f"{type(e).__name__}: {e}"
+    where = f"; the executed cells are in {failed}" if failed.exists() else ""
+    return f"chapter {chapter} failed: {what.strip()}{where}"
+
+
 def record_time(path: Path, chapter: str, seconds: float, params: dict[str, Any]) -> None:
-    """Add one chapter's execution time to ``run_times.json`` (the benchmark page reads it)."""
+    """Add one chapter's execution time to ``run_times.json`` (the benchmark page reads it).
+
+    An unreadable ``run_times.json`` is replaced (a warning names it)."""
     import datetime as dt
 
-    from .io import atomic_write_json
+    from .io import atomic_write_json, read_json_cache
 
-    old = json.loads(path.read_text()) if path.is_file() else {}
+    old = read_json_cache(path) or {}
     old[chapter] = {"seconds": seconds, "params": params, "cores": os.cpu_count(),
                     "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     atomic_write_json(path, old)

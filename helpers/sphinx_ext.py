@@ -49,8 +49,18 @@ def _config_inited(app: Any, config: Any) -> None:
     config.mathjax_path = f"mathjax/MathJax.js?config={CONFIG}"
     config.mathjax3_config = None  # a MathJax 3 configuration would confuse MathJax 2
     config.myst_update_mathjax = False
+    # No font request may fail in the console: MathJax 2's blank test font points at about:blank
+    # (blocked by Chrome), and the NativeMML styles (used by the hidden assistive MathML, e.g. for
+    # \mathbb) point at TeX fonts that jupyter-server-mathjax does not ship. Use local() instead.
+    fonts = [("Caligraphic", False), ("Caligraphic", True), ("AMS", False), ("Script", False),
+             ("Fraktur", False), ("Fraktur", True)]
+    local = {f"@font-face /*{i}*/": {"font-family": f"MathJax_{name}-WEB", "src": f"local('MathJax_{name}')",
+                                     **({"font-weight": "bold"} if bold else {})}
+             for i, (name, bold) in enumerate(fonts, 1)}
+    blank = {"@font-face": {"font-family": "MathJax_Blank", "src": "local('MathJax_Blank')"}}
     config.mathjax2_config = {"HTML-CSS": {"availableFonts": [], "preferredFont": None, "webFont": "STIX-Web",
-                                            "imageFont": None},
+                                            "imageFont": None, "styles": blank},
+                              "NativeMML": {"styles": local},
                               "SVG": {"font": "STIX-Web"}}
 
 

@@ -76,6 +76,7 @@ for i, ((prof, mid), sub) in enumerate(table.groupby(["profile", "model_id"])):
     x = [settings.index(s) + 0.12 * i for s in sub.index]
     # a percentile interval need not contain the estimate (tiny runs): no negative bar
     cis = list(zip(sub.auroc_macro, sub.auroc_macro_ci))
+    cis = [(v, c if c and None not in c else None) for v, c in cis]
     lo = [max(v - c[0], 0) if c else 0 for v, c in cis]
     hi = [max(c[1] - v, 0) if c else 0 for v, c in cis]
     ax.errorbar(x, sub.auroc_macro, yerr=[lo, hi], fmt="o", capsize=4,

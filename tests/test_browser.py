@@ -2,12 +2,18 @@
 JavaScript console error, a missing image or a broken internal link; screenshots of the intro
 and the results page go to _build/screenshots/.
 
+Every page is judged only after it has settled (:data:`SETTLE_JS`, bounded by
+:data:`SETTLE_S` seconds): the document loaded, every image finished (loaded or failed) and
+MathJax's startup typesetting done. A busy machine then only makes the check slower, not flaky.
+
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); skipped with the
-install command otherwise.
+install command otherwise. ``IUXRAY_TEST_SITE=<folder with index.html>`` checks an already built
+site instead of building one (for repeating the browser check alone).
 """
 
 import functools
 import http.server
+import os
 import shutil
 import threading
 from html.parser import HTMLParser
@@ -62,9 +68,49 @@ def _toc_pages() -> list[str]:
     return [f"{p}.html" for p in pages]
 
 
+SETTLE_S = 60
+"""Upper bound (seconds) on waiting for a page to settle before it is judged."""
+
+SETTLE_JS = """
+const limitMs = arguments[0], done = arguments[arguments.length - 1], t0 = Date.now();
+for (const img of document.images) { if (img.loading === 'lazy') img.loading = 'eager'; }
+function afterMathJax(cb) {
+  const MJ = window.MathJax;
+  // (MathJax 2 waits on a callback's return value: return nothing from these, or they deadlock)
+  if (MJ && MJ.Hub && MJ.Hub.Register) {
+    MJ.Hub.Register.StartupHook('End', () => { MJ.Hub.Queue(() => { cb('v2'); }); });
+  }
+  else if (MJ && MJ.startup && MJ.startup.promise) { MJ.startup.promise.then(() => cb('v3'), () => cb('v3')); }
+  else { cb(MJ ? 'unknown' : 'none'); }
+}
+let finished = false;
+function finish(settled, mathjax) {
+  if (!finished) { finished = true; done({settled: settled, mathjax: mathjax, ms: Date.now() - t0}); }
+}
+setTimeout(() => finish(false, 'still typesetting'), limitMs);  // the whole wait is bounded
+(function poll() {
+  const loaded = document.readyState === 'complete' && Array.from(document.images).every(i => i.complete);
+  if (loaded) { afterMathJax(m => finish(true, m)); }
+  else if (!finished) { setTimeout(poll, 100); }
+})();
+"""
+"""Resolves when the page has loaded, every image is complete and MathJax's startup typesetting
+(version 2's ``End`` hook, then its queue; version 3's startup promise) has finished; or, at the
+latest, after ``limitMs`` with ``settled: false`` (and what it was still waiting for)."""
+
+
+def settle(browser, url: str) -> dict:
+    """Open ``url`` and wait (bounded by :data:`SETTLE_S`) until it has settled; returns the
+    script's report ``{settled, mathjax, ms}``."""
+    browser.get(url)
+    browser.set_script_timeout(SETTLE_S + 15)
+    return browser.execute_async_script(SETTLE_JS, SETTLE_S * 1000)
+
+
 @pytest.fixture(scope="module")
-def site(built_book):
-    html = built_book / "_build" / "html"
+def site(request):
+    prebuilt = os.environ.get("IUXRAY_TEST_SITE")
+    html = Path(prebuilt) if prebuilt else request.getfixturevalue("built_book") / "_build" / "html"
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *a):
             pass
@@ -101,8 +147,9 @@ def test_every_page_loads_cleanly(site, browser):
     problems = []
     for page in _toc_pages():
         assert (html / page).is_file(), f"{page} missing from the built site"
-        browser.get(urljoin(base, page))
-        browser.execute_script("return document.readyState")
+        state = settle(browser, urljoin(base, page))
+        if not state["settled"]:
+            problems.append(f"{page}: did not settle within {SETTLE_S} s (images or MathJax still loading)")
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         problems += [f"{page}: console error: {e['message']}" for e in errors]
         broken = browser.execute_script(
@@ -117,12 +164,14 @@ def test_every_page_loads_cleanly(site, browser):
 def test_math_renders_from_the_local_mathjax(site, browser):
     html, base = site
     assert (html / "_static" / "mathjax" / "MathJax.js").is_file()
-    browser.get(urljoin(base, "book/chapters/02_zero_shot.html"))
+    state = settle(browser, urljoin(base, "book/chapters/02_zero_shot.html"))
+    assert state["settled"] and state["mathjax"] == "v2", state
     rendered = browser.execute_script(
-        "return new Promise(r => { const t0 = Date.now(); (function poll() {"
-        "  const n = document.querySelectorAll('.MathJax, .MathJax_Display, mjx-container').length;"
-        "  if (n > 0 || Date.now() - t0 > 20000) r(n); else setTimeout(poll, 200); })(); })")
+        "return document.querySelectorAll('.MathJax, .MathJax_Display, mjx-container').length")
     assert rendered > 0, "no equation was typeset by MathJax"
+    unrendered = browser.execute_script(
+        "return document.querySelectorAll('.MathJax_Error, .MathJax_Preview:not(:empty)').length")
+    assert unrendered == 0, f"{unrendered} equation(s) failed to typeset"
 
 
 def test_internal_links_resolve(site):

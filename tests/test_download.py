@@ -4,6 +4,7 @@ import errno
 import hashlib
 import http.server
 import io
+import json
 import tarfile
 import threading
 
@@ -29,14 +30,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404, "Not Found")
             return
         body = st.get("body", PAYLOAD)
+        etag = st.get("etag")
         start = 0
         rng = self.headers.get("Range")
-        if rng and st.get("ranges", True):
+        if_range = self.headers.get("If-Range")
+        stale = if_range is not None and if_range != etag and not st.get("ignore_if_range")
+        if rng and st.get("ranges", True) and not stale:
             start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            first = 0 if st.get("wrong_range") else start
+            self.send_header("Content-Range", f"bytes {first}-{len(body) - 1}/{len(body)}")
+            start = first
         else:
             self.send_response(200)
+        if etag:
+            self.send_header("ETag", etag)
         rest = body[start:]
         self.send_header("Content-Length", str(len(rest)))
         self.end_headers()
@@ -164,3 +178,121 @@ def test_truncated_archive_is_named(tmp_path):
 def test_unknown_source_is_named():
     with pytest.raises(ValueError, match="unknown source"):
         D.download(["imgs"])
+
+
+# --- bullet 2: ranges, origins, pinned sizes, refused members -------------------------------
+
+
+def _partial(tmp_path, data: bytes, url: str | None, etag: str | None = None):
+    """A partial download as an earlier run would have left it (origin record beside it)."""
+    (tmp_path / "f.bin.part").write_bytes(data)
+    if url is not None:
+        (tmp_path / "f.bin.part.json").write_text(json.dumps({"url": url, "etag": etag}))
+
+
+def test_partial_larger_than_remote_is_discarded_not_taken_as_complete(server, tmp_path):
+    url, st = server
+    _partial(tmp_path, PAYLOAD + b"junk" * 1000, f"{url}/f")  # 416: the range starts past the end
+    p = D.fetch(f"{url}/f", tmp_path / "f.bin", progress=False, backoff=0.01)
+    assert p.read_bytes() == PAYLOAD
+    assert st["requests"][0] == f"bytes={len(PAYLOAD) + 4000}-" and st["requests"][1] is None
+
+
+def test_partial_equal_to_remote_is_complete_after_416(server, tmp_path):
+    url, st = server
+    _partial(tmp_path, PAYLOAD, f"{url}/f")
+    assert D.fetch(f"{url}/f", tmp_path / "f.bin", SHA, progress=False).read_bytes() == PAYLOAD
+    assert st["requests"] == [f"bytes={len(PAYLOAD)}-"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["f.bin"]
+
+
+@pytest.mark.parametrize("origin", ["http://elsewhere.invalid/f", None])
+def test_partial_from_another_url_or_unknown_origin_is_not_spliced(server, tmp_path, origin):
+    url, st = server
+    _partial(tmp_path, b"X" * 5000, origin)
+    assert D.fetch(f"{url}/f", tmp_path / "f.bin", progress=False).read_bytes() == PAYLOAD
+    assert st["requests"] == [None]  # started from byte 0
+
+
+@pytest.mark.parametrize("ignore_if_range", [False, True])
+def test_changed_remote_file_restarts(server, tmp_path, ignore_if_range):
+    url, st = server
+    st.update(etag='"v2"', ignore_if_range=ignore_if_range)
+    _partial(tmp_path, b"Y" * 5000, f"{url}/f", etag='"v1"')
+    assert D.fetch(f"{url}/f", tmp_path / "f.bin", progress=False, backoff=0.01).read_bytes() == PAYLOAD
+
+
+def test_206_not_continuing_the_partial_file_restarts(server, tmp_path):
+    url, st = server
+    st.update(mode="reset", faults=1, wrong_range=True)
+    assert D.fetch(f"{url}/f", tmp_path / "f.bin", SHA, progress=False, backoff=0.01).read_bytes() == PAYLOAD
+    assert st["requests"][1].startswith("bytes=") and st["requests"][2] is None
+
+
+def test_resume_sends_the_etag_as_if_range(server, tmp_path):
+    url, st = server
+    st.update(etag='"v1"', mode="reset", faults=1)
+    assert D.fetch(f"{url}/f", tmp_path / "f.bin", SHA, progress=False, backoff=0.01).read_bytes() == PAYLOAD
+    assert st["requests"][1].startswith("bytes=")
+
+
+def test_pinned_size_mismatch_is_refused(server, tmp_path):
+    url, st = server
+    with pytest.raises(D.DownloadError, match=f"{len(PAYLOAD)} bytes, expected {len(PAYLOAD) + 1}"):
+        D.fetch(f"{url}/f", tmp_path / "f.bin", progress=False, size=len(PAYLOAD) + 1)
+    assert not (tmp_path / "f.bin").exists()
+
+
+def test_every_source_documents_its_checksum():
+    for s in D.SOURCES.values():
+        assert s.sha256 or "checksum" in s.note, s.name
+
+
+def test_tar_member_leaving_the_folder_is_refused_by_name(tmp_path):
+    bad = tmp_path / "a.tgz"
+    bad.write_bytes(_tgz({"ok.png": b"1", "../evil.png": b"2"}))
+    with pytest.raises(D.DownloadError, match=r"refused to extract member '\.\./evil\.png'.*outside"):
+        D.extract(bad, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evil.png").exists()
+    assert not (tmp_path / "out.extracting").exists()
+
+
+def test_absolute_member_lands_inside_the_folder(tmp_path):
+    (tmp_path / "a.tgz").write_bytes(_tgz({"/abs/x.png": b"2"}))
+    out = D.extract(tmp_path / "a.tgz", tmp_path / "out", progress=False)
+    assert (out / "abs" / "x.png").read_bytes() == b"2"  # the 'data' filter strips the leading slash
+
+
+def test_links_are_not_extracted_and_listed(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        info = tarfile.TarInfo("a.png")
+        info.size = 1
+        t.addfile(info, io.BytesIO(b"1"))
+        link = tarfile.TarInfo("l.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(link)
+    (tmp_path / "a.tgz").write_bytes(buf.getvalue())
+    out = D.extract(tmp_path / "a.tgz", tmp_path / "out", progress=False)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["files"] == ["a.png"] and man["refused"] == ["l.png (symlink)"]
+
+
+def test_garbage_record_is_ignored_with_a_warning(server, tmp_path):
+    from helpers.io import CacheMissWarning
+
+    url, st = server
+    st["body"] = _tgz({"CXR1_1_IM-0001-4001.png": b"png1"})
+    (tmp_path / "downloads.json").write_bytes(b"\x00garbage")
+    with pytest.warns(CacheMissWarning, match="downloads.json"):
+        D.download(["images"], tmp_path, {"images": f"{url}/x.tgz"}, progress=False)
+    assert json.loads((tmp_path / "downloads.json").read_text())["images"]["bytes"] == len(st["body"])
+
+
+def test_cli_errors_are_one_line(capsys):
+    assert D.main(["imgs"]) == 1
+    assert D.main(["--url", "no-equals-sign"]) == 1
+    assert D.main(["--sha256", "images=abc"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert "imgs" in err[0] and "NAME=VALUE" in err[1] and "64 hex" in err[2]

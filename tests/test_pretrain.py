@@ -108,3 +108,85 @@ def test_cosine_schedule():
     assert PT.cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert PT.cosine_lr(10, 100, 1.0, 10) == pytest.approx(1.0)
     assert PT.cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-9)
+
+
+# --- bullet 1: committed artefacts are never overwritten by a run -----------------------------
+
+
+def _copy_checkpoint(tmp_path):
+    import shutil
+
+    dst = tmp_path / "tiny-pretrained"
+    shutil.copytree(REPO_ROOT / "models" / "tiny-pretrained", dst)
+    return dst
+
+
+def _digests(folder):
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
+
+
+def test_interrupted_pretraining_leaves_the_checkpoint_byte_identical(tmp_path, data_env, monkeypatch):
+    out = _copy_checkpoint(tmp_path)
+    before = _digests(out)
+    calls = []
+    real = PT.clip_step
+
+    def interrupted(*a, **k):  # Ctrl-C in the middle of training
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(PT, "clip_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        PT.pretrain(n_samples=32, epochs=1, batch_size=16, out=out, workers=1, progress=False, device="cpu")
+    assert len(calls) == 2  # it was interrupted mid-run, after the tokenizer and a first step
+    assert _digests(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-pretrained"]  # no build folder left behind
+    committed = REPO_ROOT / "models" / "tiny-pretrained"
+    assert _digests(committed) == before
+
+
+def test_finished_pretraining_replaces_the_folder_and_records_every_hash(tmp_path, data_env):
+    from helpers import models as M
+
+    out = _copy_checkpoint(tmp_path)
+    old = sha256_file(out / "open_clip_model.safetensors")
+    log = PT.pretrain(n_samples=32, epochs=1, batch_size=16, out=out, workers=1, progress=False, device="cpu",
+                      max_steps=1)
+    assert log["steps"] == 1 and sha256_file(out / "open_clip_model.safetensors") == log["weights_file_sha256"] != old
+    assert set(log["files_sha256"]) >= {"open_clip_model.safetensors", "vocab.txt", "tokenizer.json", "config.json"}
+    M.verify_pretrained(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-pretrained"]
+
+
+def test_tiny_weights_are_verified_against_the_log(tmp_path, monkeypatch):
+    from helpers import models as M
+
+    out = _copy_checkpoint(tmp_path)
+    monkeypatch.setattr(M, "TINY_PRETRAINED_DIR", out)
+    assert M.resolve_spec("tiny")[1] == out
+    w = out / "open_clip_model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.write_bytes(bytes(data))
+    with pytest.raises(M.CheckpointError, match=r"open_clip_model\.safetensors does not match the SHA-256 recorded "
+                                                 r"in .*pretrain_log\.json.*git checkout models/tiny-pretrained"):
+        M.load_model("tiny")
+
+
+def test_replaced_tokenizer_is_caught_where_every_hash_is_recorded(tmp_path, monkeypatch):
+    from helpers import models as M
+    from helpers.io import atomic_write_json
+
+    out = _copy_checkpoint(tmp_path)
+    log = json.loads((out / "pretrain_log.json").read_text())
+    log["files_sha256"] = {p.name: sha256_file(p) for p in out.iterdir() if p.name != "pretrain_log.json"}
+    atomic_write_json(out / "pretrain_log.json", log)
+    M.verify_pretrained(out)
+    (out / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    with pytest.raises(M.CheckpointError, match=r"vocab\.txt does not match"):
+        M.verify_pretrained(out)
+    (out / "pretrain_log.json").write_text("{")
+    with pytest.raises(M.CheckpointError, match=r"pretrain_log\.json cannot be read"):
+        M.verify_pretrained(out)

@@ -1,5 +1,7 @@
 """The papermill runner: parameter checking happens before anything executes."""
 
+import re
+
 import pytest
 
 from helpers import run as R
@@ -56,3 +58,155 @@ def test_coerce(default, raw, expected):
 def test_resolve_gives_profile_to_every_chapter():
     out = R.resolve_parameters(["01_data"], [("n_examples", "1")], "full")
     assert out == {"01_data": {"profile": "full", "n_examples": 1}}
+
+
+# --- bullet 3: every parameter checked before anything runs ----------------------------------
+
+from helpers import params as P  # noqa: E402
+
+
+@pytest.mark.parametrize("chapter,name,value,expect", [
+    ("02_zero_shot", "limit", "-5", r"'limit': value -5 is out of range; valid: >= 0"),
+    ("02_zero_shot", "seed_threshold", "nan", r"'seed_threshold': value nan is not a finite number"),
+    ("02_zero_shot", "n_boot", "0", r"'n_boot': value 0 is out of range; valid: >= 1"),
+    ("04_fine_tune", "lr", "inf", r"'lr': value inf is not a finite number"),
+    ("04_fine_tune", "lr", "-0.001", r"'lr': value -0.001 is out of range"),
+    ("02_zero_shot", "on_error", "ignore", r"'on_error': value 'ignore' is not allowed; valid: one of stop, skip"),
+    ("02_zero_shot", "style", "nonsense", r"one of source, target"),
+    ("01_data", "uncertain_policy", "maybe", r"one of positive, negative"),
+    ("04_fine_tune", "objective", "mse", r"one of contrastive, bce"),
+    ("01_data", "split_fractions", "[0.5, 0.6, -0.1]", r"'split_fractions'"),
+    ("01_data", "split_fractions", "0.5,0.5", r"2 element"),
+    ("01_data", "views", "sideways", r"'sideways' is not allowed"),
+    ("05_embeddings", "highlight", "Heart Big", r"'Heart Big' is not allowed"),
+    ("02_zero_shot", "model", "gpt", r"'model'.*local-dir:PATH"),
+    ("01_data", "reports_path", "no/such/file.tgz", r"'reports_path': file 'no/such/file.tgz' does not exist"),
+])
+def test_bad_values_are_refused_before_anything_runs(capsys, monkeypatch, chapter, name, value, expect):
+    monkeypatch.setattr(R, "execute", lambda *a, **k: pytest.fail("a chapter ran"))
+    assert R.main([chapter, "-p", name, value]) == 2
+    assert re.search(expect, capsys.readouterr().err)
+
+
+def test_every_declared_parameter_has_a_rule_and_its_default_passes():
+    for c in R.toc_chapters():
+        for p in R.declared_parameters(R.read_notebook(R.notebook_path(c))).values():
+            if p.name == "profile":
+                continue
+            items = p.default if isinstance(p.default, list) else [p.default]
+            if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
+                assert p.name in P.RANGES, f"{c}: add a range for {p.name!r} to helpers/params.py"
+            elif all(isinstance(x, str) for x in items):
+                assert p.name in {**P.CHOICES, **P.PATTERNS, **P.PATHS} or p.name in P.FREE, \
+                    f"{c}: add choices, a pattern or a path rule for {p.name!r} to helpers/params.py"
+            assert P.check(p.name, p.default) == p.default, f"{c}: default of {p.name!r} breaks its own rule"
+    for name in P.CHOICES:
+        assert P.choices(name), name
+
+
+def test_data_parameter_is_refused_when_a_chapter_would_ignore_it(capsys):
+    assert R.main(["-p", "uncertain_policy", "negative"]) == 2
+    err = capsys.readouterr().err
+    assert "'uncertain_policy' changes the data" in err and "02_zero_shot" in err and "06_grad_cam" in err
+    out = R.resolve_parameters(["01_data"], [("uncertain_policy", "negative")], "demo")
+    assert out["01_data"]["uncertain_policy"] == "negative"
+
+
+def test_data_parameter_reaches_every_chapter_that_declares_it(monkeypatch):
+    real = R.declared_parameters
+
+    def with_policy(nb):
+        d = real(nb)
+        if d:
+            d.setdefault("uncertain_policy", R.Param("uncertain_policy", "positive", ""))
+        return d
+
+    monkeypatch.setattr(R, "declared_parameters", with_policy)
+    chapters = R.toc_chapters()
+    out = R.resolve_parameters(chapters, [("uncertain_policy", "negative")], "demo")
+    using = [c for c in chapters if R.loads_study(R.read_notebook(R.notebook_path(c)))]
+    assert len(using) >= 5 and all(out[c]["uncertain_policy"] == "negative" for c in using)
+
+
+def test_path_parameters_become_absolute(tmp_path, monkeypatch):
+    (tmp_path / "r.tgz").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    out = R.resolve_parameters(["01_data"], [("reports_path", "r.tgz")], "demo")
+    assert out["01_data"]["reports_path"] == str(tmp_path / "r.tgz")
+
+
+def test_list_params_shows_valid_values(capsys):
+    assert R.main(["02_zero_shot", "04_fine_tune", "--list-params"]) == 0
+    out = capsys.readouterr().out
+    assert "on_error = 'stop'  (str; one of stop, skip)" in out
+    assert "limit = 0  (int; >= 0)" in out and "seed_threshold = 0.5  (float; in [0, 1])" in out
+    assert "objective = 'contrastive'  (str; one of contrastive, bce)" in out
+
+
+def test_hints_name_only_parameters_that_exist():
+    from helpers.config import REPO_ROOT
+
+    declared = {p for c in R.toc_chapters() for p in R.declared_parameters(R.read_notebook(R.notebook_path(c)))}
+    files = [*sorted((REPO_ROOT / "helpers").glob("*.py")), *sorted((REPO_ROOT / "notebooks").glob("*.py")),
+             REPO_ROOT / "README.md"]
+    texts = [f.read_text() for f in files]
+    named = {m for t in texts for m in re.findall(r"-p ([a-z_]+) ", t)} - {"name"}
+    assert named and named <= declared, f"hints name undeclared parameters: {sorted(named - declared)}"
+
+
+# --- bullet 7: entry points fail with one message, never a traceback; --help gives defaults ----
+
+
+def _parsers():
+    from helpers import distributed, download, pretrain
+
+    sub = distributed.build_parser()._subparsers._group_actions[0].choices["finetune"]
+    return {"run": R.build_parser(), "download": download.build_parser(), "pretrain": pretrain.build_parser(),
+            "distributed finetune": sub}
+
+
+def test_every_option_states_its_default():
+    for name, ap in _parsers().items():
+        for a in ap._actions:
+            if a.dest == "help":
+                continue
+            assert a.help and "default" in a.help, f"{name}: {'/'.join(a.option_strings) or a.dest} has no default"
+
+
+@pytest.mark.parametrize("argv", [["--lr", "nan"], ["--n-samples", "10"], ["--epochs", "0"], ["--device", "tpu"]])
+def test_pretrain_bad_options_are_one_message(capsys, argv):
+    from helpers import pretrain
+
+    assert pretrain.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+
+
+@pytest.mark.parametrize("argv,expect", [([], "not started by torchrun"), (["--objective", "mse"], "--objective"),
+                                         (["--limit", "-1"], "--limit"), (["--profile", "fast"], "unknown profile")])
+def test_distributed_without_torchrun_or_bad_options_is_one_message(capsys, monkeypatch, argv, expect):
+    from helpers import distributed
+
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    assert distributed.main(["finetune", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0]
+
+
+def test_cli_error_in_a_real_process_has_no_traceback():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "helpers.distributed", "finetune"], capture_output=True, text=True)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and "torchrun" in p.stderr
+
+
+def test_failing_chapter_is_one_message(tmp_path, capsys, data_env):
+    nb = tmp_path / "99_fails.py"
+    nb.write_text("# ---\n# jupyter:\n#   kernelspec:\n#     display_name: Python 3\n#     language: python\n"
+                  '#     name: python3\n# ---\n\n# %% tags=["parameters"]\nprofile = "demo"\n\n# %%\n1 / 0\n')
+    assert R.main([str(nb), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "99_fails.py failed: ZeroDivisionError: division by zero" in err
+    assert "99_fails.failed.ipynb" in err and "Traceback" not in err
