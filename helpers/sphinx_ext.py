@@ -8,13 +8,16 @@ there, configured for the STIX-Web fonts the package ships.
 
 It also removes scripts that Jupyter Book 1.0.4's stack adds to every page twice (sphinx-thebe's
 ``const THEBE_JS_URL = ...``, whose second copy is a SyntaxError in the console) and gives the
-pydata theme a valid default colour mode (its empty default logs an error on first visit).
+pydata theme a valid default colour mode (its empty default logs an error on first visit), and
+points the "edit" and "source" buttons of executed chapters at their jupytext sources
+(``notebooks/NN_name.py``), not at the executed copies the book renders.
 The headless-browser test (``tests/test_browser.py``) checks the result. Enabled in
 ``_config.yml`` (``sphinx.extra_extensions``).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,22 @@ def _page_context(app: Any, pagename: str, templatename: str, context: dict, doc
         context["script_files"][:] = unique
     if not context.get("default_mode"):
         context["default_mode"] = "auto"
+    _point_buttons_at_sources(context.get("header_buttons", []))
+
+
+def _source_of(url: str) -> str:
+    """An executed chapter's repository URL -> its jupytext source: ``book/chapters/NN.ipynb`` ->
+    ``notebooks/NN.py`` (the executed copies are build products; the sources are what to edit)."""
+    return re.sub(r"book/chapters/([0-9]\w*)\.ipynb", r"notebooks/\1.py", url)
+
+
+def _point_buttons_at_sources(buttons: list) -> None:
+    """Rewrite the edit / source links of the header buttons (nested groups included)."""
+    for b in buttons:
+        if isinstance(b, dict):
+            if isinstance(b.get("url"), str):
+                b["url"] = _source_of(b["url"])
+            _point_buttons_at_sources(b.get("buttons", []))
 
 
 def setup(app: Any) -> dict[str, Any]:
