@@ -136,7 +136,8 @@ def _fmt(v: float | None, ci: Sequence[float | None] | None) -> str:
 
 
 def findings_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Display table: one row per finding, its estimate [CI], rule, and its control beside it."""
+    """Display table: one row per finding, its estimate [CI], rule, and its control beside it.
+    (Show it with :func:`styled` so its sentences stay left-aligned on the page.)"""
     if df.empty:
         return pd.DataFrame()
     out = pd.DataFrame({
@@ -149,3 +150,8 @@ def findings_table(df: pd.DataFrame) -> pd.DataFrame:
         "verdict": df.verdict,
     })
     return out.reset_index(drop=True)
+
+
+def styled(table: pd.DataFrame):
+    """A table of sentences for the page: left-aligned cells (class ``text-table``), no index."""
+    return table.style.hide(axis="index").set_table_attributes('class="text-table"')

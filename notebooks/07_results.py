@@ -103,7 +103,7 @@ all_findings = findings.gather_findings()
 glue("n_findings", len(all_findings), display=False)
 glue("n_established", int(all_findings.verdict.str.startswith("holds").sum())
      if len(all_findings) else 0, display=False)
-findings.findings_table(all_findings)
+findings.styled(findings.findings_table(all_findings))
 
 # %% [markdown]
 # Of {glue:text}`n_findings` findings tested across all runs, {glue:text}`n_established`

@@ -88,6 +88,10 @@ def built_book(tmp_path_factory, data_env):
     for f in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO_ROOT / f, root / f)
     shutil.copytree(REPO_ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters"))
+    shutil.copytree(REPO_ROOT / "_static", root / "_static")
+    # chapters show the helpers' code beside their equations ({literalinclude} ../../helpers/...)
+    shutil.copytree(REPO_ROOT / "helpers", root / "helpers",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     chapters = R.toc_chapters()
     decl = set()
     for c in chapters:
