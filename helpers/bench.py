@@ -44,12 +44,11 @@ from torch import nn
 
 from .config import REPO_ROOT
 
+from .bench_finetune import (BIOMEDCLIP_SIZE, IUXRAY_TRAIN, SEED_FINETUNE_MIN, _images, _timed,  # noqa: F401
+                             bench_finetune, bench_finetune_e2e, profile_step, step_variants)
+
 RESULTS = REPO_ROOT / "benchmarks" / "results.json"
-IUXRAY_TRAIN, IUXRAY_VAL = 3475, 495  # frontal images in the demo split (chapter 1)
-SEED_FINETUNE_MIN = 15.47  # the seed study's reported fine-tuning time (30 epochs)
-BIOMEDCLIP_SIZE = dict(embed_dim=512, vit_width=768, vit_depth=12, vit_heads=12, bert_width=768, bert_depth=12,
-                       bert_heads=12, vocab_size=30522, context_length=256, image_size=224, patch_size=16)
-"""TinyConfig fields of a model with BiomedCLIP's architecture and size (random weights)."""
+IUXRAY_VAL = 495  # frontal validation images in the demo split (chapter 1)
 
 
 def smoke_path() -> Path:
@@ -107,37 +106,11 @@ def plan_for(device_type: str, smoke: bool = False) -> dict:
                 thread_variants=True)
 
 
-def _images(n: int, size: int, folder: Path, seed: int = 123) -> tuple[list[str], np.ndarray]:
-    """``n`` target-style phantoms of CheXpert label vectors: (PNG paths, labels (n, 14))."""
-    from .labels import CHEXPERT_LABELS
-    from .phantoms import generate
-    from .pretrain import chexpert_corpus
-
-    corpus = chexpert_corpus(n, seed=seed)
-    man = generate(corpus, folder, style="target", size=size, progress=False)
-    return [str(folder / p) for p in man.path], corpus[list(CHEXPERT_LABELS)].to_numpy(int)
-
-
 def _cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _timed(fn, dev: torch.device | None = None) -> tuple[float, object]:
-    if dev is not None:
-        _sync(dev)
-    t0 = time.perf_counter()
-    out = fn()
-    if dev is not None:
-        _sync(dev)
-    return time.perf_counter() - t0, out
 
 
 @torch.no_grad()
@@ -189,7 +162,8 @@ def bench_embedding(model: nn.Module, preprocess, mean, std, paths: Sequence[str
             "variants": res}
 
 
-def bare_forward(tower: nn.Module, device: torch.device, batch: int = 512, steps: int = 10) -> dict:
+def bare_forward(tower: nn.Module, device: torch.device, batch: int = 512, steps: int = 10, size: int = 224,
+                 compile_too: bool = True) -> dict:
     """Images/s of the tower's forward on random tensors already on the device (no data path):
     autocast, bf16 weights, bf16 weights compiled. The ceiling the embedding path is read against."""
     import copy
@@ -197,10 +171,12 @@ def bare_forward(tower: nn.Module, device: torch.device, batch: int = 512, steps
     from .training import autocast, maybe_compile
 
     out = {}
-    x = torch.randn(batch, 3, 224, 224, device=device)
+    x = torch.randn(batch, 3, size, size, device=device)
     bf = copy.deepcopy(tower.visual).to(device, torch.bfloat16).eval()
-    for name, fn, xin in (("autocast", lambda v: tower.to(device).eval().encode_image(v), x),
-                          ("bf16", bf, x.bfloat16()), ("bf16+compile", maybe_compile(bf, "on", device)[0], x.bfloat16())):
+    variants = [("autocast", lambda v: tower.to(device).eval().encode_image(v), x), ("bf16", bf, x.bfloat16())]
+    if compile_too:
+        variants.append(("bf16+compile", maybe_compile(bf, "on", device)[0], x.bfloat16()))
+    for name, fn, xin in variants:
         with torch.inference_mode(), (autocast(device) if name == "autocast" else torch.autocast("cpu", enabled=False)):
             for _ in range(3):
                 fn(xin)
@@ -246,198 +222,6 @@ def bench_probe(dims: Sequence[int] = (96, 512), n_train: int = IUXRAY_TRAIN, n_
                        "n_train": n_train, "chosen_C": p.C,
                        "max_logit_diff_vs_sklearn": float(np.abs(np.stack(sk[p.C], 1) - ours).max())}
     return out
-
-
-def _seed_style_loader(paths, y, preprocess, batch_size):
-    from PIL import Image
-
-    class PNGs(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(paths)
-
-        def __getitem__(self, i):
-            return preprocess(Image.open(paths[i]).convert("RGB")), torch.as_tensor(y[i], dtype=torch.float32)
-
-    return torch.utils.data.DataLoader(PNGs(), batch_size=batch_size, shuffle=True, num_workers=0)
-
-
-def _seed_step_s(model, tokenizer, preprocess, paths, y, steps: int, batch_size: int, device) -> float:
-    """Seconds per step of the seed's loop: PNG decode per step, autocast-free forward, Adam,
-    a host sync per step to log the loss (one warm-up pass first)."""
-    from . import finetune as F
-    from .labels import CHEXPERT_LABELS
-
-    scorer = F.build_scorer(model, tokenizer, CHEXPERT_LABELS, F.FinetuneConfig()).to(device).train()
-    opt = torch.optim.Adam([p for p in scorer.parameters() if p.requires_grad], lr=1e-5)
-    dl = _seed_style_loader(paths, y, preprocess, batch_size)
-
-    def seed_steps():
-        it = iter(dl)
-        for _ in range(steps):
-            try:
-                x, t = next(it)
-            except StopIteration:  # a new epoch over the images: decoded again, as in the seed
-                it = iter(dl)
-                x, t = next(it)
-            loss = nn.functional.binary_cross_entropy_with_logits(scorer(x.to(device)), t.to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            float(loss)  # the seed logs every step: a host sync
-
-    seed_steps()
-    return _timed(seed_steps, device)[0] / steps
-
-
-def bench_finetune(model, tokenizer, preprocess, info, paths, steps: int, batch_size: int, device,
-                   thread_variants: bool = False) -> dict:
-    """Seconds per fine-tuning step: PNG decode in the loop (seed) vs ``finetune()`` on the pixel
-    cache (ours, one epoch of ``steps`` steps, validation excluded); on a CPU also ours at every
-    thread count from 1 to the process's (the load decides which pays). Epoch and 30-epoch
-    figures are extrapolated to IU-Xray's training split (labelled as such)."""
-    from . import finetune as F
-    from .images import build_pixel_cache
-    from .labels import CHEXPERT_LABELS
-
-    y = (np.random.default_rng(0).random((len(paths), 14)) < 0.15).astype(int)
-    steps = min(steps, len(paths) // batch_size)  # ours runs at most one epoch over the images
-    seed_step = _seed_step_s(model, tokenizer, preprocess, paths, y, steps, batch_size, device)
-    ids = [Path(p).stem for p in paths]
-    threads0 = torch.get_num_threads()
-    counts = range(1, threads0 + 1) if thread_variants and device.type == "cpu" else [0]
-    by_threads = {}
-    with tempfile.TemporaryDirectory() as d:
-        cache = build_pixel_cache(paths, ids, preprocess, cache_dir=d, progress=False)
-        train, val = np.arange(len(paths)), np.arange(min(len(paths), 2 * batch_size))
-        for n in counts:
-            cfg = F.FinetuneConfig(epochs=1, batch_size=batch_size, lr=1e-5, max_steps_per_epoch=steps,
-                                   augmentation=False, patience=1, cpu_threads=n)
-            args = (model, tokenizer, cache, y, train, val, CHEXPERT_LABELS, info.mean, info.std, "bench", cfg)
-            F.finetune(*args, Path(d) / f"warm{n}", device=device, progress=False)
-            run = F.finetune(*args, Path(d) / f"runs{n}", device=device, progress=False)
-            by_threads[str(run.history[0]["threads"]) if n else "auto"] = run.history[0]["epoch_s"] / steps
-    ours_step = by_threads.get("auto", min(by_threads.values()))
-    steps_epoch = IUXRAY_TRAIN // batch_size
-    return {"steps": steps, "batch_size": batch_size, "seed_step_s": seed_step, "ours_step_s": ours_step,
-            "ours_step_s_by_threads": by_threads, "load_avg_1min": os.getloadavg()[0],
-            "speedup": seed_step / ours_step, "ours_epoch_s_extrapolated": ours_step * steps_epoch,
-            "ours_30_epochs_min_extrapolated": ours_step * steps_epoch * 30 / 60,
-            "seed_30_epochs_min_extrapolated": seed_step * steps_epoch * 30 / 60}
-
-
-def _build_model(spec: str, texts: Sequence[str], folder: Path, device: torch.device):
-    """``tiny`` (the committed demo model) or ``biomedclip-size`` (BiomedCLIP's architecture and
-    size from configs, random weights): (model, preprocess, tokenizer, info)."""
-    from .models import TinyConfig, build_tiny, load_model
-
-    if spec == "tiny":
-        return load_model("tiny", device=device)
-    if spec != "biomedclip-size":
-        raise ValueError(f"model size must be 'tiny' or 'biomedclip-size', got {spec!r}")
-    return load_model(f"local-dir:{build_tiny(folder, list(texts), TinyConfig(**BIOMEDCLIP_SIZE))}", device=device)
-
-
-def bench_finetune_e2e(spec: str, n_train: int, n_val: int, epochs: int, batch_sizes: Sequence[int],
-                       checkpoint_every: int, device: torch.device, folder: Path) -> dict:
-    """``finetune()`` end to end (data, augmentation, validation every epoch, checkpoints, resume
-    files) on ``n_train`` + ``n_val`` rendered phantoms, per batch size: wall minutes, seconds per
-    epoch, what the fast path ran, and the validation curve."""
-    from . import finetune as F
-    from .images import build_pixel_cache
-    from .pretrain import chexpert_corpus
-
-    paths, y = _images(n_train + n_val, 224, folder / "png", seed=7)
-    model, preprocess, tok, info = _build_model(spec, chexpert_corpus(n_train, seed=7).caption, folder / "model", device)
-    cache = build_pixel_cache(paths, [Path(p).stem for p in paths], preprocess, cache_dir=folder / "cache",
-                              progress=False)
-    train, val = np.arange(n_train), np.arange(n_train, n_train + n_val)
-    out: dict = {"model": spec, "n_params_M": info.n_params / 1e6, "n_train": n_train, "n_val": n_val,
-                 "epochs": epochs, "checkpoint_every": checkpoint_every, "runs": {}}
-    for bs in batch_sizes:
-        cfg = F.FinetuneConfig(epochs=epochs, batch_size=bs, lr=1e-5, patience=epochs, checkpoint_every=checkpoint_every)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t, run = _timed(lambda: F.finetune(model, tok, cache, y, train, val, _labels(), info.mean, info.std, f"bench-{spec}", cfg,
-                                           folder / f"runs{bs}", device=device, progress=False), device)
-        ep = [h["epoch_s"] for h in run.history]
-        out["runs"][str(bs)] = {
-            "wall_min": t / 60, "epoch_s_median": float(np.median(ep)), "first_epoch_s": ep[0],
-            "speedup_vs_seed_reported": SEED_FINETUNE_MIN / (t / 60) if epochs == 30 else None,
-            "fast_path": run.fast_path, "val_auroc": [h["val_auroc"] for h in run.history],
-            "peak_mem_GB": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None}
-    return out
-
-
-def _labels() -> list[str]:
-    from .labels import CHEXPERT_LABELS
-
-    return list(CHEXPERT_LABELS)
-
-
-def step_variants(model, tokenizer, image_size: int, device: torch.device, batch_size: int, steps: int = 20) -> dict:
-    """Milliseconds per fine-tuning step (random inputs on the device) for the choices the fast path
-    makes: Adam unfused / fused, eager / compiled, augmentation on the host / on the device, and
-    the cost of one checkpoint (snapshot to the host, and the file write)."""
-    from . import finetune as F
-    from .training import augment, augment_pixels, autocast, maybe_compile, to_cpu
-
-    S = image_size
-    x = torch.randn(batch_size, 3, S, S, device=device)
-    y = (torch.rand(batch_size, 14, device=device) < 0.15).float()
-    out = {}
-    for name, fused, comp in (("as_is", False, "off"), ("fused_adam", True, "off"), ("fused_adam+compile", True, "on")):
-        sc = F.build_scorer(model, tokenizer, _labels(), F.FinetuneConfig()).to(device).train()
-        opt = torch.optim.Adam([p for p in sc.parameters() if p.requires_grad], lr=1e-5,
-                               **({"fused": True} if fused and device.type == "cuda" else {}))
-
-        def loss_of(x, y, sc=sc):
-            with autocast(device):
-                return nn.functional.binary_cross_entropy_with_logits(sc(x).float(), y)
-
-        fn = maybe_compile(loss_of, comp, device)[0]
-
-        def step(fn=fn, opt=opt):
-            loss = fn(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        for _ in range(3):
-            step()
-        out[f"{name}_ms"] = 1e3 * _timed(lambda: [step() for _ in range(steps)], device)[0] / steps
-    u8 = torch.randint(0, 256, (batch_size, S, S), dtype=torch.uint8)
-    g = torch.Generator().manual_seed(0)
-    out["augment_host_ms"] = 1e3 * _timed(lambda: [augment(u8.float().div(255), g) for _ in range(5)])[0] / 5
-    u8d = u8.to(device)
-    out["augment_device_ms"] = 1e3 * _timed(lambda: [augment_pixels(u8d, g, "device") for _ in range(5)], device)[0] / 5
-    t_snap, snap = _timed(lambda: to_cpu({"scorer": sc.state_dict(), "opt": opt.state_dict()}), device)
-    with tempfile.TemporaryDirectory() as d:
-        t_write, _ = _timed(lambda: torch.save(snap, Path(d) / "last.pt"))
-        size = (Path(d) / "last.pt").stat().st_size
-    out.update(checkpoint_snapshot_s=t_snap, checkpoint_write_s=t_write, checkpoint_GB=size / 1e9)
-    return out
-
-
-def profile_step(model, tokenizer, info, batch_size: int, device, top: int = 8) -> list[dict]:
-    """torch.profiler over three fine-tuning steps: the operators with the most self CPU time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from . import finetune as F
-
-    scorer = F.build_scorer(model, tokenizer, _labels(), F.FinetuneConfig(batch_size=batch_size)).to(device).train()
-    opt = torch.optim.Adam([p for p in scorer.parameters() if p.requires_grad], lr=1e-5)
-    x = torch.randn(batch_size, 3, info.image_size, info.image_size, device=device)
-    y = (torch.rand(batch_size, 14, device=device) < 0.15).float()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(3):
-            loss = nn.functional.binary_cross_entropy_with_logits(scorer(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
-    total = sum(e.self_cpu_time_total for e in prof.key_averages())
-    return [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3 / 3, "share": e.self_cpu_time_total / total}
-            for e in ev]
 
 
 def flops_per_image(tower: nn.Module, size: int = 224) -> float:
@@ -518,11 +302,10 @@ def run(smoke: bool = False, out: Path | None = None, full_size: bool = True, de
         if e2e and plan["e2e"]:
             res["finetune_e2e"] = bench_finetune_e2e(**plan["e2e"], device=dev, folder=Path(d) / "e2e")
         if plan["step_variants"]:
-            from .models import TinyConfig, build_tiny, load_model as _load
+            from .bench_finetune import _build_model
 
-            big = _load(f"local-dir:{build_tiny(Path(d) / 'big', ['no finding', 'cardiomegaly'] * 50, TinyConfig(**BIOMEDCLIP_SIZE))}",
-                        device=dev)
-            res["step_variants_biomedclip_size"] = {str(bs): step_variants(big[0], big[2], 224, dev, bs) for bs in (32, 128)}
+            big, _, big_tok, _ = _build_model("biomedclip-size", ["no finding", "cardiomegaly"] * 50, Path(d) / "big", dev)
+            res["step_variants_biomedclip_size"] = {str(bs): step_variants(big, big_tok, 224, dev, bs) for bs in (32, 128)}
     res["probe_fit"] = bench_probe(plan["probe_dims"], *plan["probe_sizes"])
     res["book"] = book_time()
     devices = {**previous.get("devices", {}), res["machine"]["key"]: res}
@@ -547,7 +330,7 @@ def _read_results(path: Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m helpers.bench", description=__doc__.split("\n")[0],
+        prog="python -m helpers.bench", description=__doc__.split("\n")[0].replace("``", ""),
         epilog="Results are kept per device: running on a GPU adds (or replaces) that GPU's entry and keeps "
                "the CPU's. Expected failures (bad option, unreadable results file, missing package) print one "
                "message and exit with status 2.")

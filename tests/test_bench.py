@@ -134,3 +134,16 @@ def test_compiled_embeddings_pad_the_last_batch_and_match(small, monkeypatch):
     torch._dynamo.reset()
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_gpu_sections_run_on_a_cpu_at_tiny_size(small):
+    """The step variants and the bare forward that a GPU run measures work end to end (here on a
+    CPU, tiny model, no compile)."""
+    from helpers.models import load_model
+
+    model, info, _ = small
+    tok = load_model(info.source)[2]
+    sv = B.step_variants(model, tok, 64, torch.device("cpu"), batch_size=2, steps=1, compile_too=False)
+    assert sv["as_is_ms"] > 0 and sv["augment_device_ms"] > 0 and sv["checkpoint_GB"] > 0
+    bf = B.bare_forward(B._Tower(model.visual), torch.device("cpu"), batch=2, steps=1, size=64, compile_too=False)
+    assert set(bf) == {"autocast", "bf16"} and bf["bf16"]["img_per_s"] > 0
