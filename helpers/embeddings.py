@@ -55,7 +55,6 @@ def _embed_plan(model: torch.nn.Module, device: torch.device, precision: str, co
     ``torch.compile`` with a fallback to eager.
     """
     import contextlib
-    import copy
 
     from .training import maybe_compile
 
@@ -65,11 +64,32 @@ def _embed_plan(model: torch.nn.Module, device: torch.device, precision: str, co
         precision = "autocast" if device.type == "cuda" else "fp32"
     fn, dtype, ctx = model.encode_image, torch.float32, contextlib.nullcontext
     if precision == "bf16" and hasattr(model, "visual"):
-        fn, dtype = copy.deepcopy(model.visual).to(device, torch.bfloat16).eval(), torch.bfloat16
+        fn, dtype = _bf16_copy(model.visual, device), torch.bfloat16
     elif precision in ("autocast", "bf16"):
         ctx = lambda: autocast(device, cpu_bf16=True)  # noqa: E731
     fn, _ = maybe_compile(fn, compile, device, dynamic=False)
     return fn, ctx, dtype
+
+
+_BF16_COPIES: "weakref.WeakKeyDictionary" = None  # tower -> (fingerprint of its weights, bf16 copy)
+
+
+def _bf16_copy(tower: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A bf16 copy of ``tower`` on ``device``, made once and re-used while the tower's weights are
+    unchanged (same storage and in-place version counters), so repeated extractions, and a
+    compiled copy, do not pay for the copy again."""
+    import copy
+    import weakref
+
+    global _BF16_COPIES
+    if _BF16_COPIES is None:
+        _BF16_COPIES = weakref.WeakKeyDictionary()
+    key = (str(device), tuple((p.data_ptr(), p._version) for p in tower.parameters()))
+    hit = _BF16_COPIES.get(tower)
+    if hit is None or hit[0] != key:
+        hit = (key, copy.deepcopy(tower).to(device, torch.bfloat16).eval())
+        _BF16_COPIES[tower] = hit
+    return hit[1]
 
 
 def _uint8_batches(cache: PixelCache, rows: np.ndarray, batch_size: int, device: torch.device):

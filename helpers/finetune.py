@@ -282,6 +282,26 @@ class _Trainer:
         with autocast(self.dev, self.cfg.cpu_bf16):
             return self.loss_fn(self.net(x).float(), y)
 
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch; the loss (a device scalar). A compiled step whose backward
+        fails to compile (it is compiled lazily, at the first backward) is redone eagerly."""
+        loss = self.step_loss(x, y)
+        self.opt.zero_grad(set_to_none=True)
+        try:
+            loss.backward()
+        except Exception as e:  # noqa: BLE001
+            if getattr(self.step_loss, "state", "eager") != "compiled":
+                raise
+            import warnings
+
+            warnings.warn(f"the compiled backward failed ({type(e).__name__}: {str(e)[:200]}); running eager")
+            self.step_loss.state = "eager"
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.step_loss(x, y)
+            loss.backward()
+        self.opt.step()
+        return loss.detach()
+
     def compiled(self) -> str:
         """``compiled`` when the step runs through torch.compile, else ``eager``."""
         return getattr(self.step_loss, "state", "eager")
@@ -377,11 +397,7 @@ def _train_epoch(tr: _Trainer, batches: _Batches, ep: int, progress: bool) -> to
         lr = cosine_lr(ep * tr.steps_per_epoch + b, tr.total, tr.cfg.lr, tr.warmup)
         for gr in tr.opt.param_groups:
             gr["lr"] = lr
-        loss = tr.step_loss(x, yb)
-        tr.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        tr.opt.step()
-        losses.append(loss.detach())
+        losses.append(tr.step(x, yb))
         bar.update()
         if progress and b % 10 == 9:
             bar.set_postfix(loss=f"{float(torch.stack(losses[-10:]).mean()):.4f}")

@@ -100,8 +100,13 @@ def augment_pixels(pixels: torch.Tensor, gen: torch.Generator, noise: str = "hos
         raise ValueError(f"noise must be one of {AUGMENT_NOISE}, got {noise!r}")
     dev = pixels.device
     B = pixels.shape[0]
-    gamma, contrast, bright, eps, sigma, a, t = (
-        v.to(dev, non_blocking=True) for v in _augment_draws(B, pixels.shape, gen, dev, noise))
+    gamma, contrast, bright, eps, sigma, a, t = _augment_draws(B, pixels.shape, gen, dev, noise)
+    # the per-image numbers travel to the device in one small transfer (values unchanged)
+    flat = to_device(torch.cat([v.reshape(-1) for v in (gamma, contrast, bright, sigma, a, t)]), dev)
+    gamma, contrast, bright, sigma, a, t = flat.split([B, B, B, B, B, 2 * B])
+    gamma, contrast, bright, sigma = (v.view(B, 1, 1) for v in (gamma, contrast, bright, sigma))
+    t = t.view(B, 2)
+    eps = eps.to(dev, non_blocking=True)
     x = pixels.float().div_(255).clamp_(1e-4, 1).pow_(gamma)
     x = x.sub_(0.5).mul_(contrast).add_(0.5).add_(bright)  # augment's order of operations: same round-off
     x = x.add_(eps.mul_(sigma))

@@ -147,3 +147,17 @@ def test_gpu_sections_run_on_a_cpu_at_tiny_size(small):
     assert sv["as_is_ms"] > 0 and sv["augment_device_ms"] > 0 and sv["checkpoint_GB"] > 0
     bf = B.bare_forward(B._Tower(model.visual), torch.device("cpu"), batch=2, steps=1, size=64, compile_too=False)
     assert set(bf) == {"autocast", "bf16"} and bf["bf16"]["img_per_s"] > 0
+
+
+def test_bf16_copy_is_reused_until_the_weights_change(small):
+    from helpers import embeddings as E
+
+    model, _, _ = small
+    a = E._bf16_copy(model.visual, torch.device("cpu"))
+    assert E._bf16_copy(model.visual, torch.device("cpu")) is a
+    with torch.no_grad():
+        p = next(model.visual.parameters())
+        p.add_(1.0)
+        b = E._bf16_copy(model.visual, torch.device("cpu"))
+        p.sub_(1.0)
+    assert b is not a and next(b.parameters()).dtype == torch.bfloat16

@@ -234,3 +234,35 @@ def test_validation_pass_computes_text_directions_once(setup, monkeypatch):
     got = F.predict_logits(sc, cache, rows, info.mean, info.std, batch_size=3)
     assert calls["n"] == 1
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_step_falls_back_when_the_compiled_backward_fails(setup):
+    """The compiled backward is compiled lazily; if that fails the step is redone eagerly and gives
+    the eager step's loss and weights."""
+    from helpers.training import CompiledOrEager
+
+    model, tok, info, cache, y, _ = setup
+    cfg = F.FinetuneConfig(batch_size=4, compile="off", cpu_threads=1).resolved("cpu")
+    x, yb = torch.randn(4, 3, 64, 64), torch.from_numpy(y[:4].astype(np.float32))
+
+    class Boom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, v):
+            return v.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("backward compiler missing")
+
+    def trainer():
+        tr = F._Trainer(model, tok, CHEXPERT_LABELS, cfg, torch.device("cpu"), 1, 8)
+        tr.scorer.eval()  # no dropout: both trainers compute the same function
+        return tr
+
+    ref, tr = trainer(), trainer()
+    tr.step_loss = CompiledOrEager(lambda a, b: Boom.apply(tr.loss(a, b)), tr.loss)
+    with pytest.warns(UserWarning, match="compiled backward failed"):
+        loss = tr.step(x, yb)
+    assert tr.step_loss.state == "eager"
+    torch.testing.assert_close(loss, ref.step(x, yb))
+    _weights_equal(ref.scorer, tr.scorer)
