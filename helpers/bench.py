@@ -308,7 +308,11 @@ def run(smoke: bool = False, out: Path | None = None, full_size: bool = True, de
             res["step_variants_biomedclip_size"] = {str(bs): step_variants(big, big_tok, 224, dev, bs) for bs in (32, 128)}
     res["probe_fit"] = bench_probe(plan["probe_dims"], *plan["probe_sizes"])
     res["book"] = book_time()
-    devices = {**previous.get("devices", {}), res["machine"]["key"]: res}
+    # other devices' entries stay; an entry of this device type from before the per-device format
+    # (its machine has no "key") is replaced by this run
+    devices = {k: v for k, v in previous.get("devices", {}).items()
+               if v.get("machine", {}).get("key") or v.get("machine", {}).get("device") != res["machine"]["device"]}
+    devices[res["machine"]["key"]] = res
     atomic_write_json(out, {"format": 2, "latest": res["machine"]["key"], "devices": devices})
     return res
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -71,7 +72,8 @@ def _embed_plan(model: torch.nn.Module, device: torch.device, precision: str, co
     return fn, ctx, dtype
 
 
-_BF16_COPIES: "weakref.WeakKeyDictionary" = None  # tower -> (fingerprint of its weights, bf16 copy)
+_BF16_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Image tower -> (fingerprint of its weights, bf16 copy)."""
 
 
 def _bf16_copy(tower: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -79,11 +81,7 @@ def _bf16_copy(tower: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     unchanged (same storage and in-place version counters), so repeated extractions, and a
     compiled copy, do not pay for the copy again."""
     import copy
-    import weakref
 
-    global _BF16_COPIES
-    if _BF16_COPIES is None:
-        _BF16_COPIES = weakref.WeakKeyDictionary()
     key = (str(device), tuple((p.data_ptr(), p._version) for p in tower.parameters()))
     hit = _BF16_COPIES.get(tower)
     if hit is None or hit[0] != key:

@@ -35,7 +35,7 @@ import torch
 from .config import REPO_ROOT, data_dir
 from .io import atomic_write_json, sha256_bytes, sha256_file
 from .labels import CHEXPERT_LABELS
-from .training import augment, autocast, cosine_lr, normalize01, trim_tokens  # noqa: F401 - also re-exported for tests
+from .training import augment, autocast, cosine_lr, normalize01, trim_tokens
 
 PRETRAINED_DIR = REPO_ROOT / "models" / "tiny-pretrained"
 

@@ -208,8 +208,8 @@ def cpu_threads_for_load(current: int | None = None) -> int:
     when other processes keep the cores busy (1-minute load average, less this process).
 
     On a shared machine, OpenMP threads that outnumber the free cores spin at every barrier: a
-    fine-tuning step of the demo model measured 5x slower with 2 threads than with 1 on two cores
-    under a load of ~9 (notes in :mod:`helpers.finetune`).
+    fine-tuning step of the demo model measured about 5x slower with 2 threads than with 1 on two
+    busy cores (the benchmark times the step at every thread count, with the load).
     """
     current = current or torch.get_num_threads()
     try:

@@ -96,7 +96,8 @@ for k, r in DEV.items():
 emb = pd.DataFrame(rows).set_index(["device", "model", "variant"])
 vitb = emb.index.get_level_values("model") == "BiomedCLIP-size ViT-B/16"
 best = emb[vitb]["ours warm (img/s)"].droplevel("model")
-glue("emb_vitb_best", "; ".join(f"{best.loc[k].max():,.0f} img/s on {k}" for k in DEV if k in best.index.get_level_values(0))
+rate = lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.2f}"  # noqa: E731
+glue("emb_vitb_best", "; ".join(f"{rate(best.loc[k].max())} img/s on {k}" for k in DEV if k in best.index.get_level_values(0))
      or "(not measured)", display=False)
 emb.style.format({"images": "{:.0f}", "batch": "{:.0f}", "max rel. diff": "{:.1e}"}, precision=2, na_rep="–")
 
@@ -210,8 +211,12 @@ pd.concat({k: pd.DataFrame(r["profile_tiny_step"]) for k, r in DEV.items()}).sty
 
 # %% tags=["hide-input"]
 bk = next((r["book"] for k, r in DEV.items() if r.get("book")), None)
-if bk:
-    glue("book_min", f"{bk['total_s'] / 60:.1f}", display=False)
+if bk and bk["complete"]:
+    glue("book_min", f"{bk['total_s'] / 60:.1f} min", display=False)
+    book_df = pd.Series(bk["chapters_s"], name="seconds").to_frame()
+elif bk:
+    glue("book_min", f"not recorded in full (only {len(bk['chapters_s'])} chapters were executed since the last "
+                     f"`make book`; their times are above)", display=False)
     book_df = pd.Series(bk["chapters_s"], name="seconds").to_frame()
 else:
     glue("book_min", "(not recorded: run `make book`, then `make bench`)", display=False)
@@ -219,4 +224,4 @@ else:
 book_df
 
 # %% [markdown]
-# Whole book: {glue:text}`book_min` min.
+# Whole book: {glue:text}`book_min`.
