@@ -22,14 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) outside a process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from .training import rank_and_world  # noqa: F401 - its home is helpers.training (no import cycle)
 
 
 def init(backend: str = "auto") -> tuple[int, int, torch.device]:

@@ -36,6 +36,7 @@ import torch
 from .config import REPO_ROOT, data_dir
 from .io import atomic_write_json, sha256_bytes, sha256_file
 from .labels import CHEXPERT_LABELS
+from .training import augment, autocast, cosine_lr, normalize01, trim_tokens
 
 PRETRAINED_DIR = REPO_ROOT / "models" / "tiny-pretrained"
 
@@ -112,58 +113,8 @@ def chexpert_corpus(n: int, seed: int = 0, path: str | Path | None = None) -> pd
     return pd.DataFrame(out)
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to 0."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * base * (1 + math.cos(math.pi * t))
-
-
-def trim_tokens(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
-    """Drop trailing all-pad columns of a token batch (B, L) -> (B, L').
-
-    With an attention mask and a CLS pooler, trailing padding does not change any output, so
-    this only saves compute (captions are ~20 tokens, the context is 256).
-    """
-    used = (tokens != pad_id).any(0).nonzero()
-    n = int(used.max()) + 1 if len(used) else 1
-    return tokens[:, :n]
-
-
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mild photometric and geometric jitter of a batch of [0, 1] grey images (B, S, S).
-
-    Per image: gamma in [0.85, 1.15], contrast in [0.9, 1.1], brightness +-0.04, Gaussian noise
-    with std up to 0.03, rotation +-3 degrees, shift +-3%. The jitter is much smaller than the
-    source -> target style gap, so the target style stays out of distribution.
-    """
-    import torch.nn.functional as F
-
-    B = x.shape[0]
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(B, 1, 1, generator=gen)  # noqa: E731
-    x = x.clamp(1e-4, 1) ** u(0.85, 1.15)
-    x = (x - 0.5) * u(0.9, 1.1) + 0.5 + u(-0.04, 0.04)
-    x = x + torch.randn(x.shape, generator=gen) * u(0, 0.03)
-    a = (torch.rand(B, generator=gen) - 0.5) * 2 * math.radians(3)
-    t = (torch.rand(B, 2, generator=gen) - 0.5) * 0.12
-    theta = torch.stack([torch.stack([a.cos(), -a.sin(), t[:, 0]], 1),
-                         torch.stack([a.sin(), a.cos(), t[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, (B, 1, *x.shape[1:]), align_corners=False)
-    x = F.grid_sample(x.unsqueeze(1), grid, padding_mode="border", align_corners=False).squeeze(1)
-    return x.clamp(0, 1)
-
-
-def normalize01(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """[0, 1] grey (B, S, S) -> normalised (B, 3, S, S), as :func:`images.to_model_input`."""
-    x = x.unsqueeze(1).expand(-1, 3, -1, -1)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
 def clip_step(model, images: torch.Tensor, tokens: torch.Tensor, loss_fn, device: torch.device):
     """One forward pass: the CLIP loss of a batch (images normalised float, tokens trimmed)."""
-    from .embeddings import autocast
-
     with autocast(device):
         img, txt, scale = model(images, tokens)[:3]
         return loss_fn(img.float(), txt.float(), scale.float())

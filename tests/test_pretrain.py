@@ -8,6 +8,7 @@ import torch
 
 from helpers import data as D
 from helpers import pretrain as PT
+from helpers import training as T
 from helpers.config import REPO_ROOT
 from helpers.io import sha256_file
 from helpers.labels import CHEXPERT_LABELS
@@ -59,8 +60,8 @@ def test_loss_decreases_on_a_fixed_batch():
     model.train()
     S = info.image_size
     bands = (torch.arange(S) // (S // 8) == torch.arange(8).view(8, 1, 1)).float().expand(8, S, S)
-    x = PT.normalize01(0.1 + 0.8 * bands, info.mean, info.std)  # eight distinguishable images
-    t = PT.trim_tokens(tok(caps))
+    x = T.normalize01(0.1 + 0.8 * bands, info.mean, info.std)  # eight distinguishable images
+    t = T.trim_tokens(tok(caps))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = ClipLoss()
     losses = []
@@ -80,7 +81,7 @@ def test_trim_tokens_keeps_outputs(tmp_path):
     model, _, tok, _ = load_model(f"local-dir:{folder}")
     t = tok(["no effusion", "a b c a b c"])
     with torch.no_grad():
-        assert torch.allclose(model.encode_text(t), model.encode_text(PT.trim_tokens(t)), atol=1e-5)
+        assert torch.allclose(model.encode_text(t), model.encode_text(T.trim_tokens(t)), atol=1e-5)
 
 
 def test_committed_checkpoint_matches_record_and_loads():
@@ -99,15 +100,15 @@ def test_committed_checkpoint_matches_record_and_loads():
 
 def test_augment_is_seeded_and_bounded():
     x = torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(0))
-    a = PT.augment(x, torch.Generator().manual_seed(1))
-    b = PT.augment(x, torch.Generator().manual_seed(1))
+    a = T.augment(x, torch.Generator().manual_seed(1))
+    b = T.augment(x, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
 
 
 def test_cosine_schedule():
-    assert PT.cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
-    assert PT.cosine_lr(10, 100, 1.0, 10) == pytest.approx(1.0)
-    assert PT.cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-9)
+    assert T.cosine_lr(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert T.cosine_lr(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert T.cosine_lr(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-9)
 
 
 # --- bullet 1: committed artefacts are never overwritten by a run -----------------------------

@@ -79,3 +79,37 @@ def test_probe_round_trips(tmp_path):
     np.testing.assert_array_equal(q.decision_function(e), p.decision_function(e))
     with pytest.raises(FileNotFoundError, match="03_linear_probe"):
         P.load_probe(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("class_weight", ["balanced", None])
+def test_vectorised_fit_equals_sklearn_optimum(class_weight):
+    """All labels and Cs in one batched solve reach sklearn's LogisticRegression optimum (same
+    objective: class weights, unpenalised intercept), checked against a tightly converged sklearn."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(6)
+    e, y = _data(300, rng)
+    x = (e - e.mean(0)) / e.std(0)
+    y[:, 2] = (rng.random(300) < 0.05).astype(int)  # a rare label: balanced weights matter
+    Cs = [0.01, 1.0, 10.0]
+    for tol, atol in ((1e-9, 1e-5), (1e-6, 1e-3)):  # tight, and the default tolerance
+        path = P._fit_path(x, y, Cs, class_weight, max_iter=5000, tol=tol)
+        for C in Cs:
+            coef, icpt = path[C]
+            for j in range(3):
+                ref = LogisticRegression(C=C, class_weight=class_weight, tol=1e-10, max_iter=10000).fit(x, y[:, j])
+                np.testing.assert_allclose(x @ coef[j] + icpt[j], ref.decision_function(x), rtol=atol, atol=atol,
+                                           err_msg=f"C={C} label {j} tol={tol}")
+                if tol < 1e-8:
+                    np.testing.assert_allclose(coef[j], ref.coef_[0], rtol=atol, atol=atol)
+
+
+def test_vectorised_fit_uses_the_weights():
+    """Balanced and unweighted fits differ on an imbalanced label (the weights are not ignored)."""
+    rng = np.random.default_rng(7)
+    e, y = _data(300, rng)
+    y[:, 0] = (rng.random(300) < 0.05).astype(int)
+    x = (e - e.mean(0)) / e.std(0)
+    a = P._fit_path(x, y, [1.0], "balanced", 1000)[1.0]
+    b = P._fit_path(x, y, [1.0], None, 1000)[1.0]
+    assert a[1][0] > b[1][0] + 1.0  # balanced weighting lifts the rare label's intercept
