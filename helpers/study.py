@@ -97,6 +97,7 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     on_error : unreadable image policy, ``stop`` or ``skip`` (skipped ones are counted).
     """
     from . import images as I
+    from . import phantoms
     from .data import load_study_data
     from .models import load_model
 
@@ -106,7 +107,7 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     data = load_study_data(uncertain_policy, split_seed)
     split = subsample(data.split, limit)
     if prof.images == "phantoms":
-        table = I.phantom_images(split, style=style)
+        table = I.phantom_images(split, style=style, noise=phantoms.noise_rates(data.table.reports))
         source = f"phantoms ({style} style)"
     else:
         folder = Path(image_dir) if image_dir else data_dir() / "openi" / "images"
