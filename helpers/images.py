@@ -33,15 +33,20 @@ class ImageError(RuntimeError):
 
 
 def phantom_images(split: pd.DataFrame, style: str = "target", size: int = 224,
-                   workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+                   workers: int | None = None, progress: bool = True,
+                   noise: pd.DataFrame | None = None) -> pd.DataFrame:
     """The split with ``path`` and ``mask_path`` columns pointing at rendered phantoms.
 
-    Phantoms are rendered (or re-used) in ``data_dir()/phantoms/<style>-<size>``.
+    Phantoms are rendered (or re-used) in ``data_dir()/phantoms/<style>-<size>``, from the
+    split's three-valued ``text:<label>`` columns when it has them (so the uncertainty policy
+    never changes a pixel), else from its binary labels. ``noise``: label-noise rates
+    (:func:`phantoms.noise_rates` of the label table's reports), or None for none.
     """
     from . import phantoms
 
     folder = data_dir() / "phantoms" / f"{style}-{size}"
-    man = phantoms.generate(split, folder, style=style, size=size, workers=workers, progress=progress)
+    man = phantoms.generate(split, folder, style=style, size=size, workers=workers, progress=progress,
+                            noise=noise)
     man = man.set_index("image_id")
     out = split.copy()
     out["path"] = [str(folder / p) for p in man.loc[out.image_id, "path"]]

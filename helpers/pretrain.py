@@ -90,9 +90,10 @@ def caption(labels: dict[str, float], rng: np.random.Generator) -> str:
 def chexpert_corpus(n: int, seed: int = 0, path: str | Path | None = None) -> pd.DataFrame:
     """Sample ``n`` frontal rows of CheXpert's training table and caption them.
 
-    Returns one row per sample: ``image_id`` (``chexpert-<row>``), the 14 binary labels used to
-    render the phantom (positive, and uncertain with probability 1/2), the raw three-valued
-    labels as ``raw:<label>``, and ``caption``.
+    Returns one row per sample: ``image_id`` (``chexpert-<row>``), 14 binary labels (positive,
+    and uncertain with probability 1/2), the raw three-valued labels as ``raw:<label>`` (the
+    phantom is rendered from these: uncertain findings at reduced conspicuity, no label noise),
+    and ``caption``.
     """
     from .data import package_file
 
@@ -164,7 +165,8 @@ def _pretrain_into(out: Path, n_samples: int, epochs: int, batch_size: int, lr: 
     folder = data_dir() / "phantoms" / f"pretrain-source-{n_samples}-{seed}"
     from .phantoms import generate
 
-    man = generate(corpus, folder, style="source", workers=workers, progress=progress)
+    three = corpus.rename(columns={f"raw:{c}": f"text:{c}" for c in CHEXPERT_LABELS})  # drawn from 1/0/-1/NaN
+    man = generate(three, folder, style="source", workers=workers, progress=progress)
     out = Path(out)
     build_tiny(out, corpus.caption.tolist(), TinyConfig(), seed=seed)
     model, preprocess, tokenizer, info = load_model(f"local-dir:{out}", device=dev)

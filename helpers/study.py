@@ -35,6 +35,10 @@ class Study:
     image_source: str
     device: torch.device
     labels: list[str] = field(default_factory=lambda: list(CHEXPERT_LABELS))
+    style: str | None = None
+    """``demo``: the phantom style the images were rendered in (``None`` for real images)."""
+    noise: pd.DataFrame | None = None
+    """``demo``: the label-noise rates the phantoms were rendered with (:func:`phantoms.noise_rates`)."""
 
     def rows(self, split: str) -> np.ndarray:
         """Row indices of one split (``train``, ``val``, ``test``) among usable images."""
@@ -109,6 +113,7 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
         (:func:`data.load_study_data`); every chapter takes them, so they reach every chapter.
     """
     from . import images as I
+    from . import phantoms
     from .data import load_study_data
     from .models import load_model
 
@@ -118,8 +123,10 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     data = load_study_data(uncertain_policy, split_seed, split_fractions, views,
                            reports_path=reports_path or None)
     split = subsample(data.split, limit)
+    noise = None
     if prof.images == "phantoms":
-        table = I.phantom_images(split, style=style)
+        noise = phantoms.noise_rates(data.table.reports)
+        table = I.phantom_images(split, style=style, noise=noise)
         source = f"phantoms ({style} style)"
     else:
         folder = Path(image_dir) if image_dir else data_dir() / "openi" / "images"
@@ -128,7 +135,8 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     m, preprocess, tokenizer, info = load_model(model or prof.model, device=dev)
     pixels = I.build_pixel_cache(table.path, table.image_id, preprocess, on_error=on_error)
     return Study(profile, table.reset_index(drop=True), pixels, m, preprocess, tokenizer, info,
-                 data.split_hash, source, dev)
+                 data.split_hash, source, dev, style=style if noise is not None else None,
+                 noise=noise)
 
 
 def embeddings_of(study: Study, model: torch.nn.Module) -> np.ndarray:
