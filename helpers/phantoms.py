@@ -21,8 +21,10 @@ policy changes labels only, never pixels. Per finding, from its own stream:
    positive is left out with probability P(MeSH=0 | text=1), an uncertain one with
    P(MeSH=0 | text=-1), and an unlabelled one (0 or NaN) is drawn with P(MeSH=1 | text=0/NaN).
    This treats MeSH as the image's truth: an upper-end assumption, since MeSH also misses.
-2. conspicuity ``c`` in (0, 1]: a fraction :data:`SUBTLE_FRACTION` of drawn findings is
-   subtle (``c`` ~ U :data:`SUBTLE_RANGE`), the rest clear (U :data:`CLEAR_RANGE`);
+2. conspicuity ``c`` in (0, 1]: in the ``target`` style (the demo's IU-Xray images) a fraction
+   :data:`SUBTLE_FRACTION` of drawn findings is subtle (``c`` ~ U :data:`SUBTLE_RANGE`), the
+   rest clear (U :data:`CLEAR_RANGE`); the ``source`` style (the pretraining corpus, standing
+   in for the textbook-clear figures of BiomedCLIP's figure-caption pairs) has no subtle ones;
    Cardiomegaly (whose subtlety is the overlap of the cardiothoracic-ratio distributions,
    :data:`~helpers.phantom_findings.CTR_NORMAL`, :data:`~helpers.phantom_findings.CTR_CARDIOMEGALY`)
    and Support Devices (metal) have ``c = 1``. Uncertain (hedged) findings are drawn at
@@ -93,7 +95,8 @@ class Style:
     that noise (texture); blur: sigma (px) of the image blur (kernel truncated at radius
     ceil(2 * blur)); tilt_deg, shift, zoom: std of the random rotation (degrees), translation
     (fraction of size) and scale (fraction); gradient: amplitude of a smooth left-right
-    exposure gradient.
+    exposure gradient. subtle_fraction: the share of drawn findings rendered subtle (see the
+    module docstring).
     """
 
     name: str
@@ -107,13 +110,16 @@ class Style:
     shift: float
     zoom: float
     gradient: float
+    subtle_fraction: float
 
 
 STYLES: dict[str, Style] = {
     "source": Style("source", gamma=1.0, contrast=1.05, brightness=0.0, noise=0.015, grain=0.6,
-                    blur=0.5, tilt_deg=1.0, shift=0.01, zoom=0.02, gradient=0.0),
+                    blur=0.5, tilt_deg=1.0, shift=0.01, zoom=0.02, gradient=0.0,
+                    subtle_fraction=0.0),
     "target": Style("target", gamma=0.75, contrast=0.85, brightness=0.05, noise=0.04, grain=1.4,
-                    blur=0.9, tilt_deg=3.0, shift=0.03, zoom=0.05, gradient=0.1),
+                    blur=0.9, tilt_deg=3.0, shift=0.03, zoom=0.05, gradient=0.1,
+                    subtle_fraction=SUBTLE_FRACTION),
 }
 
 
@@ -195,7 +201,8 @@ def _check_keys(name: str, d: Mapping | None) -> None:
 
 
 def _decide(label: str, state: int, rng: np.random.Generator, rates: Mapping,
-            conspicuity: Mapping[str, float] | None, present: Mapping[str, bool] | None) -> float | None:
+            conspicuity: Mapping[str, float] | None, present: Mapping[str, bool] | None,
+            subtle_fraction: float = SUBTLE_FRACTION) -> float | None:
     """The finding's conspicuity if it is drawn, else None. Always takes the same three draws
     from the finding's stream first, so its geometry does not depend on the decision."""
     u_noise, u_subtle, u_c = rng.random(3)
@@ -213,13 +220,14 @@ def _decide(label: str, state: int, rng: np.random.Generator, rates: Mapping,
     if label in FULL_CONSPICUITY:
         base = 1.0
     else:
-        lo, hi = SUBTLE_RANGE if u_subtle < SUBTLE_FRACTION else CLEAR_RANGE
+        lo, hi = SUBTLE_RANGE if u_subtle < subtle_fraction else CLEAR_RANGE
         base = lo + (hi - lo) * u_c
     return base * (HEDGE_FACTOR if state == -1 else 1.0)
 
 
 def _plan(labels: Labels, seed: int, noise: NoiseRates | None, conspicuity: Mapping[str, float] | None,
-          present: Mapping[str, bool] | None) -> dict[str, tuple[float, np.random.Generator]]:
+          present: Mapping[str, bool] | None,
+          subtle_fraction: float = SUBTLE_FRACTION) -> dict[str, tuple[float, np.random.Generator]]:
     labels = _as_mapping(labels)
     _check_keys("conspicuity", conspicuity)
     _check_keys("present", present)
@@ -227,7 +235,8 @@ def _plan(labels: Labels, seed: int, noise: NoiseRates | None, conspicuity: Mapp
     out = {}
     for label in FINDING_DRAWERS:
         rng = stream(seed, label)
-        c = _decide(label, _state(labels.get(label), label), rng, rates, conspicuity, present)
+        c = _decide(label, _state(labels.get(label), label), rng, rates, conspicuity, present,
+                    subtle_fraction)
         if c is not None:
             out[label] = (c, rng)
     return out
@@ -235,10 +244,11 @@ def _plan(labels: Labels, seed: int, noise: NoiseRates | None, conspicuity: Mapp
 
 def finding_plan(labels: Labels, seed: int, noise: NoiseRates | None = None,
                  conspicuity: Mapping[str, float] | None = None,
-                 present: Mapping[str, bool] | None = None) -> dict[str, float]:
+                 present: Mapping[str, bool] | None = None, style: str = "target") -> dict[str, float]:
     """Which findings :func:`render` draws for these arguments, with their conspicuity
     (label -> c in (0, 1]); cheap (no rendering)."""
-    return {lab: c for lab, (c, _) in _plan(labels, seed, noise, conspicuity, present).items()}
+    plan = _plan(labels, seed, noise, conspicuity, present, get_style(style).subtle_fraction)
+    return {lab: c for lab, (c, _) in plan.items()}
 
 
 def noise_rates(table: pd.DataFrame) -> pd.DataFrame:
@@ -367,7 +377,7 @@ def render(labels: Labels, seed: int, style: str = "source", size: int = 224,
         ``body`` in output coordinates.
     """
     st = get_style(style)
-    plan = _plan(labels, seed, noise, conspicuity, present)
+    plan = _plan(labels, seed, noise, conspicuity, present, st.subtle_fraction)
     an = F.anatomy(stream(seed, "anatomy"), size)
     layers = {lab: FINDING_DRAWERS[lab](an, rng, c) for lab, (c, rng) in plan.items()}
     out, M = _acquire(_compose(an, layers), st, stream(seed, "acquisition"))
