@@ -145,6 +145,14 @@ class PixelCache:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def in_memory(cls, pixels: np.ndarray, name: str = "in-memory") -> "PixelCache":
+        """A cache over images already preprocessed in memory (uint8 (N, S, S)), e.g. rendered
+        counterfactuals, so every embedding and scoring function takes them as they take files."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        return cls(pixels, [f"{name}-{i}" for i in range(len(pixels))], np.ones(len(pixels), bool),
+                   sha256_bytes(pixels.tobytes(), 16), Path(name))
+
 
 def _cache_key(paths: Sequence[str], ids: Sequence[str], geo) -> str:
     parts = [repr(geo)]

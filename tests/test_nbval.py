@@ -1,0 +1,43 @@
+"""Re-executing a chapter prints what it printed the first time (nbval).
+
+The smoke build executes every chapter once (``built_book``); here nbval executes each copy
+again, in a fresh kernel, and compares every cell's output with the stored one after
+sanitising what may legitimately differ (tests/nbval/sanitize.cfg: dates, durations, memory
+addresses, temporary paths). Progress bars and warnings go to stderr, which is not part of a
+chapter's result: they are switched off for the re-run and stripped from the reference. A
+chapter whose numbers change between two runs with the same inputs fails here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import run as runner
+
+HERE = Path(__file__).parent
+
+
+def _strip_stderr(src: Path, dst: Path) -> None:
+    nb = json.loads(src.read_text())
+    for cell in nb["cells"]:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = [o for o in cell.get("outputs", [])
+                               if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+    dst.write_text(json.dumps(nb))
+
+
+@pytest.mark.book
+def test_chapters_reproduce_their_outputs_under_nbval(built_book, tmp_path):
+    for c in runner.toc_chapters():
+        _strip_stderr(built_book / "book" / "chapters" / f"{c}.ipynb", tmp_path / f"{c}.ipynb")
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+         "--nbval-current-env", "--nbval-sanitize-with", str(HERE / "nbval" / "sanitize.cfg"),
+         "--nbval-cell-timeout", "900", str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
