@@ -145,20 +145,30 @@ def compute_image_embeddings(model: torch.nn.Module, cache: PixelCache, mean: Se
 
 
 def image_embeddings(model: torch.nn.Module, weights_sha256: str, cache: PixelCache,
-                     mean: Sequence[float], std: Sequence[float], batch_size: int = 64,
+                     mean: Sequence[float], std: Sequence[float], batch_size: int | None = None,
                      device: str | torch.device = "cpu", num_workers: int = 0,
-                     cache_dir: str | os.PathLike | None = None, progress: bool = True) -> np.ndarray:
+                     cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                     precision: str = "auto") -> np.ndarray:
     """Cached image embeddings of every row of ``cache``: float32 (N, embed_dim).
 
-    Key: weights hash + pixel cache key + normalisation. Computed in batches under
-    ``torch.inference_mode`` (bf16 autocast on GPU), written atomically.
+    Key: weights hash + pixel cache key + normalisation + the numerical precision actually used
+    (``auto`` resolves to ``autocast`` on CUDA and ``fp32`` elsewhere, see
+    :func:`compute_image_embeddings`), so a bf16 run never serves an fp32 request. Computed in
+    batches under ``torch.inference_mode`` (``batch_size=None``: 512 on CUDA, 64 elsewhere),
+    written atomically.
     """
-    key = sha256_bytes(f"{weights_sha256}|{cache.key}|{tuple(mean)}|{tuple(std)}".encode(), 16)
+    dev = torch.device(device)
+    used = precision if precision != "auto" else ("autocast" if dev.type == "cuda" else "fp32")
+    if used not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    tag = "" if used == "fp32" else f"|{used}"  # fp32 keys stay those of earlier versions
+    key = sha256_bytes(f"{weights_sha256}|{cache.key}|{tuple(mean)}|{tuple(std)}{tag}".encode(), 16)
     path = (Path(cache_dir) if cache_dir else data_dir() / "cache") / f"img_emb-{key}.npy"
     hit = _load_npy(path, len(cache))
     if hit is not None:
         return hit
-    emb = compute_image_embeddings(model, cache, mean, std, None, batch_size, device, num_workers, progress)
+    emb = compute_image_embeddings(model, cache, mean, std, None, batch_size, dev, num_workers,
+                                   progress, precision=used)
     _save_npy(path, emb.astype(np.float32))
     return emb
 

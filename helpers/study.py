@@ -53,12 +53,15 @@ class Study:
         """Report id of each row (the bootstrap's resampling unit)."""
         return self.table.report_id.to_numpy()[rows]
 
-    def image_embeddings(self, batch_size: int = 64) -> np.ndarray:
-        """Cached image embeddings of every row (unnormalised): (N, embed_dim)."""
+    def image_embeddings(self, batch_size: int | None = None, precision: str = "auto") -> np.ndarray:
+        """Cached image embeddings of every row (unnormalised): (N, embed_dim). On a GPU the
+        default batch is 512 with bf16 autocast; ``precision="bf16"`` (bf16 weights) is the
+        fastest path (:func:`embeddings.compute_image_embeddings`)."""
         from .embeddings import image_embeddings
 
         return image_embeddings(self.model, self.info.weights_sha256, self.pixels, self.info.mean,
-                                self.info.std, batch_size=batch_size, device=self.device)
+                                self.info.std, batch_size=batch_size, device=self.device,
+                                precision=precision)
 
     def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         """Cached text embeddings (unnormalised): (len(texts), embed_dim)."""
