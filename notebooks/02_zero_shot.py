@@ -171,7 +171,6 @@ ref_table.style.format("{:.3f}")
 t0 = time.perf_counter()
 img = study.image_embeddings()
 embed_s = time.perf_counter() - t0
-glue("embed_s", f"{embed_s:.1f}", display=False)
 print(f"image embeddings {img.shape} in {embed_s:.1f} s (cache hits are near-instant)")
 
 # %% [markdown]

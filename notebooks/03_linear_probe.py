@@ -127,7 +127,7 @@ print(f"{len(train)} train, {len(val)} val, {len(test)} test images; "
 # %%
 lp = probe.fit_probe(emb[train], Y[train], emb[val], Y[val], Cs=Cs,
                      class_weight=weights)
-glue("lp_fit_s", f"{lp.fit_s:.2f}", display=False)
+glue("lp_fit_s", f"{lp.fit_s:.2f} s", display=False)  # units inside: nbval sanitises them
 glue("lp_C", lp.C, display=False)
 glue("lp_n_C", len(Cs), display=False)
 fig, ax = plt.subplots(figsize=(4.5, 3))
@@ -150,7 +150,7 @@ plt.close(fig)
 # ```
 #
 # The whole grid (14 labels × {glue:text}`lp_n_C` values of $C$) took {glue:text}`lp_fit_s`
-# s to fit from the cached embeddings; the chosen strength is $C$ = {glue:text}`lp_C`
+# to fit from the cached embeddings; the chosen strength is $C$ = {glue:text}`lp_C`
 # ({numref}`fig-choose-c`).
 #
 # ## Test metrics
@@ -428,7 +428,7 @@ print(findings.write_findings(arts.findings("03_linear_probe"), records, stamp))
 #
 # - Per label ({numref}`fig-lp-per-label`), a linear probe on frozen embeddings reaches a
 #   test macro AUROC of {glue:text}`lp_auroc` (macro F1 {glue:text}`lp_f1`), in
-#   {glue:text}`lp_fit_s` s of fitting; the same probe on permuted labels scores
+#   {glue:text}`lp_fit_s` of fitting; the same probe on permuted labels scores
 #   {glue:text}`ctrl_auroc`.
 # - Part of its LRAP is the label prior that any trained setting learns for free.
 # - Finding 3 (co-occurrence) {glue:text}`cooc_verdict`; its observational version

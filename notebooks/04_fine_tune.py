@@ -144,7 +144,7 @@ pd.Series(config, name="value").to_frame()
 real = runs.finetune_runs(study, cfg, seeds)
 hist = pd.concat([pd.DataFrame(r.history).assign(seed=s) for s, r in zip(seeds, real)])
 train_min = hist.groupby("seed").epoch_s.sum().mean() / 60
-glue("ft_train_min", f"{train_min:.2f}", display=False)
+glue("ft_train_min", f"{train_min:.2f} min", display=False)  # units inside for nbval
 glue("ft_best_epochs", ", ".join(str(r.best_epoch) for r in real), display=False)
 glue("ft_epochs", cfg.epochs, display=False)
 
@@ -333,7 +333,7 @@ print(findings.write_findings(arts.findings("04_fine_tune"), records, stamp))
 # ## Summary
 #
 # - Fine-tuning every weight reaches a test macro AUROC of {glue:text}`ft_auroc` (macro F1
-#   {glue:text}`ft_f1`) after {glue:text}`ft_train_min` min of training per seed.
+#   {glue:text}`ft_f1`) after {glue:text}`ft_train_min` of training per seed.
 # - Finding 2 (fine-tune over probe) {glue:text}`sep_ft_lp`; the seed's full ordering
 #   {glue:text}`sep_overall`.
 #
