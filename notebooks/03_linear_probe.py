@@ -127,7 +127,7 @@ print(f"{len(train)} train, {len(val)} val, {len(test)} test images; "
 # %%
 lp = probe.fit_probe(emb[train], Y[train], emb[val], Y[val], Cs=Cs,
                      class_weight=weights)
-glue("lp_fit_s", f"{lp.fit_s:.2f} s", display=False)  # units inside: nbval sanitises them
+glue("lp_fit_s", f"{lp.fit_s:.2f} s", display=False)  # unit inside: nbval sanitises
 glue("lp_C", lp.C, display=False)
 glue("lp_n_C", len(Cs), display=False)
 fig, ax = plt.subplots(figsize=(4.5, 3))
