@@ -222,46 +222,6 @@ def fit_probe(emb_train: np.ndarray, y_train: np.ndarray, emb_val: np.ndarray, y
     return probe
 
 
-def cooccurrence_pairs(y: np.ndarray, labels: Sequence[str], min_count: int = 20,
-                       min_lift: float = 1.5) -> list[tuple[str, str, int, float]]:
-    """Label pairs (a, b) that co-occur more than by chance in ``y`` (n, k).
-
-    Lift = P(a, b) / (P(a) P(b)). Returns (a, b, count, lift), strongest lift first; "No Finding"
-    is excluded (it is defined by the others' absence).
-    """
-    y = np.asarray(y).astype(int)
-    n = len(y)
-    out = []
-    for i, a in enumerate(labels):
-        for j, b in enumerate(labels):
-            if j <= i or "No Finding" in (a, b):
-                continue
-            both = int((y[:, i] & y[:, j]).sum())
-            if both < min_count:
-                continue
-            lift = both * n / max(y[:, i].sum() * y[:, j].sum(), 1)
-            if lift >= min_lift:
-                out.append((a, b, both, float(lift)))
-    return sorted(out, key=lambda r: -r[3])
-
-
-def partner_shift(scores: np.ndarray, y: np.ndarray, j: int, k: int) -> float:
-    """How much label ``k``'s presence raises label ``j``'s score where ``j`` is absent.
-
-    Scores are turned into within-label percentiles (0-1) on the given rows, so different
-    settings compare on one scale; the result is the mean percentile of ``j`` on rows with
-    ``j = 0, k = 1`` minus that on rows with ``j = 0, k = 0`` (0: no shift; NaN if a group is empty).
-    """
-    from scipy.stats import rankdata
-
-    pct = (rankdata(scores[:, j]) - 1) / max(len(scores) - 1, 1)
-    neg = y[:, j] == 0
-    with_k, without_k = neg & (y[:, k] == 1), neg & (y[:, k] == 0)
-    if not with_k.any() or not without_k.any():
-        return float("nan")
-    return float(pct[with_k].mean() - pct[without_k].mean())
-
-
 def save_probe(path, probe: Probe) -> None:
     """Write a fitted probe (weights, standardisation, chosen C) atomically as ``.npz``."""
     import io

@@ -55,22 +55,6 @@ def test_bad_parameters_are_named():
         P.fit_probe(e, y, e, y, Cs=[])
 
 
-def test_cooccurrence_pairs_and_partner_shift():
-    rng = np.random.default_rng(4)
-    n = 2000
-    a = rng.random(n) < 0.2
-    b = np.where(a, rng.random(n) < 0.7, rng.random(n) < 0.05)  # b follows a
-    c = rng.random(n) < 0.2  # independent
-    y = np.stack([a, b, c], 1).astype(int)
-    pairs = P.cooccurrence_pairs(y, ["A", "B", "C"])
-    assert [(p[0], p[1]) for p in pairs] == [("A", "B")]
-    # a score for A that leaks B: raised wherever B is present
-    s = np.stack([a + 0.5 * b + 0.1 * rng.random(n), b.astype(float), c.astype(float)], 1)
-    assert P.partner_shift(s, y, 0, 1) > 0.3
-    clean = np.stack([a + 0.1 * rng.random(n), b, c], 1).astype(float)
-    assert abs(P.partner_shift(clean, y, 0, 1)) < 0.05
-
-
 def test_probe_round_trips(tmp_path):
     e, y = _data(60, np.random.default_rng(5))
     p = P.fit_probe(e, y, e, y, Cs=[1.0])
