@@ -9,7 +9,10 @@ One row per region::
 * ``image_id``: the Open-I image id (the PNG's name without ``.png``);
 * ``label``: one of the 14 CheXpert labels (not No Finding);
 * ``shape``: ``box`` (two corners ``x0,y0;x1,y1``) or ``polygon`` (three or more ``x,y`` points);
-* ``points``: pixel coordinates in the original PNG, ``;`` between points.
+* ``points``: pixel coordinates in the original PNG, ``;`` between points;
+* ``reader`` (optional fifth column): who drew the region. With several readers, the ground
+  truth is the union of their regions, and chapter 6 reports their agreement as the human
+  reference.
 
 Several rows with the same image and label are united. The seed study's 15 radiologist-annotated
 IU-Xray images go into such a file; ``annotations/iuxray_example.csv`` ships as an example of the
@@ -32,6 +35,7 @@ from .labels import CHEXPERT_LABELS
 
 EXAMPLE = REPO_ROOT / "annotations" / "iuxray_example.csv"
 COLUMNS = ["image_id", "label", "shape", "points"]
+READER = "reader"
 
 
 class AnnotationError(ValueError):
@@ -47,7 +51,8 @@ def _points(text: str) -> list[tuple[float, float]]:
 
 
 def load_annotations(path: str | os.PathLike) -> pd.DataFrame:
-    """Read and validate an annotation CSV: columns image_id, label, shape, points (list of (x, y))."""
+    """Read and validate an annotation CSV: columns image_id, label, shape, points (list of (x, y)),
+    and ``reader`` when the file has that optional fifth column."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
@@ -55,14 +60,16 @@ def load_annotations(path: str | os.PathLike) -> pd.DataFrame:
     with path.open(newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header != COLUMNS:
-            raise AnnotationError(f"{path}, line 1: header must be {','.join(COLUMNS)}, got {header}")
+        has_reader = header == COLUMNS + [READER]
+        if header != COLUMNS and not has_reader:
+            raise AnnotationError(f"{path}, line 1: header must be {','.join(COLUMNS)} (optionally "
+                                  f",{READER}), got {header}")
         for n, rec in enumerate(reader, start=2):
             if not rec or all(not x.strip() for x in rec):
                 continue
-            if len(rec) != 4:
-                raise AnnotationError(f"{path}, line {n}: expected 4 fields, got {len(rec)}")
-            iid, label, shape, pts = (x.strip() for x in rec)
+            if len(rec) != len(header):
+                raise AnnotationError(f"{path}, line {n}: expected {len(header)} fields, got {len(rec)}")
+            iid, label, shape, pts = (x.strip() for x in rec[:4])
             if label not in CHEXPERT_LABELS or label == "No Finding":
                 raise AnnotationError(f"{path}, line {n}: unknown label {label!r}")
             try:
@@ -76,8 +83,9 @@ def load_annotations(path: str | os.PathLike) -> pd.DataFrame:
                 raise AnnotationError(f"{path}, line {n}: shape must be 'box' or 'polygon', got {shape!r}")
             if any(x < 0 or y < 0 for x, y in p):
                 raise AnnotationError(f"{path}, line {n}: negative coordinates {pts!r}")
-            rows.append({"image_id": iid, "label": label, "shape": shape, "points": p})
-    return pd.DataFrame(rows, columns=COLUMNS)
+            rows.append({"image_id": iid, "label": label, "shape": shape, "points": p,
+                         **({READER: rec[4].strip()} if has_reader else {})})
+    return pd.DataFrame(rows, columns=COLUMNS + ([READER] if has_reader else []))
 
 
 def rasterize(regions: pd.DataFrame, width: int, height: int) -> np.ndarray:
@@ -96,16 +104,20 @@ def rasterize(regions: pd.DataFrame, width: int, height: int) -> np.ndarray:
 
 
 def region_mask(ann: pd.DataFrame, image_id: str, label: str, image_path: str | os.PathLike,
-                size: int) -> np.ndarray:
+                size: int, reader: str | None = None) -> np.ndarray:
     """The region of ``label`` on ``image_id`` at the model's input geometry (size, size): drawn
-    at the PNG's size, then cropped and resized as the image is (:func:`cam.to_input_geometry`)."""
+    at the PNG's size, then cropped and resized as the image is (:func:`cam.to_input_geometry`).
+    Every reader's regions united, or only ``reader``'s."""
     from PIL import Image
 
     from .cam import to_input_geometry
 
     with Image.open(image_path) as im:
         w, h = im.size
-    return to_input_geometry(rasterize(ann[(ann.image_id == image_id) & (ann.label == label)], w, h), size)
+    sel = (ann.image_id == image_id) & (ann.label == label)
+    if reader is not None:
+        sel &= ann[READER] == reader
+    return to_input_geometry(rasterize(ann[sel], w, h), size)
 
 
 NIH_TO_CHEXPERT = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural Effusion",
