@@ -6,17 +6,20 @@ tower is a timm ``VisionTransformer`` reachable as ``scorer.visual.trunk`` or ``
 
 * ``gradcam`` (Selvaraju et al. 2017), ``gradcam++`` (Chattopadhay et al. 2018), ``layercam``
   (Jiang et al. 2021), ``eigencam`` (Muhammad & Yeasin 2020), ``scorecam`` (Wang et al. 2020):
-  pytorch-grad-cam on a block's ``norm1`` output, its tokens reshaped to the ``g x g`` patch grid
-  (CLS dropped, :func:`vit_reshape`). EigenCAM is class-agnostic (the first principal component
+  pytorch-grad-cam on one layer's tokens reshaped to the ``g x g`` patch grid (CLS dropped,
+  :func:`vit_reshape`). The layer (:func:`default_layer`) is the last one whose patch tokens
+  reach the score: the input (``norm1``) of the last block for a CLS-pooled tower (at its output
+  only the CLS token is read, so every patch gradient there is zero), the tower's final norm for
+  a model that pools its patch tokens. EigenCAM is class-agnostic (the first principal component
   of the activations): every label of an image gets the same map.
 * ``rollout`` (Abnar & Zuidema 2020): ``R = prod_b (A_b + I) / 2`` over blocks, ``A_b`` the
-  head-averaged attention (rows renormalised); the map is the read-out row of ``R`` over the
-  patch columns. Class-agnostic.
+  head-averaged attention (rows renormalised); the map is the CLS row of ``R`` over the patch
+  columns (the mean of the patch rows for a patch-pooled model, ``scorer.readout ==
+  "patches"``). Class-agnostic.
 * ``chefer`` (Chefer, Gur & Wolf 2021, gradient-weighted attention): ``R = I``; for each block,
-  ``R <- R + mean_h[(dA_b/ds * A_b)^+] R``; the map is the read-out row of ``R``.
-
-The read-out row is the CLS token's for a CLS-pooled tower (BiomedCLIP, tiny) and the mean of the
-patch rows for a model that pools its patch tokens (``scorer.readout == "patches"``).
+  ``R <- R + mean_h[(dA_b/ds * A_b)^+] R``; the map is the read-out row of ``R``: the rows of the
+  output tokens weighted by their share of the score's gradient (exactly the CLS row for a
+  CLS-pooled tower; the patches that drive a pooled head for a patch-pooled one).
 
 **Attention probabilities.** timm's ``Attention`` uses fused ``scaled_dot_product_attention``
 when it can, which never materialises the attention matrix. For explanation,
@@ -26,10 +29,10 @@ mode) and hooks ``attn_drop`` to keep the probabilities and, on the backward pas
 gradients. The flag is restored on exit; the outputs are the same up to float rounding.
 
 **One pass.** :func:`explain_batch` runs one forward and one backward pass per batch: Grad-CAM's
-own call through pytorch-grad-cam captures activations and gradients of every block's ``norm1``
-and the attention of every block; Grad-CAM++, LayerCAM and EigenCAM are then computed by their
-pytorch-grad-cam classes from the same activations and gradients, Grad-CAM at every block
-(the layer-wise curves), rollout and Chefer from the attention. ScoreCAM needs one forward per
+own call through pytorch-grad-cam captures activations and gradients of the target layer (of
+every layer position, for the layer-wise curves) and the attention of every block; Grad-CAM++,
+LayerCAM and EigenCAM are then computed by their pytorch-grad-cam classes from the same
+activations and gradients, rollout and Chefer from the attention. ScoreCAM needs one forward per
 activation channel and image, so it runs on its own (:func:`scorecam_batch`) on a subset.
 
 Every map is (S, S) in [0, 1], min-max scaled per map as pytorch-grad-cam scales its maps.
@@ -57,7 +60,8 @@ def vit_reshape(tokens: torch.Tensor) -> torch.Tensor:
     n = tokens.shape[1] - 1
     g = int(round(n ** 0.5))
     if g * g != n:
-        raise ValueError(f"cannot reshape {n} patch tokens into a square grid (expected 1 CLS + g*g tokens)")
+        raise ValueError(f"cannot reshape {n} patch tokens into a square grid "
+                         "(expected 1 CLS + g*g tokens)")
     return tokens[:, 1:, :].reshape(tokens.shape[0], g, g, tokens.shape[2]).permute(0, 3, 1, 2)
 
 
@@ -108,9 +112,13 @@ def attention_capture(trunk: nn.Module) -> Iterator[list[dict]]:
             blk.attn.fused_attn = f
 
 
-def _readout(rel: torch.Tensor, n_prefix: int, readout: str) -> torch.Tensor:
-    """Patch relevance (B, P) from a token-relevance matrix (B, N, N)."""
-    rows = rel[:, 0] if readout == "cls" else rel[:, n_prefix:].mean(1)
+def _readout(rel: torch.Tensor, n_prefix: int, readout: str | torch.Tensor) -> torch.Tensor:
+    """Patch relevance (B, P) from a token-relevance matrix (B, N, N): the CLS row (``"cls"``),
+    the mean of the patch rows (``"patches"``), or rows weighted by ``readout`` (B, N)."""
+    if isinstance(readout, torch.Tensor):
+        rows = torch.einsum("bn,bnm->bm", readout.to(rel.dtype), rel)
+    else:
+        rows = rel[:, 0] if readout == "cls" else rel[:, n_prefix:].mean(1)
     return rows[:, n_prefix:]
 
 
@@ -128,10 +136,11 @@ def rollout(attn: Sequence[torch.Tensor], n_prefix: int = 1, readout: str = "cls
 
 
 def chefer(attn: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], n_prefix: int = 1,
-           readout: str = "cls") -> torch.Tensor:
+           readout: str | torch.Tensor = "cls") -> torch.Tensor:
     """Gradient-weighted attention relevance (Chefer, Gur & Wolf 2021): patch relevance (B, P).
 
-    ``R = I``; for each block ``R <- R + mean_h[(grad_A * A)^+] @ R``.
+    ``R = I``; for each block ``R <- R + mean_h[(grad_A * A)^+] @ R``; read out on the CLS row,
+    or on rows weighted by ``readout`` (B, N) (see :func:`explain_batch`).
     """
     B, _, N, _ = attn[0].shape
     r = torch.eye(N, device=attn[0].device).expand(B, N, N).clone()
@@ -147,6 +156,25 @@ def _grid_maps(patch: torch.Tensor, size: int) -> np.ndarray:
     return scale(patch.reshape(-1, g, g).detach().cpu().numpy(), size)
 
 
+def layer_positions(scorer: nn.Module) -> list[str]:
+    """Names of the layers a CAM method can target, input to output: ``block b`` (the ``norm1``
+    input of block ``b``) for every block, then ``final norm`` (the tower's output tokens)."""
+    return [f"block {b}" for b in range(len(trunk_of(scorer).blocks))] + ["final norm"]
+
+
+def default_layer(scorer: nn.Module) -> int:
+    """Index (into :func:`layer_positions`) of the CAM target: the last layer whose patch tokens
+    reach the score. A CLS-pooled tower reads only the CLS token at its output, so its patch
+    tokens last matter at the input of the last block (``block L-1``, pytorch-grad-cam's ViT
+    recipe); a model that pools its patch tokens reads them at the ``final norm``."""
+    n = len(trunk_of(scorer).blocks)
+    return n if getattr(scorer, "readout", "cls") == "patches" else n - 1
+
+
+def _layer_modules(trunk: nn.Module) -> list[nn.Module]:
+    return [b.norm1 for b in trunk.blocks] + [trunk.norm]
+
+
 def _cam_objects(scorer: nn.Module, layers: list[nn.Module]) -> dict:
     """pytorch-grad-cam objects; only Grad-CAM's keeps its hooks (it runs the pass)."""
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
@@ -158,13 +186,22 @@ def _cam_objects(scorer: nn.Module, layers: list[nn.Module]) -> dict:
     return objs
 
 
-def explain_batch(scorer: nn.Module, x: torch.Tensor, label_idx: Sequence[int], block: int = -1,
-                  methods: Sequence[str] = ONE_PASS, layers: bool = False) -> dict[str, np.ndarray]:
+def _output_readout(store: dict) -> torch.Tensor:
+    """Read-out weights (B, N) over output tokens: the share of each token in the norm of the
+    score's gradient at the tower's output (one-hot on CLS for a CLS-pooled tower)."""
+    g = store["grad"].float().norm(dim=-1)
+    return g / g.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def explain_batch(scorer: nn.Module, x: torch.Tensor, label_idx: Sequence[int],
+                  layer: int | None = None, methods: Sequence[str] = ONE_PASS,
+                  layers: bool = False) -> dict[str, np.ndarray]:
     """Maps of one batch (B, 3, S, S) for one label per image, by every method of ``methods``
     (all in :data:`ONE_PASS`) from a single forward and backward pass.
 
-    Returns ``{method: (B, S, S)}``; with ``layers``, also ``{"gradcam@b": (B, S, S)}`` for every
-    block ``b`` (Grad-CAM on that block's ``norm1``).
+    ``layer``: index into :func:`layer_positions` of the CAM methods' target (default:
+    :func:`default_layer`). Returns ``{method: (B, S, S)}``; with ``layers``, also
+    ``{"gradcam@i": (B, S, S)}`` for every layer position ``i`` (the layer-wise curves).
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -172,38 +209,70 @@ def explain_batch(scorer: nn.Module, x: torch.Tensor, label_idx: Sequence[int], 
     if bad:
         raise ValueError(f"unknown one-pass methods {bad}; valid: {', '.join(ONE_PASS)}")
     trunk = trunk_of(scorer)
-    nb = len(trunk.blocks)
-    block = block % nb
-    order = list(range(nb)) if layers else [block]  # forward order: how the hooks fill the lists
-    main = order.index(block)
+    mods = _layer_modules(trunk)
+    layer = (default_layer(scorer) if layer is None else layer) % len(mods)
+    order = list(range(len(mods))) if layers else [layer]  # forward order: how hooks fill lists
+    main = order.index(layer)
     S = x.shape[-1]
     targets = [ClassifierOutputTarget(int(j)) for j in label_idx]
-    readout = getattr(scorer, "readout", "cls")
     n_prefix = int(getattr(trunk, "num_prefix_tokens", 1))
-    objs = _cam_objects(scorer.eval(), [trunk.blocks[b].norm1 for b in order])
     out: dict[str, np.ndarray] = {}
+    tokens: dict = {}
+
+    def keep_grad(_module, _inp, o):  # returns None: the output is left as it is
+        if o.requires_grad:
+            o.register_hook(lambda g: tokens.__setitem__("grad", g.detach()))
+
+    # Gradients with respect to activations only: no weight gradients. When only the target
+    # layer's gradient is needed, the graph starts there (the backward pass stops there too).
+    cut = not layers and "chefer" not in methods
+    flags = [(p, p.requires_grad) for p in scorer.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    handles = []
+    if cut:
+        handles.append(mods[layer].register_forward_hook(lambda _m, _i, o: o.detach().requires_grad_()))
+    else:
+        x = x.detach().clone().requires_grad_()
+    handles.append(trunk.norm.register_forward_hook(keep_grad))
+    objs = _cam_objects(scorer.eval(), [mods[i] for i in order])
     try:
-        with attention_capture(trunk) as att:
-            objs["gradcam"](input_tensor=x, targets=targets)  # the pass; per-layer maps below
+        with attention_capture(trunk) as att, _one_blas_thread():
+            objs["gradcam"](input_tensor=x, targets=targets)  # the pass; the maps below
             ag = objs["gradcam"].activations_and_grads
             acts = [a.numpy() for a in ag.activations]
             grads = [g.numpy() for g in ag.gradients]
-        for name in [m for m in methods if m in objs]:
-            cam = objs[name].get_cam_image(x, None, targets, acts[main], grads[main], False)
-            out[name] = scale(cam, S)
-        if layers:
-            gc = objs["gradcam"]
-            for b, a, g in zip(order, acts, grads):
-                out[f"gradcam@{b}"] = scale(gc.get_cam_image(x, None, targets, a, g, False), S)
-        if "rollout" in methods:
-            out["rollout"] = _grid_maps(rollout([s["attn"] for s in att], n_prefix, readout), S)
-        if "chefer" in methods:
-            out["chefer"] = _grid_maps(chefer([s["attn"] for s in att], [s["grad"] for s in att],
-                                              n_prefix, readout), S)
+            for name in [m for m in methods if m in objs]:
+                cam = objs[name].get_cam_image(x, None, targets, acts[main], grads[main], False)
+                out[name] = scale(cam, S)
+            if layers:
+                gc = objs["gradcam"]
+                for i, a, g in zip(order, acts, grads):
+                    out[f"gradcam@{i}"] = scale(gc.get_cam_image(x, None, targets, a, g, False), S)
+            if "rollout" in methods:
+                readout = getattr(scorer, "readout", "cls")
+                out["rollout"] = _grid_maps(rollout([s["attn"] for s in att], n_prefix, readout), S)
+            if "chefer" in methods:
+                rel = chefer([s["attn"] for s in att], [s["grad"] for s in att], n_prefix,
+                             _output_readout(tokens))
+                out["chefer"] = _grid_maps(rel, S)
     finally:
+        for h in handles:
+            h.remove()
         objs["gradcam"].activations_and_grads.release()
-    scorer.zero_grad(set_to_none=True)
+        for p, f in flags:
+            p.requires_grad_(f)
     return out
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Small numpy linear algebra (EigenCAM's SVD of a (g*g, C) matrix per image) on one BLAS
+    thread: many threads on tiny matrices are slower, and much slower on a shared machine."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @contextlib.contextmanager
@@ -225,27 +294,29 @@ def _quiet_scorecam() -> Iterator[None]:
         sc.tqdm = real
 
 
-def scorecam_batch(scorer: nn.Module, x: torch.Tensor, label_idx: Sequence[int], block: int = -1,
-                   batch_size: int = 64) -> np.ndarray:
+def scorecam_batch(scorer: nn.Module, x: torch.Tensor, label_idx: Sequence[int],
+                   layer: int | None = None, batch_size: int = 128) -> np.ndarray:
     """ScoreCAM maps (B, S, S): one forward per activation channel per image (expensive)."""
     from pytorch_grad_cam import ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    trunk = trunk_of(scorer)
+    mods = _layer_modules(trunk_of(scorer))
+    layer = default_layer(scorer) if layer is None else layer
     targets = [ClassifierOutputTarget(int(j)) for j in label_idx]
-    with _quiet_scorecam(), ScoreCAM(scorer.eval(), [trunk.blocks[block].norm1],
-                                     reshape_transform=vit_reshape) as cam:
+    with _quiet_scorecam(), _one_blas_thread(), \
+            ScoreCAM(scorer.eval(), [mods[layer]], reshape_transform=vit_reshape) as cam:
         cam.batch_size = batch_size
         return np.asarray(cam(input_tensor=x, targets=targets), dtype=np.float32)
 
 
 def iter_maps(scorer: nn.Module, pixels, rows: Sequence[int], label_idx: Sequence[int], mean, std,
-              methods: Sequence[str] = ONE_PASS, block: int = -1, layers: bool = False,
+              methods: Sequence[str] = ONE_PASS, layer: int | None = None, layers: bool = False,
               batch_size: int = 32, progress: bool = True, desc: str = "maps"
               ) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
     """Maps of pixel-cache ``rows`` (one label index per row), batch by batch.
 
     Yields ``(slice into rows, {method: (b, S, S)})``; ``scorecam`` in ``methods`` runs it too.
+    ``layer``: the CAM target (index into :func:`layer_positions`; default :func:`default_layer`).
     """
     from tqdm.auto import tqdm
 
@@ -262,19 +333,21 @@ def iter_maps(scorer: nn.Module, pixels, rows: Sequence[int], label_idx: Sequenc
     for i in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
         sl = slice(i, min(i + batch_size, len(rows)))
         x = to_model_input(np.asarray(pixels.pixels[rows[sl]]), mean, std).to(dev)
-        maps = explain_batch(scorer, x, label_idx[sl], block, one or ("gradcam",), layers) if (one or layers) else {}
+        maps = {}
+        if one or layers:
+            maps = explain_batch(scorer, x, label_idx[sl], layer, one or ("gradcam",), layers)
         if "scorecam" in methods:
-            maps["scorecam"] = scorecam_batch(scorer, x, label_idx[sl], block)
+            maps["scorecam"] = scorecam_batch(scorer, x, label_idx[sl], layer)
         yield sl, maps
 
 
 def compute_maps(scorer: nn.Module, pixels, rows: Sequence[int], label_idx: Sequence[int], mean, std,
-                 method: str = "gradcam", block: int = -1, batch_size: int = 32,
+                 method: str = "gradcam", layer: int | None = None, batch_size: int = 32,
                  progress: bool = True) -> np.ndarray:
     """Maps (n, S, S) in [0, 1] of one method for pixel-cache ``rows``, one label index per row."""
     S = pixels.pixels.shape[-1]
     parts = [m[method] for _, m in iter_maps(scorer, pixels, rows, label_idx, mean, std, (method,),
-                                              block, False, batch_size, progress, method)]
+                                              layer, False, batch_size, progress, method)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, S, S), np.float32)
 
 
@@ -306,7 +379,8 @@ def cascade_steps(scorer: nn.Module) -> list[tuple[str, list[str]]]:
     visual = getattr(scorer, "visual", None)
     prefix = "visual.trunk" if visual is not None else "trunk"
     steps: list[tuple[str, list[str]]] = []
-    if isinstance(getattr(scorer, "head", None), nn.Module) and any(True for _ in scorer.head.parameters()):
+    head = getattr(scorer, "head", None)
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
         steps.append(("head", ["head"]))
     if visual is not None and isinstance(getattr(visual, "head", None), nn.Module):
         steps.append(("projection", ["visual.head"]))

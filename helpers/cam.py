@@ -42,7 +42,8 @@ class EmbeddingScorer(nn.Module):
         return self.head(self.visual(x))
 
 
-def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Zero-shot score as a function of the image embedding (B, d) -> (B, k).
 
     With ``neg_emb``: the paired-prompt decision ``cos(e, v+) - cos(e, v-)`` (chapter 2's rule, up
@@ -50,7 +51,9 @@ def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None) -> Ca
     ``pos_emb``, ``neg_emb``: (k, d) text embeddings, one per label.
     """
     p = nn.functional.normalize(torch.as_tensor(pos_emb, dtype=torch.float32), dim=-1)
-    d = p if neg_emb is None else p - nn.functional.normalize(torch.as_tensor(neg_emb, dtype=torch.float32), dim=-1)
+    if neg_emb is not None:
+        p = p - nn.functional.normalize(torch.as_tensor(neg_emb, dtype=torch.float32), dim=-1)
+    d = p
     return lambda e: nn.functional.normalize(e, dim=-1) @ d.to(e.device, e.dtype).T
 
 
@@ -83,7 +86,8 @@ def selected_classifier(study) -> str:
 
     path = study.artefacts.metrics("zs")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run chapter 2 first: python -m helpers.run 02_zero_shot")
+        raise FileNotFoundError(f"{path} is missing; run chapter 2 first: "
+                                "python -m helpers.run 02_zero_shot")
     sel = json.loads(path.read_text()).get("params", {}).get("selected")
     if not sel:
         raise ValueError(f"{path} names no selected classifier under params.selected; re-run chapter 2")
@@ -130,7 +134,8 @@ def load_masks(mask_paths: Sequence[str], labels: Sequence[str], size: int) -> n
         if str(p) not in bits_of:
             bits = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
             if bits is None:
-                raise FileNotFoundError(f"cannot read mask {p}: expected a 16-bit PNG bitmask written by helpers.phantoms")
+                raise FileNotFoundError(f"cannot read mask {p}: expected a 16-bit PNG bitmask "
+                                        "written by helpers.phantoms")
             bits_of = {str(p): bits}  # masks of one image come together; keep one file at a time
         out[i] = to_input_geometry(mask_of(bits_of[str(p)], lab), size)
     return out
@@ -154,11 +159,15 @@ class Explained:
 
 def explain_pairs(scorer: nn.Module, study, pairs, methods: Sequence[str] = ONE_PASS,
                   layers: bool = False, keep: Sequence[int] = (), small: bool = False,
-                  block: int = -1, progress: bool = True, desc: str = "maps") -> Explained:
+                  layer: int | None = None, progress: bool = True, desc: str = "maps",
+                  pixels=None) -> Explained:
     """Maps of ``pairs`` (:class:`study.LocPairs`) by ``methods``, scored against their regions.
 
-    ``keep``: indices of pairs whose full maps are returned (figures); ``small``: also return every
-    map block-averaged 4x4 (:func:`localization.downsample`).
+    ``keep``: indices of pairs whose full maps are returned (figures), in increasing order;
+    ``small``: also return every map block-averaged 4x4 (:func:`localization.downsample`).
+    ``layer``: the CAM methods' target (:func:`attribution.default_layer` by default); with
+    ``layers``, Grad-CAM at every layer position too (keys ``gradcam@i``). ``pixels``: another
+    image cache with the study's rows (the positive control's marked images), else the study's.
     """
     from . import localization
     from .attribution import iter_maps
@@ -168,8 +177,9 @@ def explain_pairs(scorer: nn.Module, study, pairs, methods: Sequence[str] = ONE_
     kept: dict[str, list] = {}
     smalls: dict[str, list] = {}
     keep = np.asarray(keep, dtype=int)
-    for sl, maps in iter_maps(scorer, study.pixels, pairs.table.row.to_numpy(), lab_idx, study.info.mean,
-                              study.info.std, methods, block, layers, progress=progress, desc=desc):
+    px = study.pixels if pixels is None else pixels
+    for sl, maps in iter_maps(scorer, px, pairs.table.row.to_numpy(), lab_idx, study.info.mean,
+                              study.info.std, methods, layer, layers, progress=progress, desc=desc):
         idx = np.arange(sl.start, sl.stop)
         here = np.isin(idx, keep)
         for k, m in maps.items():
@@ -225,6 +235,7 @@ def holdout_probes(study, probe, pairs, k: int = 5, seed: int = 0) -> list[tuple
         sg = pairs.table.report_id.to_numpy()[idx]
         folds = fold_assignment(sg, min(k, len(set(sg))), seed)
         for f, fit in enumerate(holdout_training_rows(train, study.groups(train), sg, folds)):
-            p = fit_probe(emb[fit], y[fit], emb[val], y[val], Cs=(probe.C,), class_weight=probe.class_weight)
+            p = fit_probe(emb[fit], y[fit], emb[val], y[val], Cs=(probe.C,),
+                          class_weight=probe.class_weight)
             out.append((idx[folds == f], p))
     return out

@@ -233,7 +233,9 @@ def summarise(stats: dict[str, np.ndarray], thresholds: Thresholds, labels: Sequ
 def _first(thresholds: Thresholds, sel: np.ndarray) -> str:
     i = int(np.flatnonzero(sel)[0])
     v = thresholds.value[i]
-    return "Otsu" if not np.isfinite(v) else f"{v:.1f} ({thresholds.source[i]}, n={thresholds.n_tuned[i]})"
+    if not np.isfinite(v):
+        return "Otsu"
+    return f"{v:.1f} ({thresholds.source[i]}, n={thresholds.n_tuned[i]})"
 
 
 def paired_gain(a: np.ndarray, b: np.ndarray, groups: Sequence, n_boot: int = 200,
@@ -359,7 +361,8 @@ def reader_agreement(reader_masks: dict[str, np.ndarray]) -> dict[str, np.ndarra
             ma, mb = np.asarray(reader_masks[a], bool), np.asarray(reader_masks[b], bool)
             for i in np.flatnonzero(ma.reshape(len(ma), -1).any(1) & mb.reshape(len(mb), -1).any(1)):
                 r, c = representative_point(ma[i])
-                rows.append((i, iou(ma[i][None].astype(np.float32), mb[i][None], 0.5)[0], float(mb[i][r, c])))
+                overlap = iou(ma[i][None].astype(np.float32), mb[i][None], 0.5)[0]
+                rows.append((i, overlap, float(mb[i][r, c])))
     arr = np.array(rows, dtype=float).reshape(-1, 3)
     return {"pair": arr[:, 0].astype(int), "iou": arr[:, 1], "hit": arr[:, 2]}
 

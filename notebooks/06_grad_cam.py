@@ -73,7 +73,9 @@
 # ScoreCAM {cite}`wang2020scorecam` change the weights (higher-order gradients, per-position
 # positive gradients, the score of the input masked by each channel); EigenCAM
 # {cite}`muhammad2020eigencam` takes the activations' first principal component and ignores
-# the label. All five run through pytorch-grad-cam. Two methods read the attention
+# the label. All five run through pytorch-grad-cam on the last layer whose patch tokens reach
+# the score ({func}`helpers.attribution.default_layer`): the input of the last block for a
+# CLS-pooled tower (BiomedCLIP, the tiny model), the final norm for the positive control. Two methods read the attention
 # probabilities $A_b$ (heads $h$, tokens $N$) of every block $b$. Attention rollout
 # {cite}`abnar2020quantifying` multiplies head-averaged attention with the residual path,
 #
@@ -160,7 +162,7 @@ cascade_pairs = 40  # pairs for the cascading randomisation curves
 n_examples = 4  # example figures
 annotations = ""  # full profile: annotation CSV (empty: the shipped example)
 k_folds = 5  # full: folds of probes for annotated training images
-control_epochs = 4  # positive control: training epochs
+control_epochs = 30  # positive control: training epochs
 control_images = 1200  # positive control: at most this many training images
 
 # %%
@@ -286,35 +288,39 @@ validation_table
 # ## The positive control
 #
 # To show that the methods *can* report localisation, we need a model whose evidence is
-# certainly local. The control ({mod}`helpers.localising`) is the study model's image tower
-# with a patch-level head: every patch token gets one logit per label, $z_{pj}$, and the
-# image's logit is their smooth maximum (log-mean-exp with sharpness $r$),
+# certainly local ({mod}`helpers.localising`). Two things make it so. **The data**: every
+# image is shown with each of its findings *marked* inside the finding's region by a faint
+# grating whose orientation names the finding, so the evidence for a finding lies in its
+# region and nowhere else. **The model**: the study model's image tower with a patch-level
+# head, every patch token getting one logit per label, $z_{pj}$, and the image's logit their
+# smooth maximum (log-mean-exp with sharpness $r$),
 #
-# $$ z_j = \frac{1}{r} \log \frac{1}{P} \sum_{p=1}^{P} e^{r z_{pj}} ; $$ (eq-lse)
+# $$ z_j = \frac{1}{r} \log \frac{1}{P} \sum_{p=1}^{P} e^{r z_{pj}} , $$ (eq-lse)
 #
 # ```{literalinclude} ../../helpers/localising.py
 # :pyobject: LocalisingNet.pool
 # ```
 #
-# It is trained on the training split with the image-level labels *and* the phantoms' masks
-# as patch-level targets (a patch is positive for a finding that covers a quarter of it).
-# It was told where the findings are, so its maps localising is no result about any model
-# of the study: it is a control, the known-positive case that shows what the scores look
-# like when localisation exists. Its weights are cached under the run folder, keyed by its
-# configuration, base weights and data, so the book trains it once.
+# trained on the training split with the image-level labels *and* the regions as patch-level
+# targets (a patch is positive for a finding that covers a quarter of it); the tower's last
+# block, its final norm and the head are trained, the earlier blocks stay the study model's.
+# Its maps are computed on the marked images and scored against the same regions as every
+# other setting. It was told where the findings are and shown them marked, so its maps
+# localising is no result about any model of the study: it is a control, the known-positive
+# case that shows what the scores look like when localisation exists. Its weights are cached
+# under the run folder, keyed by its configuration, base weights and data, so the book trains
+# it once.
 
 # %%
-control = None
+control, PIX = None, {}
 if has_masks:
     cfg = localising.ControlConfig(epochs=control_epochs, max_images=control_images)
-    control, control_rec = localising.positive_control(study, cfg, progress=False)
-    glue("control_n", control_rec["n_images"], display=False)
-    glue("control_epochs", cfg.epochs, display=False)
-    glue("control_cached", "loaded from its cache" if control_rec["cached"] else
-         f"trained in {control_rec['train_s']:.0f} s", display=False)
-    print(f"positive control: {control_rec['n_images']} training images, "
-          f"{cfg.epochs} epochs, key {control_rec['key']}, "
-          f"{'cached' if control_rec['cached'] else 'trained now'}")
+    control = localising.positive_control(study, cfg, progress=False)
+    PIX["control"] = control.pixels  # the control sees (and is explained on) marked images
+    rec = control.record
+    print(f"positive control: {rec['n_images']} training images, {cfg.epochs} epochs, "
+          f"key {rec['key']}, " + ("loaded from its cache" if rec["cached"] else
+                                   f"trained now in {rec['train_s']:.0f} s"))
 else:
     print("no training regions in this profile: the positive control runs in demo only")
 
@@ -340,7 +346,7 @@ scorers = {"zs": cam.EmbeddingScorer(visual, cam.zero_shot_head(pos, neg)),
            "lp": cam.EmbeddingScorer(visual, lp.torch_logits),
            "ft": cam.EmbeddingScorer(ft.clip.visual, cam.finetuned_head(ft))}
 if control is not None:
-    scorers["control"] = control
+    scorers["control"] = control.net
 extra = {}  # explained like a setting, but not one: the data-randomisation model
 if ft_perm is not None:
     extra["ft-permuted"] = cam.EmbeddingScorer(ft_perm.clip.visual,
@@ -357,7 +363,7 @@ def explain(key, pairs, methods=attribution.ONE_PASS, layers=False, keep=(), sc=
     """One setting's maps on ``pairs``; the probe takes a held-out probe per image."""
     if key != "lp" or has_masks:
         return cam.explain_pairs(sc or {**scorers, **extra}[key], study, pairs, methods,
-                                 layers, keep, progress=False)
+                                 layers, keep, progress=False, pixels=PIX.get(key))
     parts = [(i, cam.explain_pairs(cam.EmbeddingScorer(visual, p.torch_logits), study,
                                    pairs.subset(i), methods, layers, progress=False))
              for i, p in cam.holdout_probes(study, lp, pairs, k_folds)]
@@ -492,11 +498,11 @@ casc_keys = [k for k in ("zs", "lp", "ft", "control") if k in scorers]
 casc = {}
 for key in casc_keys if len(casc_pairs) else []:
     orig = cam.explain_pairs(scorers[key], study, casc_pairs, small=True,
-                             progress=False)
+                             progress=False, pixels=PIX.get(key))
     steps = [("trained", orig)]
     for step, rnd in attribution.cascade(scorers[key], seed=0):
         steps.append((step, cam.explain_pairs(rnd, study, casc_pairs, small=True,
-                                              progress=False)))
+                                              progress=False, pixels=PIX.get(key))))
     for step, e in steps:
         for m in attribution.ONE_PASS:
             rho = localization.rank_correlation(orig.small[m], e.small[m])
@@ -552,7 +558,8 @@ rand_hits = {}
 for key in scorers:
     for seed in (0, 1):
         rnd = attribution.randomised(scorers[key], seed=seed)
-        e = cam.explain_pairs(rnd, study, scored[key], ("gradcam",), progress=False)
+        e = cam.explain_pairs(rnd, study, scored[key], ("gradcam",), progress=False,
+                              pixels=PIX.get(key))
         rand_hits[(key, seed)] = e.stats["gradcam"]["hit"]
 
 
@@ -582,40 +589,43 @@ sanity_table
 # %% [markdown]
 # ## Layer by layer
 #
-# Grad-CAM at every block of the image tower (its `norm1` input), for the zero-shot, probe,
-# fine-tuned and control settings: hit rate with its 95% CI, against the chance level
-# (dotted) and the location prior (dashed).
+# Grad-CAM at every layer position of the image tower (the `norm1` input of every block, then
+# the tower's final norm), for the zero-shot, probe, fine-tuned and control settings: hit
+# rate with its 95% CI, against the chance level (dotted) and the location prior (dashed).
+# For a CLS-pooled tower nothing at the final norm but the CLS token reaches the score: every
+# map there is degenerate and scores the chance level, which is why its Grad-CAM target is the
+# last block's input; the control pools its patches and is read at the final norm.
 
 # %%
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
-n_blocks = len(attribution.trunk_of(scorers["zs"]).blocks)
+positions = attribution.layer_positions(scorers["zs"])
 for key in [k for k in ("zs", "lp", "ft", "control") if k in scorers]:
-    rs = [layer_res.get((key, str(b))) for b in range(n_blocks)]
+    rs = [layer_res[(key, str(b))] for b in range(len(positions))]
     y = np.array([r["hit_rate"] for r in rs])
     ci = np.array([r["hit_rate_ci"] for r in rs])
-    ax.errorbar(np.arange(n_blocks), y, yerr=[np.maximum(y - ci[:, 0], 0),
-                                              np.maximum(ci[:, 1] - y, 0)],
+    ax.errorbar(np.arange(len(positions)), y, yerr=[np.maximum(y - ci[:, 0], 0),
+                                                    np.maximum(ci[:, 1] - y, 0)],
                 marker="o", capsize=3, label=NAMES[key])
 ax.axhline(ref["uniform"]["chance"], color="grey", ls=":", label="chance level")
 if prior is not None:
     ax.axhline(ref["location prior"]["hit_rate"], color="k", ls="--", lw=1,
                label="location prior")
-ax.set_xticks(range(n_blocks))
-ax.set_xlabel("block of the image tower (Grad-CAM target: its norm1)")
+ax.set_xticks(range(len(positions)), positions)
+ax.set_xlabel("Grad-CAM target layer (a block's norm1 input, or the final norm)")
 ax.set_ylabel("hit rate (test pairs)")
 ax.legend(fontsize=7)
 fig.tight_layout()
 glue("fig_layers", fig, display=False)
 plt.close(fig)
-layer_table = pd.DataFrame({(NAMES[k], f"block {b}"): row(r)
+layer_table = pd.DataFrame({(NAMES[k], positions[int(b)]): row(r)
                             for (k, b), r in layer_res.items()}).T
 
 # %% [markdown]
 # ```{glue:figure} fig_layers
 # :name: fig-layers
 #
-# Grad-CAM hit rate at every block, with 95% CIs, against the chance level and the location
-# prior.
+# Grad-CAM hit rate at every layer position, with 95% CIs, against the chance level and the
+# location prior.
 # ```
 #
 # Early blocks see edges and texture; the last block sees what the embedding is built from.
@@ -652,7 +662,8 @@ else:
 # ## Examples
 #
 # Test pairs with the true region outlined, and the maps of the fine-tuned model and of the
-# positive control (Grad-CAM and Chefer et al.).
+# positive control (Grad-CAM and Chefer et al.); the control's maps are drawn on the marked
+# image it saw.
 
 # %%
 cols = [(k, m) for k in ("ft", "control") for m in ("gradcam", "chefer")
@@ -667,7 +678,8 @@ for r, i in enumerate(show):
     axes[r, 0].contour(ex_pairs.masks[i], levels=[0.5], colors="#1b9e77", linewidths=1)
     axes[r, 0].set_title(tb.label.iloc[i], fontsize=8)
     for c, (k, m) in enumerate(cols, start=1):
-        axes[r, c].imshow(img, cmap="gray")
+        seen = PIX[k].pixels[tb.row.iloc[i]] if k in PIX else img
+        axes[r, c].imshow(seen, cmap="gray")
         axes[r, c].imshow(ex_maps[k][m][r], cmap="jet", alpha=0.45, vmin=0, vmax=1)
         axes[r, c].contour(ex_pairs.masks[i], levels=[0.5], colors="white",
                            linewidths=0.8)
@@ -779,10 +791,11 @@ out = atomic_write_json(arts.grad_cam, {
     "scoring_validation": {k: strip(r) for k, r in ref.items()},
     "settings": {f"{NAMES[k]} · {attribution.NAMES[m]}": strip(r)
                  for (k, m), r in res.items()},
-    "layers": {f"{NAMES[k]} · block {b}": strip(r) for (k, b), r in layer_res.items()},
+    "layers": {f"{NAMES[k]} · {positions[int(b)]}": strip(r)
+               for (k, b), r in layer_res.items()},
     "cascade": {f"{NAMES[k]} · {s} · {attribution.NAMES[m]}": v
                 for (k, s, m), v in casc.items()},
-    "control": None if control is None else {k: v for k, v in control_rec.items()},
+    "control": None if control is None else control.record,
     "human_reference": human})
 print(out)
 print(findings.write_findings(arts.findings(CHAPTER), recs, stamp))

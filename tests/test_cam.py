@@ -183,11 +183,20 @@ def tiny(tmp_path_factory):
     return model, info, cache, cam.EmbeddingScorer(model.visual, cam.zero_shot_head(txt, -txt))
 
 
+def test_default_layer_is_the_last_one_whose_patches_reach_the_score(tiny):
+    model, info, cache, scorer = tiny
+    assert attribution.layer_positions(scorer) == ["block 0", "block 1", "final norm"]
+    assert attribution.default_layer(scorer) == 1  # CLS-pooled: the last block's input
+    x = torch.randn(1, 3, 64, 64)
+    maps = attribution.explain_batch(scorer, x, [0], layer=2, methods=("gradcam",))
+    assert localization.is_degenerate(maps["gradcam"])[0]  # no patch gradient at the output
+
+
 def test_every_method_returns_maps_of_the_input_size(tiny):
     model, info, cache, scorer = tiny
     for sl, maps in attribution.iter_maps(scorer, cache, [0, 1, 2], [0, 1, 0], info.mean, info.std,
                                           attribution.METHODS, layers=True, batch_size=2, progress=False):
-        assert set(attribution.METHODS) | {"gradcam@0", "gradcam@1"} == set(maps)
+        assert set(attribution.METHODS) | {"gradcam@0", "gradcam@1", "gradcam@2"} == set(maps)
         for m in maps.values():
             assert m.shape == (sl.stop - sl.start, 64, 64) and m.min() >= 0 and m.max() <= 1 + 1e-6
 
@@ -248,6 +257,16 @@ def test_patch_targets_and_pooling():
     pooled = net.pool(z)
     assert torch.all(pooled <= z.max(1).values + 1e-6) and torch.all(pooled >= z.mean(1) - 1e-6)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 3)
-    maps = attribution.compute_maps(net, type("C", (), {"pixels": np.zeros((2, 32, 32), np.uint8)})(),
-                                    [0, 1], [0, 2], (0.5,) * 3, (0.5,) * 3, "gradcam", progress=False)
+    assert attribution.default_layer(net) == 1  # the final norm: where the head reads the patches
+    px = type("C", (), {"pixels": np.random.default_rng(0).integers(0, 255, (2, 32, 32), np.uint8)})()
+    maps = attribution.compute_maps(net, px, [0, 1], [0, 2], (0.5,) * 3, (0.5,) * 3, "gradcam",
+                                    progress=False)
     assert maps.shape == (2, 32, 32)
+    # Grad-CAM on the final norm of a bias-free linear patch head: the label's patch logits
+    from helpers.images import to_model_input
+
+    with torch.no_grad():
+        z = net.patch_logits(to_model_input(px.pixels, (0.5,) * 3, (0.5,) * 3))[[0, 1], :, [0, 2]]
+    for m, zz in zip(maps, z):
+        if zz.max() > 0:
+            assert int(localization.downsample(m[None], 16)[0].argmax()) == int(zz.argmax())
