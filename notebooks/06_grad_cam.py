@@ -133,7 +133,8 @@
 # there are that many); otherwise each map gets Otsu's threshold (CheXlocalize's default),
 # and the validation pairs of the scored image's own report are always left out. No
 # threshold is tuned on one or two images. **IoU@0.1** is the share of pairs with IoU at least
-# 0.1 (this book called it "hit rate" before; CheXlocalize's hit rate is the pointing game).
+# 0.1, the lenient end of ChestX-ray8's thresholds {cite}`wang2017chestxray8` (this book
+# called it "hit rate" before; CheXlocalize's hit rate is the pointing game).
 # Every CI resamples reports (1,000 in CheXlocalize; `n_boot` here).
 #
 # **Sanity checks** {cite}`adebayo2018sanity`. *Cascading model randomisation* re-draws the
@@ -157,8 +158,8 @@ limit = 0  # at most this many images per split (0 = all); for quick runs
 on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted)
 n_boot = 200  # bootstrap resamples (by report) for confidence intervals
 max_pairs = 200  # at most this many (image, label) pairs per split (0 = all)
-scorecam_pairs = 16  # ScoreCAM (a forward per channel) on this many val, scored pairs
-cascade_pairs = 40  # pairs for the cascading randomisation curves
+scorecam_pairs = 12  # ScoreCAM (a forward per channel) on this many scored pairs
+cascade_pairs = 24  # pairs for the cascading randomisation curves
 n_examples = 4  # example figures
 annotations = ""  # full profile: annotation CSV (empty: the shipped example)
 k_folds = 5  # full: folds of probes for annotated training images
@@ -316,7 +317,7 @@ control, PIX = None, {}
 if has_masks:
     cfg = localising.ControlConfig(epochs=control_epochs, max_images=control_images)
     control = localising.positive_control(study, cfg, progress=False)
-    PIX["control"] = control.pixels  # the control sees (and is explained on) marked images
+    PIX["control"] = control.pixels  # it sees, and is explained on, marked images
     rec = control.record
     print(f"positive control: {rec['n_images']} training images, {cfg.epochs} epochs, "
           f"key {rec['key']}, " + ("loaded from its cache" if rec["cached"] else
@@ -359,11 +360,12 @@ show = np.sort(np.random.default_rng(0).choice(
     len(ex_pairs), min(n_examples, len(ex_pairs)), replace=False))
 
 
-def explain(key, pairs, methods=attribution.ONE_PASS, layers=False, keep=(), sc=None):
+def explain(key, pairs, methods=attribution.ONE_PASS, layers=False, keep=()):
     """One setting's maps on ``pairs``; the probe takes a held-out probe per image."""
     if key != "lp" or has_masks:
-        return cam.explain_pairs(sc or {**scorers, **extra}[key], study, pairs, methods,
-                                 layers, keep, progress=False, pixels=PIX.get(key))
+        sc = {**scorers, **extra}[key]
+        return cam.explain_pairs(sc, study, pairs, methods, layers, keep, progress=False,
+                                 pixels=PIX.get(key))
     parts = [(i, cam.explain_pairs(cam.EmbeddingScorer(visual, p.torch_logits), study,
                                    pairs.subset(i), methods, layers, progress=False))
              for i, p in cam.holdout_probes(study, lp, pairs, k_folds)]
@@ -390,18 +392,19 @@ for key in [*scorers, *extra]:
     for m, st in e.stats.items():
         r = cam.summarise_setting(e_tune.stats[m], tune, st, scored[key], n_boot)
         (layer_res if "@" in m else res)[(key, m.split("@")[-1] if "@" in m else m)] = r
-    if scorecam_pairs and main:
-        sc_tune, sc_pairs = sub(tune, scorecam_pairs), sub(scored[key], scorecam_pairs)
-        st_t = explain(key, sc_tune, ("scorecam",)).stats.get("scorecam")
+    if scorecam_pairs and main:  # no tuning pairs: Otsu's thresholds, by the rule
+        sc_pairs = sub(scored[key], scorecam_pairs)
         st_s = explain(key, sc_pairs, ("scorecam",)).stats.get("scorecam")
-        if st_s is not None and st_t is not None:
+        if st_s is not None:
+            none = localization.concat_stats([])
             res[(key, "scorecam")] = cam.summarise_setting(
-                st_t, sc_tune, st_s, sc_pairs, n_boot)
+                none, sc_pairs.subset([]), st_s, sc_pairs, n_boot)
 
 # %% [markdown]
 # Every setting and method: hit rate beside its chance level (the mean area fraction of the
 # regions scored), mIoU, IoU@0.1 and the number of degenerate maps. ScoreCAM rows are scored
-# on a subset of `scorecam_pairs` pairs, so their chance level differs. The last rows are the
+# on a subset of `scorecam_pairs` pairs (so their chance level differs), with Otsu's
+# thresholds (the rule above, with no tuning pairs). The last rows are the
 # model fine-tuned on permuted labels (the data-randomisation check below).
 
 # %%
@@ -524,8 +527,11 @@ for ax, key in zip(axes[0], casc_keys):
     for m in attribution.ONE_PASS:
         v = [casc[(key, s, m)]["spearman"] for s in names]
         ci = np.array([casc[(key, s, m)]["spearman_ci"] for s in names], dtype=float)
-        ax.plot(range(len(names)), v, marker="o", ms=3, label=attribution.NAMES[m])
+        line, = ax.plot(range(len(names)), v, marker="o", ms=3,
+                        label=attribution.NAMES[m])
         ax.fill_between(range(len(names)), ci[:, 0], ci[:, 1], alpha=0.12)
+        none = [i for i, s in enumerate(names) if casc[(key, s, m)]["n_defined"] == 0]
+        ax.plot(none, [0] * len(none), ls="", marker="x", color=line.get_color())
     ax.set_xticks(range(len(names)), names, rotation=70, fontsize=7)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_title(NAMES[key], fontsize=9)
@@ -541,8 +547,9 @@ plt.close(fig)
 #
 # Cascading model randomisation: rank correlation (mean over pairs, 95% CI) of each method's
 # maps with the trained model's maps, as more of the model is re-initialised from the top
-# down. A correlation that stays high explains the architecture and the image, not what the
-# model learned.
+# down. A cross at zero: every map of that method is constant at that step (degenerate), so
+# no correlation is defined and the map carries no information. A correlation that stays high
+# explains the architecture and the image, not what the model learned.
 # ```
 #
 # **Model randomisation, every setting, all pairs.** Grad-CAM of each setting with the whole
@@ -554,13 +561,14 @@ plt.close(fig)
 # on the same pairs: the fine-tuned model passes when its maps hit more often.
 
 # %%
-rand_hits = {}
+rand_hits, rand_deg = {}, {}
 for key in scorers:
     for seed in (0, 1):
         rnd = attribution.randomised(scorers[key], seed=seed)
         e = cam.explain_pairs(rnd, study, scored[key], ("gradcam",), progress=False,
                               pixels=PIX.get(key))
         rand_hits[(key, seed)] = e.stats["gradcam"]["hit"]
+        rand_deg[(key, seed)] = int(e.stats["gradcam"]["degenerate"].sum())
 
 
 def gain(a, b, pairs):
@@ -584,7 +592,16 @@ if ft_perm is not None:
 sanity_table = pd.DataFrame({
     NAMES[k]: {n: fmt(v, ci, signed=True) for n, (v, ci) in d.items()}
     for k, d in sanity.items()}).T
+sanity_table["degenerate maps, randomised (0 / 1)"] = [
+    f"{rand_deg[(k, 0)]} / {rand_deg[(k, 1)]} of {len(scored[k])}" for k in sanity]
 sanity_table
+
+# %% [markdown]
+# Read the last column first: a randomised copy whose Grad-CAM maps are degenerate scores the
+# chance level on every such pair, and where both draws are degenerate their difference (the
+# negative control) is exactly zero. The "final Spearman" column is the rank correlation of
+# Grad-CAM maps with the trained model's after the whole cascade (pairs with a constant map
+# left out, as their correlation is undefined).
 
 # %% [markdown]
 # ## Layer by layer
@@ -868,7 +885,7 @@ print("argmax of an all-zero map is pixel", int(flat0[0]),
 # :label: ex-cam-agnostic
 #
 # EigenCAM and attention rollout give every label of an image the same map. On images with
-# two or more scored findings, how often do their maps hit one finding but miss another,
+# two or more scored findings, how often do their maps hit *every* finding of the image,
 # compared with Grad-CAM?
 # ```
 #
@@ -878,19 +895,19 @@ print("argmax of an all-zero map is pixel", int(flat0[0]),
 
 # %%
 key = "control" if "control" in scorers else "ft"
-multi = base.table.groupby("image_id").filter(lambda d: len(d) > 1).index.to_numpy()
+tk = scored[key].table
+multi = tk.groupby("image_id").filter(lambda d: len(d) > 1).index.to_numpy()
 for m in ("gradcam", "eigencam", "rollout"):
     h = res[(key, m)]["per_pair"]["hit_rate"]
-    img_of = base.table.image_id.to_numpy()[multi]
-    mixed = (pd.Series(h[multi] > 0.5).groupby(img_of)
-             .agg(lambda s: s.any() and not s.all()))
-    print(f"{NAMES[key]} · {attribution.NAMES[m]}: {len(mixed)} images with "
-          f"several findings, mixed hit/miss on {mixed.mean():.2f}")
+    img_of = tk.image_id.to_numpy()[multi]
+    every = pd.Series(h[multi] > 0.5).groupby(img_of).all()
+    print(f"{NAMES[key]} · {attribution.NAMES[m]}: {len(every)} images with "
+          f"several findings, every finding hit on {every.mean():.2f} of them")
 
 # %% [markdown]
-# A class-agnostic map has one maximum per image, so it can point at one finding at most;
-# with two findings in different places it must miss one of them. A label-specific method
-# can point at each finding in turn.
+# A class-agnostic map has one maximum per image, so it can point at one finding at most:
+# with two findings in different places it must miss one of them, and it hits every finding
+# only where they overlap. A label-specific method can point at each finding in turn.
 #
 # ```{solution-end}
 # ```
@@ -908,9 +925,9 @@ for m in ("gradcam", "eigencam", "rollout"):
 # ```
 
 # %%
-area = localization.area_fraction(base.masks)
-small = area < np.median(area)
 for key in [k for k in ("ft", "control") if k in scorers]:
+    area = localization.area_fraction(scored[key].masks)
+    small = area < np.median(area)
     h = res[(key, "gradcam")]["per_pair"]["hit_rate"]
     for name, sel in (("small", small), ("large", ~small)):
         line = f"{NAMES[key]:>18} · {name} regions: hit {h[sel].mean():.3f}"
