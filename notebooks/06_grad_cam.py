@@ -364,8 +364,8 @@ def explain(key, pairs, methods=attribution.ONE_PASS, layers=False, keep=()):
     """One setting's maps on ``pairs``; the probe takes a held-out probe per image."""
     if key != "lp" or has_masks:
         sc = {**scorers, **extra}[key]
-        return cam.explain_pairs(sc, study, pairs, methods, layers, keep, progress=False,
-                                 pixels=PIX.get(key))
+        return cam.explain_pairs(sc, study, pairs, methods, layers, keep,
+                                 progress=False, pixels=PIX.get(key))
     parts = [(i, cam.explain_pairs(cam.EmbeddingScorer(visual, p.torch_logits), study,
                                    pairs.subset(i), methods, layers, progress=False))
              for i, p in cam.holdout_probes(study, lp, pairs, k_folds)]
