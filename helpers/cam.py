@@ -14,6 +14,7 @@ that goes through the ViT image tower, so every attribution method of
 
 :func:`explain_pairs` computes the maps of one setting on (image, label) pairs batch by batch,
 scores them at once (:func:`localization.pair_stats`) and keeps only the maps asked for.
+:func:`cascade` and :func:`randomised` make Adebayo et al.'s randomised copies of a scorer.
 Ground-truth regions are brought to the model's input geometry by :func:`to_input_geometry`
 and loaded from phantom bitmasks by :func:`load_masks`.
 """
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attribution import METHODS, ONE_PASS, vit_reshape  # noqa: F401  (re-exported)
+from .attribution import METHODS, ONE_PASS, trunk_of, vit_reshape  # noqa: F401  (re-exported)
 
 
 class EmbeddingScorer(nn.Module):
@@ -239,3 +240,89 @@ def holdout_probes(study, probe, pairs, k: int = 5, seed: int = 0) -> list[tuple
                           class_weight=probe.class_weight)
             out.append((idx[folds == f], p))
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Model randomisation (Adebayo et al. 2018)
+# --------------------------------------------------------------------------------------
+
+
+def reinitialise(module: nn.Module, gen: torch.Generator) -> None:
+    """Re-draw a module's weights in place: matrices N(0, 0.02), norm weights 1, other vectors 0
+    (and CLS / position embeddings N(0, 0.02)): the architecture with none of what it learned."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2 or name.split(".")[-1] in ("cls_token", "pos_embed", "reg_token"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            elif "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+
+
+def cascade_steps(scorer: nn.Module) -> list[tuple[str, list[str]]]:
+    """The cascading randomisation order, top down: (step name, module paths re-drawn at it).
+
+    The scorer's own trainable head (if any), the tower's projection, its final norm, the blocks
+    from last to first, and the patch embedding (with CLS and position embeddings).
+    """
+    trunk = trunk_of(scorer)
+    visual = getattr(scorer, "visual", None)
+    prefix = "visual.trunk" if visual is not None else "trunk"
+    steps: list[tuple[str, list[str]]] = []
+    head = getattr(scorer, "head", None)
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+        steps.append(("head", ["head"]))
+    if visual is not None and isinstance(getattr(visual, "head", None), nn.Module):
+        steps.append(("projection", ["visual.head"]))
+    steps.append(("final norm", [f"{prefix}.norm"]))
+    for b in reversed(range(len(trunk.blocks))):
+        steps.append((f"block {b}", [f"{prefix}.blocks.{b}"]))
+    steps.append(("patch embedding", [f"{prefix}.patch_embed", f"{prefix}.<embeddings>"]))
+    return steps
+
+
+def _get(obj: nn.Module, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _reinit_path(scorer: nn.Module, path: str, gen: torch.Generator) -> None:
+    if path.endswith(".<embeddings>"):
+        trunk = _get(scorer, path[: -len(".<embeddings>")])
+        with torch.no_grad():
+            for name in ("cls_token", "pos_embed", "reg_token"):
+                p = getattr(trunk, name, None)
+                if isinstance(p, torch.Tensor):
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        return
+    mod = _get(scorer, path)
+    if mod is not None:
+        reinitialise(mod, gen)
+
+
+def cascade(scorer: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(step name, scorer copy)`` with every step up to this one re-initialised.
+
+    One copy is made and randomised further at each step (the yielded object changes in place:
+    compute its maps before asking for the next step).
+    """
+    import copy
+
+    rnd = copy.deepcopy(scorer).eval()
+    gen = torch.Generator().manual_seed(seed)
+    for name, paths in cascade_steps(scorer):
+        for p in paths:
+            _reinit_path(rnd, p, gen)
+        yield name, rnd
+
+
+def randomised(scorer: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of the scorer with every step of :func:`cascade_steps` re-initialised."""
+    last = None
+    for _, last in cascade(scorer, seed):
+        pass
+    return last

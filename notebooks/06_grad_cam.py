@@ -303,7 +303,7 @@ validation_table
 # ```
 #
 # trained on the training split with the image-level labels *and* the regions as patch-level
-# targets (a patch is positive for a finding that covers a quarter of it); the tower's last
+# targets (a patch is positive for a finding that covers enough of it); the tower's last
 # block, its final norm and the head are trained, the earlier blocks stay the study model's.
 # Its maps are computed on the marked images and scored against the same regions as every
 # other setting. It was told where the findings are and shown them marked, so its maps
@@ -503,7 +503,7 @@ for key in casc_keys if len(casc_pairs) else []:
     orig = cam.explain_pairs(scorers[key], study, casc_pairs, small=True,
                              progress=False, pixels=PIX.get(key))
     steps = [("trained", orig)]
-    for step, rnd in attribution.cascade(scorers[key], seed=0):
+    for step, rnd in cam.cascade(scorers[key], seed=0):
         steps.append((step, cam.explain_pairs(rnd, study, casc_pairs, small=True,
                                               progress=False, pixels=PIX.get(key))))
     for step, e in steps:
@@ -564,7 +564,7 @@ plt.close(fig)
 rand_hits, rand_deg = {}, {}
 for key in scorers:
     for seed in (0, 1):
-        rnd = attribution.randomised(scorers[key], seed=seed)
+        rnd = cam.randomised(scorers[key], seed=seed)
         e = cam.explain_pairs(rnd, study, scored[key], ("gradcam",), progress=False,
                               pixels=PIX.get(key))
         rand_hits[(key, seed)] = e.stats["gradcam"]["hit"]
@@ -686,8 +686,8 @@ else:
 cols = [(k, m) for k in ("ft", "control") for m in ("gradcam", "chefer")
         if k in ex_maps]
 tb = ex_pairs.table
-fig, axes = plt.subplots(len(show), 1 + len(cols), figsize=(2.3 * (1 + len(cols)),
-                                                          2.4 * max(1, len(show))),
+fig, axes = plt.subplots(max(1, len(show)), 1 + len(cols),
+                         figsize=(2.3 * (1 + len(cols)), 2.4 * max(1, len(show))),
                          squeeze=False)
 for r, i in enumerate(show):
     img = np.asarray(study.pixels.pixels[tb.row.iloc[i]])

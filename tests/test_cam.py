@@ -229,11 +229,11 @@ def test_rollout_and_chefer_by_hand():
 
 def test_cascading_randomisation_changes_the_maps(tiny):
     model, info, cache, scorer = tiny
-    steps = attribution.cascade_steps(scorer)
+    steps = cam.cascade_steps(scorer)
     assert [s for s, _ in steps] == ["projection", "final norm", "block 1", "block 0", "patch embedding"]
     ref = attribution.compute_maps(scorer, cache, [0, 1, 2], [0, 1, 0], info.mean, info.std, "chefer", progress=False)
     weights = {k: v.clone() for k, v in scorer.state_dict().items()}
-    for name, rnd in attribution.cascade(scorer, seed=0):
+    for name, rnd in cam.cascade(scorer, seed=0):
         maps = attribution.compute_maps(rnd, cache, [0, 1, 2], [0, 1, 0], info.mean, info.std, "chefer",
                                         progress=False)
     assert not np.allclose(maps, ref, atol=1e-3)
