@@ -154,10 +154,10 @@ split_seed = 0  # as chapter 1: seed of the report-level split
 split_fractions = [0.7, 0.1, 0.2]  # as chapter 1: train, val, test fractions
 views = ["frontal"]  # as chapter 1: image views in the study
 reports_path = ""  # as chapter 1: report archive; empty uses torchxrayvision's copy
-limit = 0  # at most this many images per split (0 = all); for quick runs
+limit = 0  # at most this many images per split (0: all); for quick runs
 on_error = "stop"  # an unreadable image: "stop" (naming it) or "skip" (counted)
 n_boot = 200  # bootstrap resamples (by report) for confidence intervals
-max_pairs = 200  # at most this many (image, label) pairs per split (0 = all)
+max_pairs = 200  # at most this many (image, label) pairs per split (0: all)
 scorecam_pairs = 12  # ScoreCAM (a forward per channel) on this many scored pairs
 cascade_pairs = 24  # pairs for the cascading randomisation curves
 n_examples = 4  # example figures
