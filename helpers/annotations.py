@@ -9,7 +9,10 @@ One row per region::
 * ``image_id``: the Open-I image id (the PNG's name without ``.png``);
 * ``label``: one of the 14 CheXpert labels (not No Finding);
 * ``shape``: ``box`` (two corners ``x0,y0;x1,y1``) or ``polygon`` (three or more ``x,y`` points);
-* ``points``: pixel coordinates in the original PNG, ``;`` between points.
+* ``points``: pixel coordinates in the original PNG, ``;`` between points;
+* ``reader`` (optional fifth column): who drew the region. With several readers, the ground
+  truth is the union of their regions, and chapter 6 reports their agreement as the human
+  reference.
 
 Several rows with the same image and label are united. The seed study's 15 radiologist-annotated
 IU-Xray images go into such a file; ``annotations/iuxray_example.csv`` ships as an example of the
@@ -32,6 +35,7 @@ from .labels import CHEXPERT_LABELS
 
 EXAMPLE = REPO_ROOT / "annotations" / "iuxray_example.csv"
 COLUMNS = ["image_id", "label", "shape", "points"]
+READER = "reader"
 
 
 class AnnotationError(ValueError):
@@ -54,14 +58,15 @@ def _area(p: list[tuple[float, float]], shape: str) -> float:
     return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
 
 
-def _row(path: Path, n: int, rec: list[str]) -> dict:
+def _row(path: Path, n: int, rec: list[str], has_reader: bool = False) -> dict:
     """One validated CSV record (line ``n``) as a region dict; raises :class:`AnnotationError`."""
     def bad(why: str) -> AnnotationError:
         return AnnotationError(f"{path}, line {n}: {why}")
 
-    if len(rec) != 4:
-        raise bad(f"expected 4 fields, got {len(rec)}")
-    iid, label, shape, pts = (x.strip() for x in rec)
+    width = 5 if has_reader else 4
+    if len(rec) != width:
+        raise bad(f"expected {width} fields, got {len(rec)}")
+    iid, label, shape, pts = (x.strip() for x in rec[:4])
     if not iid:
         raise bad("empty image_id")
     if label not in CHEXPERT_LABELS or label == "No Finding":
@@ -80,18 +85,22 @@ def _row(path: Path, n: int, rec: list[str]) -> dict:
         raise bad(f"negative coordinates {pts!r}")
     if _area(p, shape) <= 0:
         raise bad(f"the {shape} {pts!r} encloses no area")
-    return {"image_id": iid, "label": label, "shape": shape, "points": p, "line": n, "file": str(path)}
+    extra = {READER: rec[4].strip()} if has_reader else {}
+    return {"image_id": iid, "label": label, "shape": shape, "points": p, **extra, "line": n,
+            "file": str(path)}
 
 
 def load_annotations(path: str | os.PathLike) -> pd.DataFrame:
     """Read and validate an annotation CSV.
 
-    Returns one row per region: image_id, label, shape, points (list of (x, y)), and where it
-    came from (``line``, ``file``). A UTF-8 byte-order mark (as Excel writes) is accepted.
-    Raises :class:`AnnotationError` naming the file and line of the first bad row: wrong header
-    or field count, empty image_id, unknown label or shape, unparsable, non-finite or negative
-    coordinates, too few points, or a shape with no area. Points beyond the image are refused
-    when the image's size is known (:func:`rasterize`).
+    Returns one row per region: image_id, label, shape, points (list of (x, y)), ``reader`` when
+    the file has that optional fifth column (several readers of the same image: their agreement
+    is the human reference of chapter 6), and where it came from (``line``, ``file``). A UTF-8
+    byte-order mark (as Excel writes) is accepted. Raises :class:`AnnotationError` naming the
+    file and line of the first bad row: wrong header or field count, empty image_id, unknown
+    label or shape, unparsable, non-finite or negative coordinates, too few points, or a shape
+    with no area. Points beyond the image are refused when the image's size is known
+    (:func:`rasterize`).
     """
     path = Path(path)
     if not path.is_file():
@@ -100,15 +109,17 @@ def load_annotations(path: str | os.PathLike) -> pd.DataFrame:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header] != COLUMNS:
-                raise AnnotationError(f"{path}, line 1: header must be {','.join(COLUMNS)}, got {header}")
+            header = [h.strip() for h in next(reader, None) or []]
+            has_reader = header == COLUMNS + [READER]
+            if header != COLUMNS and not has_reader:
+                raise AnnotationError(f"{path}, line 1: header must be {','.join(COLUMNS)} "
+                                      f"(optionally ,{READER}), got {header}")
             for n, rec in enumerate(reader, start=2):
                 if rec and any(x.strip() for x in rec):
-                    rows.append(_row(path, n, rec))
+                    rows.append(_row(path, n, rec, has_reader))
     except (UnicodeDecodeError, csv.Error) as e:
         raise AnnotationError(f"{path}: not a UTF-8 CSV file ({e})") from None
-    return pd.DataFrame(rows, columns=[*COLUMNS, "line", "file"])
+    return pd.DataFrame(rows, columns=[*COLUMNS, *([READER] if has_reader else []), "line", "file"])
 
 
 def rasterize(regions: pd.DataFrame, width: int, height: int) -> np.ndarray:
@@ -142,16 +153,20 @@ def _where(regions: pd.DataFrame, i: int) -> str:
 
 
 def region_mask(ann: pd.DataFrame, image_id: str, label: str, image_path: str | os.PathLike,
-                size: int) -> np.ndarray:
+                size: int, reader: str | None = None) -> np.ndarray:
     """The region of ``label`` on ``image_id`` at the model's input geometry (size, size): drawn
-    at the PNG's size, then cropped and resized as the image is (:func:`cam.to_input_geometry`)."""
+    at the PNG's size, then cropped and resized as the image is (:func:`cam.to_input_geometry`).
+    Every reader's regions united, or only ``reader``'s."""
     from PIL import Image
 
     from .cam import to_input_geometry
 
     with Image.open(image_path) as im:
         w, h = im.size
-    return to_input_geometry(rasterize(ann[(ann.image_id == image_id) & (ann.label == label)], w, h), size)
+    sel = (ann.image_id == image_id) & (ann.label == label)
+    if reader is not None:
+        sel &= ann[READER] == reader
+    return to_input_geometry(rasterize(ann[sel], w, h), size)
 
 
 NIH_TO_CHEXPERT = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural Effusion",

@@ -1,42 +1,34 @@
-"""Saliency maps for the ViT image tower and their validation against ground-truth regions.
+"""Chapter 6's settings as explainable scorers, and one call that explains and scores them.
 
-Maps come from pytorch-grad-cam (Grad-CAM, Grad-CAM++) on a transformer block of the timm ViT
-(``visual.trunk.blocks[b].norm1``; its tokens are reshaped to a ``g x g`` grid, dropping the CLS
-token), with respect to one label's score. The score is a differentiable function of the image
-embedding, so the same code explains all three settings:
+Every setting is a differentiable function of the image (B, 3, S, S) -> label scores (B, k)
+that goes through the ViT image tower, so every attribution method of
+:mod:`helpers.attribution` explains all of them the same way:
 
-* zero-shot: the paired-prompt decision, cosine similarity with the label's positive prompt
-  minus that with its negative prompt (or the positive similarity alone);
-* linear probe: the probe's logit (:meth:`probe.Probe.torch_logits`) through the frozen encoder;
-* fine-tuned: the fine-tuned model's label logit.
+* zero-shot, chapter 2's selected classifier: the paired-prompt decision
+  ``cos(e, v+) - cos(e, v-)`` with ``v+``, ``v-`` the (ensembled) prompt embeddings of the
+  template chapter 2 selected on validation (:func:`zero_shot_classifier`);
+* zero-shot, the seed's positive prompt only: ``cos(e, v+)`` of the bare label name;
+* linear probe: the probe's logit (:meth:`probe.Probe.torch_logits`) through the frozen tower;
+* fine-tuned: the fine-tuned :class:`finetune.LabelScorer`'s logit;
+* positive control: :class:`localising.LocalisingNet` (its evidence is local by construction).
 
-Localisation metrics, CheXlocalize-style, per (image, label) pair with map ``M`` (values in
-[0, 1], the input's size) and ground-truth region ``G`` (bool):
-
-* pointing game: 1 if ``argmax M`` lies inside ``G``;
-* IoU: ``|{M >= t} & G| / |{M >= t} | G|`` for a threshold ``t`` chosen on validation pairs;
-* hit: ``IoU >= hit_iou`` (0.1 by default, the lenient end of the IoU thresholds of ChestX-ray8).
+:func:`explain_pairs` computes the maps of one setting on (image, label) pairs batch by batch,
+scores them at once (:func:`localization.pair_stats`) and keeps only the maps asked for.
+:func:`cascade` and :func:`randomised` make Adebayo et al.'s randomised copies of a scorer.
+Ground-truth regions are brought to the model's input geometry by :func:`to_input_geometry`
+and loaded from phantom bitmasks by :func:`load_masks`.
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-METHODS = ("gradcam", "gradcam++")
-
-
-def vit_reshape(tokens: torch.Tensor) -> torch.Tensor:
-    """ViT tokens (B, 1 + g*g, C) -> activation grid (B, C, g, g), dropping the CLS token."""
-    n = tokens.shape[1] - 1
-    g = int(round(n ** 0.5))
-    if g * g != n:
-        raise ValueError(f"cannot reshape {n} patch tokens into a square grid (expected 1 CLS + g*g tokens)")
-    return tokens[:, 1:, :].reshape(tokens.shape[0], g, g, tokens.shape[2]).permute(0, 3, 1, 2)
+from .attribution import METHODS, ONE_PASS, trunk_of, vit_reshape  # noqa: F401  (re-exported)
 
 
 class EmbeddingScorer(nn.Module):
@@ -51,7 +43,8 @@ class EmbeddingScorer(nn.Module):
         return self.head(self.visual(x))
 
 
-def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Zero-shot score as a function of the image embedding (B, d) -> (B, k).
 
     With ``neg_emb``: the paired-prompt decision ``cos(e, v+) - cos(e, v-)`` (chapter 2's rule, up
@@ -59,8 +52,47 @@ def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None) -> Ca
     ``pos_emb``, ``neg_emb``: (k, d) text embeddings, one per label.
     """
     p = nn.functional.normalize(torch.as_tensor(pos_emb, dtype=torch.float32), dim=-1)
-    d = p if neg_emb is None else p - nn.functional.normalize(torch.as_tensor(neg_emb, dtype=torch.float32), dim=-1)
+    if neg_emb is not None:
+        p = p - nn.functional.normalize(torch.as_tensor(neg_emb, dtype=torch.float32), dim=-1)
+    d = p
     return lambda e: nn.functional.normalize(e, dim=-1) @ d.to(e.device, e.dtype).T
+
+
+def parse_classifier(name: str) -> tuple[str, bool]:
+    """Chapter 2's classifier name (``"sentence+ensemble"``, ``"bare"``) -> (template, ensemble)."""
+    from .zeroshot import TEMPLATES
+
+    template, _, rest = str(name).partition("+")
+    if template not in TEMPLATES or rest not in ("", "ensemble"):
+        raise ValueError(f"unknown zero-shot classifier {name!r}: expected '<template>' or "
+                         f"'<template>+ensemble' with a template among {', '.join(TEMPLATES)}")
+    return template, rest == "ensemble"
+
+
+def zero_shot_classifier(study, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative text embeddings (k, d) of the classifier ``name`` (chapter 2's
+    ``params.selected``): each side the renormalised mean of its prompts' embeddings."""
+    from .zeroshot import ensemble_embedding, prompts
+
+    template, ens = parse_classifier(name)
+    pos, neg = zip(*(prompts(c, template, ens) for c in study.labels))
+    P = np.stack([ensemble_embedding(study.text_embeddings(list(p))) for p in pos])
+    N = np.stack([ensemble_embedding(study.text_embeddings(list(n))) for n in neg])
+    return P, N
+
+
+def selected_classifier(study) -> str:
+    """The zero-shot classifier chapter 2 selected on validation (its metrics JSON)."""
+    import json
+
+    path = study.artefacts.metrics("zs")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run chapter 2 first: "
+                                "python -m helpers.run 02_zero_shot")
+    sel = json.loads(path.read_text()).get("params", {}).get("selected")
+    if not sel:
+        raise ValueError(f"{path} names no selected classifier under params.selected; re-run chapter 2")
+    return str(sel)
 
 
 def finetuned_head(scorer) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -73,57 +105,9 @@ def finetuned_head(scorer) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda e: scorer.embedding_logits(e, directions)
 
 
-def randomized_copy(visual: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of the image tower with every weight re-drawn (Adebayo et al.'s model randomisation).
-
-    Matrices get N(0, 0.02), LayerNorm weights 1, biases 0: the architecture of the original with
-    none of what it learned.
-    """
-    rnd = copy.deepcopy(visual)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in rnd.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-            elif "norm" in name and name.endswith("weight"):
-                p.fill_(1.0)
-            else:
-                p.zero_()
-    return rnd
-
-
-def compute_maps(scorer: EmbeddingScorer, pixels, rows: Sequence[int], label_idx: Sequence[int],
-                 mean, std, block: int = -1, method: str = "gradcam", batch_size: int = 32,
-                 progress: bool = True) -> np.ndarray:
-    """Saliency maps (n, S, S) in [0, 1] for pixel-cache ``rows`` and one label index per row.
-
-    ``block`` picks the transformer block whose ``norm1`` is the target layer.
-    """
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    from tqdm.auto import tqdm
-
-    from .images import to_model_input
-
-    if method not in METHODS:
-        raise ValueError(f"unknown saliency method {method!r}; valid: {', '.join(METHODS)}")
-    rows, label_idx = np.asarray(rows), np.asarray(label_idx)
-    if len(rows) != len(label_idx):
-        raise ValueError(f"rows ({len(rows)}) and label_idx ({len(label_idx)}) differ in length")
-    scorer = scorer.eval()
-    dev = next(scorer.parameters()).device
-    layer = scorer.visual.trunk.blocks[block].norm1
-    cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
-    out = []
-    with cls(model=scorer, target_layers=[layer], reshape_transform=vit_reshape) as cam:
-        for i in tqdm(range(0, len(rows), batch_size), desc=f"{method} maps", disable=not progress):
-            r = rows[i:i + batch_size]
-            x = to_model_input(np.asarray(pixels.pixels[r]), mean, std).to(dev)
-            out.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(j)) for j in label_idx[i:i + batch_size]]))
-    if not out:
-        S = pixels.pixels.shape[-1]
-        return np.zeros((0, S, S), np.float32)
-    return np.concatenate(out).astype(np.float32)
+# --------------------------------------------------------------------------------------
+# Ground-truth regions at the model's input geometry
+# --------------------------------------------------------------------------------------
 
 
 def to_input_geometry(mask: np.ndarray, size: int) -> np.ndarray:
@@ -140,77 +124,205 @@ def to_input_geometry(mask: np.ndarray, size: int) -> np.ndarray:
 
 def load_masks(mask_paths: Sequence[str], labels: Sequence[str], size: int) -> np.ndarray:
     """Ground-truth regions (n, size, size) bool from phantom bitmask PNGs, one label per path,
-    at the model's input geometry (:func:`to_input_geometry`)."""
+    at the model's input geometry (:func:`to_input_geometry`). Each file is read once."""
     import cv2
 
     from .phantoms import mask_of
 
     out = np.zeros((len(mask_paths), size, size), bool)
+    bits_of: dict[str, np.ndarray] = {}
     for i, (p, lab) in enumerate(zip(mask_paths, labels)):
-        bits = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-        if bits is None:
-            raise FileNotFoundError(f"cannot read mask {p}: expected a 16-bit PNG bitmask written by helpers.phantoms")
-        out[i] = to_input_geometry(mask_of(bits, lab), size)
+        if str(p) not in bits_of:
+            bits = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            if bits is None:
+                raise FileNotFoundError(f"cannot read mask {p}: expected a 16-bit PNG bitmask "
+                                        "written by helpers.phantoms")
+            bits_of = {str(p): bits}  # masks of one image come together; keep one file at a time
+        out[i] = to_input_geometry(mask_of(bits_of[str(p)], lab), size)
     return out
 
 
-def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """1.0 where the map's maximum (first, in row-major order) lies inside the mask: (n,)."""
-    n = len(maps)
-    flat = maps.reshape(n, -1).argmax(1)
-    return masks.reshape(n, -1)[np.arange(n), flat].astype(float)
+# --------------------------------------------------------------------------------------
+# Explain and score one setting
+# --------------------------------------------------------------------------------------
 
 
-def iou(maps: np.ndarray, masks: np.ndarray, threshold: float) -> np.ndarray:
-    """IoU (n,) of ``maps >= threshold`` with the masks (0 where both are empty)."""
-    b = maps >= threshold
-    inter = (b & masks).sum((1, 2))
-    union = (b | masks).sum((1, 2))
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+@dataclass
+class Explained:
+    """One setting's maps on some pairs, scored: ``stats[key]`` per method (and ``gradcam@b`` per
+    block) as :func:`localization.pair_stats`; ``kept[key]`` the maps of the ``keep`` pairs
+    (S, S), ``small[key]`` every map block-averaged (for rank correlations) when asked."""
+
+    stats: dict[str, dict[str, np.ndarray]]
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
+    small: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def choose_threshold(maps: np.ndarray, masks: np.ndarray,
-                     grid: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))) -> float:
-    """The map threshold with the best mean IoU on these (validation) pairs."""
-    if len(maps) == 0:
-        import warnings
+def explain_pairs(scorer: nn.Module, study, pairs, methods: Sequence[str] = ONE_PASS,
+                  layers: bool = False, keep: Sequence[int] = (), small: bool = False,
+                  layer: int | None = None, progress: bool = True, desc: str = "maps",
+                  pixels=None) -> Explained:
+    """Maps of ``pairs`` (:class:`study.LocPairs`) by ``methods``, scored against their regions.
 
-        warnings.warn("no validation pairs to choose the map threshold on: using 0.5")
-        return 0.5
-    scores = [iou(maps, masks, t).mean() for t in grid]
-    return float(grid[int(np.argmax(scores))])
-
-
-def localization(maps: np.ndarray, masks: np.ndarray, threshold: float, groups: Sequence,
-                 n_boot: int = 200, hit_iou: float = 0.1, seed: int = 0) -> dict:
-    """Pointing game, mean IoU and hit rate with report-level bootstrap 95% CIs.
-
-    Returns ``{metric: value, metric_ci: [lo, hi], "per_pair": {...}}`` for pointing, iou, hit.
+    ``keep``: indices of pairs whose full maps are returned (figures), in increasing order;
+    ``small``: also return every map block-averaged 4x4 (:func:`localization.downsample`).
+    ``layer``: the CAM methods' target (:func:`attribution.default_layer` by default); with
+    ``layers``, Grad-CAM at every layer position too (keys ``gradcam@i``). ``pixels``: another
+    image cache with the study's rows (the positive control's marked images), else the study's.
     """
-    from .metrics import bootstrap_stat
+    from . import localization
+    from .attribution import iter_maps
 
-    per = {"pointing": pointing_game(maps, masks), "iou": iou(maps, masks, threshold)}
-    per["hit"] = (per["iou"] >= hit_iou).astype(float)
-    out: dict = {"threshold": threshold, "n_pairs": int(len(maps))}
-    for k, v in per.items():
-        val, lo, hi = bootstrap_stat(lambda idx, v=v: float(v[idx].mean()), groups, n_boot, seed)
-        out[k], out[f"{k}_ci"] = val, [lo, hi]
-    out["per_pair"] = per
+    lab_idx = np.array([study.labels.index(c) for c in pairs.table.label], dtype=int)
+    parts: dict[str, list] = {}
+    kept: dict[str, list] = {}
+    smalls: dict[str, list] = {}
+    keep = np.asarray(keep, dtype=int)
+    px = study.pixels if pixels is None else pixels
+    for sl, maps in iter_maps(scorer, px, pairs.table.row.to_numpy(), lab_idx, study.info.mean,
+                              study.info.std, methods, layer, layers, progress=progress, desc=desc):
+        idx = np.arange(sl.start, sl.stop)
+        here = np.isin(idx, keep)
+        for k, m in maps.items():
+            parts.setdefault(k, []).append(localization.pair_stats(m, pairs.masks[sl]))
+            if here.any():
+                kept.setdefault(k, []).append(m[here])
+            if small:
+                smalls.setdefault(k, []).append(localization.downsample(m))
+    return Explained({k: localization.concat_stats(v) for k, v in parts.items()},
+                     {k: np.concatenate(v) for k, v in kept.items()},
+                     {k: np.concatenate(v) for k, v in smalls.items()})
+
+
+def score_maps(maps: np.ndarray, pairs) -> dict[str, np.ndarray]:
+    """:func:`localization.pair_stats` of maps already in memory (reference maps, the prior)."""
+    from .localization import pair_stats
+
+    return pair_stats(maps, pairs.masks)
+
+
+def summarise_setting(tune_stats: dict[str, np.ndarray], tune, stats: dict[str, np.ndarray], pairs,
+                      n_boot: int = 200, seed: int = 0) -> dict:
+    """Thresholds tuned on ``tune`` pairs' stats, then :func:`localization.summarise` of ``pairs``
+    (both :class:`study.LocPairs`; stats as :func:`localization.pair_stats`)."""
+    from .localization import summarise, tune_thresholds
+
+    th = tune_thresholds(tune_stats, tune.table.label, tune.table.report_id, pairs.table.label,
+                         pairs.table.report_id)
+    return summarise(stats, th, pairs.table.label.to_numpy(), pairs.table.report_id.to_numpy(),
+                     n_boot, seed)
+
+
+def holdout_probes(study, probe, pairs, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, object]]:
+    """Probes that never saw the image they explain: ``[(pair indices, probe), ...]`` covering
+    every pair once.
+
+    Pairs whose image is outside the training split take chapter 3's ``probe``. Pairs of
+    training images are dealt into ``k`` folds by report (:func:`localization.fold_assignment`);
+    fold ``f`` takes a probe fitted (same ``C`` and class weights as ``probe``) on the training
+    rows of every other report (:func:`localization.holdout_training_rows`).
+    """
+    from .localization import fold_assignment, holdout_training_rows
+    from .probe import fit_probe
+
+    inside = (pairs.table.split == "train").to_numpy()
+    out: list[tuple[np.ndarray, object]] = []
+    if (~inside).any():
+        out.append((np.flatnonzero(~inside), probe))
+    if inside.any():
+        emb, y = study.image_embeddings(), study.y()
+        train, val = study.rows("train"), study.rows("val")
+        idx = np.flatnonzero(inside)
+        sg = pairs.table.report_id.to_numpy()[idx]
+        folds = fold_assignment(sg, min(k, len(set(sg))), seed)
+        for f, fit in enumerate(holdout_training_rows(train, study.groups(train), sg, folds)):
+            p = fit_probe(emb[fit], y[fit], emb[val], y[val], Cs=(probe.C,),
+                          class_weight=probe.class_weight)
+            out.append((idx[folds == f], p))
     return out
 
 
-def location_prior(train, val, test, n_boot: int = 200) -> dict | None:
-    """The reference a map must beat: per label, the mean of its training regions (scaled to
-    [0, 1]), the same map for every image. Threshold chosen on ``val``, scored on ``test``
-    (:class:`study.LocPairs` each). ``None`` when there are no training regions (``full``)."""
-    if len(train) == 0:
-        return None
-    prior = {c: train.masks[(train.table.label == c).to_numpy()].mean(0) for c in train.table.label.unique()}
-    prior = {c: m / m.max() if m.max() > 0 else m for c, m in prior.items()}
-    S = train.masks.shape[-1]
+# --------------------------------------------------------------------------------------
+# Model randomisation (Adebayo et al. 2018)
+# --------------------------------------------------------------------------------------
 
-    def maps(p):
-        return np.stack([prior.get(c, np.zeros((S, S))) for c in p.table.label]) if len(p) else np.zeros((0, S, S))
 
-    t = choose_threshold(maps(val), val.masks)
-    return localization(maps(test), test.masks, t, test.table.report_id, n_boot)
+def reinitialise(module: nn.Module, gen: torch.Generator) -> None:
+    """Re-draw a module's weights in place: matrices N(0, 0.02), norm weights 1, other vectors 0
+    (and CLS / position embeddings N(0, 0.02)): the architecture with none of what it learned."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2 or name.split(".")[-1] in ("cls_token", "pos_embed", "reg_token"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            elif "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+
+
+def cascade_steps(scorer: nn.Module) -> list[tuple[str, list[str]]]:
+    """The cascading randomisation order, top down: (step name, module paths re-drawn at it).
+
+    The scorer's own trainable head (if any), the tower's projection, its final norm, the blocks
+    from last to first, and the patch embedding (with CLS and position embeddings).
+    """
+    trunk = trunk_of(scorer)
+    visual = getattr(scorer, "visual", None)
+    prefix = "visual.trunk" if visual is not None else "trunk"
+    steps: list[tuple[str, list[str]]] = []
+    head = getattr(scorer, "head", None)
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+        steps.append(("head", ["head"]))
+    if visual is not None and isinstance(getattr(visual, "head", None), nn.Module):
+        steps.append(("projection", ["visual.head"]))
+    steps.append(("final norm", [f"{prefix}.norm"]))
+    for b in reversed(range(len(trunk.blocks))):
+        steps.append((f"block {b}", [f"{prefix}.blocks.{b}"]))
+    steps.append(("patch embedding", [f"{prefix}.patch_embed", f"{prefix}.<embeddings>"]))
+    return steps
+
+
+def _get(obj: nn.Module, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _reinit_path(scorer: nn.Module, path: str, gen: torch.Generator) -> None:
+    if path.endswith(".<embeddings>"):
+        trunk = _get(scorer, path[: -len(".<embeddings>")])
+        with torch.no_grad():
+            for name in ("cls_token", "pos_embed", "reg_token"):
+                p = getattr(trunk, name, None)
+                if isinstance(p, torch.Tensor):
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        return
+    mod = _get(scorer, path)
+    if mod is not None:
+        reinitialise(mod, gen)
+
+
+def cascade(scorer: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(step name, scorer copy)`` with every step up to this one re-initialised.
+
+    One copy is made and randomised further at each step (the yielded object changes in place:
+    compute its maps before asking for the next step).
+    """
+    import copy
+
+    rnd = copy.deepcopy(scorer).eval()
+    gen = torch.Generator().manual_seed(seed)
+    for name, paths in cascade_steps(scorer):
+        for p in paths:
+            _reinit_path(rnd, p, gen)
+        yield name, rnd
+
+
+def randomised(scorer: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of the scorer with every step of :func:`cascade_steps` re-initialised."""
+    last = None
+    for _, last in cascade(scorer, seed):
+        pass
+    return last

@@ -154,30 +154,44 @@ def embeddings_of(study: Study, model: torch.nn.Module) -> np.ndarray:
 
 @dataclass
 class LocPairs:
-    """(image, label) pairs with a ground-truth region: ``table`` (row, image_id, report_id, label)
-    and ``masks`` bool (n, S, S) at the model's input geometry."""
+    """(image, label) pairs with a ground-truth region: ``table`` (row, image_id, report_id, label,
+    split) and ``masks`` bool (n, S, S) at the model's input geometry. ``reader_masks``: where the
+    annotation file names readers, each reader's own region (n, S, S) (empty where that reader
+    drew nothing); ``masks`` is then the union of the readers' regions."""
 
     table: pd.DataFrame
     masks: np.ndarray
+    reader_masks: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.table)
 
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "LocPairs":
+        """The pairs at positions ``idx`` (in that order)."""
+        idx = np.asarray(idx, dtype=int)
+        rm = None if self.reader_masks is None else {k: v[idx] for k, v in self.reader_masks.items()}
+        return LocPairs(self.table.iloc[idx].reset_index(drop=True), self.masks[idx], rm)
 
-def localization_pairs(study: Study, split: str, max_pairs: int | None = None,
+
+def localization_pairs(study: Study, split: str | Sequence[str], max_pairs: int | None = None,
                        annotations: str | None = None, seed: int = 0) -> LocPairs:
     """Every (image of ``split``, positive label) pair whose region is known, at most ``max_pairs``.
 
+    ``split``: one split name or several (e.g. every split, for zero-shot on every annotated image).
     ``demo``: regions are the phantoms' exact masks (all labels but No Finding). ``full``: regions
-    come from an annotation CSV (:mod:`helpers.annotations`; default: the shipped example).
-    Pairs whose region is empty at the model's input size are dropped.
+    come from an annotation CSV (:mod:`helpers.annotations`; default: the shipped example), every
+    annotated (image, label) in the split whatever the label table says. Pairs whose region is
+    empty at the model's input size are dropped. ``max_pairs`` draws a seeded random subset
+    (kept in table order).
     """
     from . import annotations as A
     from .cam import load_masks
 
     S = study.info.image_size
-    rows = study.rows(split)
+    splits = [split] if isinstance(split, str) else list(split)
+    rows = np.sort(np.concatenate([study.rows(s) for s in splits])) if splits else np.zeros(0, int)
     t = study.table
+    ann = None
     if "mask_path" in t:
         cand = [(r, c) for r in rows for c in study.labels if c != "No Finding" and t.at[r, c] == 1]
     else:
@@ -188,11 +202,26 @@ def localization_pairs(study: Study, split: str, max_pairs: int | None = None,
         pick = np.sort(np.random.default_rng(seed).choice(len(cand), max_pairs, replace=False))
         cand = [cand[i] for i in pick]
     frame = pd.DataFrame({"row": [r for r, _ in cand], "image_id": [t.at[r, "image_id"] for r, _ in cand],
-                          "report_id": [t.at[r, "report_id"] for r, _ in cand], "label": [c for _, c in cand]})
-    if "mask_path" in t:
+                          "report_id": [t.at[r, "report_id"] for r, _ in cand], "label": [c for _, c in cand],
+                          "split": [t.at[r, "split"] for r, _ in cand]})
+    readers = None
+    if ann is None:
         masks = load_masks([t.at[r, "mask_path"] for r, _ in cand], frame.label.tolist(), S)
     else:
-        masks = np.stack([A.region_mask(ann, iid, lab, t.at[r, "path"], S)
-                          for (r, lab), iid in zip(cand, frame.image_id)]) if cand else np.zeros((0, S, S), bool)
+        masks = _annotation_masks(ann, cand, t, S)
+        if A.READER in ann and ann[A.READER].nunique() > 1:
+            readers = {str(who): _annotation_masks(ann, cand, t, S, str(who))
+                       for who in sorted(ann[A.READER].unique())}
     keep = masks.reshape(len(masks), -1).any(1) if len(masks) else np.zeros(0, bool)
-    return LocPairs(frame[keep].reset_index(drop=True), masks[keep])
+    rm = None if readers is None else {k: v[keep] for k, v in readers.items()}
+    return LocPairs(frame[keep].reset_index(drop=True), masks[keep], rm)
+
+
+def _annotation_masks(ann: pd.DataFrame, cand: list, t: pd.DataFrame, S: int,
+                      reader: str | None = None) -> np.ndarray:
+    from . import annotations as A
+
+    if not cand:
+        return np.zeros((0, S, S), bool)
+    return np.stack([A.region_mask(ann, t.at[r, "image_id"], lab, t.at[r, "path"], S, reader)
+                     for r, lab in cand])
