@@ -312,7 +312,7 @@ validation_table
 # under the run folder, keyed by its configuration, base weights and data, so the book trains
 # it once.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 control, PIX = None, {}
 if has_masks:
     cfg = localising.ControlConfig(epochs=control_epochs, max_images=control_images)

@@ -3,7 +3,8 @@
 The smoke build executes every chapter once (``built_book``); here nbval executes each copy
 again, in a fresh kernel, and compares every cell's output with the stored one after
 sanitising what may legitimately differ (tests/nbval/sanitize.cfg: dates, durations, memory
-addresses, temporary paths). Progress bars and warnings go to stderr, which is not part of a
+addresses, temporary paths; a cell whose output says whether a cache was hit carries the
+``nbval-ignore-output`` tag). Progress bars and warnings go to stderr, which is not part of a
 chapter's result: they are switched off for the re-run and stripped from the reference. A
 chapter whose numbers change between two runs with the same inputs fails here.
 """
