@@ -215,10 +215,13 @@ def _time_sources(profile: str, results: Path) -> list[tuple[dict[str, float], s
         out.append(({c: v["seconds"] for c, v in t.items()}, f"{f} (earlier runs here{note})"))
     if results.is_file():
         r = json.loads(results.read_text())
-        dev = r.get("machine", {}).get("device", "?")
-        for key, v in r.items():
-            if isinstance(v, dict) and "chapters_s" in v and v.get("profile", "demo") == profile:
-                out.append((dict(v["chapters_s"]), f"{results} [{key}] (measured on {dev})"))
+        devices = r.get("devices") or {r.get("machine", {}).get("device", "?"): r}  # per device, or older
+        for dev, entry in devices.items():
+            for key, v in entry.items():
+                if isinstance(v, dict) and "chapters_s" in v and v.get("profile", "demo") == profile:
+                    limit = v.get("conditions", {}).get("limit_per_split")
+                    what = v.get("label", key) + (f"; -p limit {limit}" if limit else "")
+                    out.append((dict(v["chapters_s"]), f"{results} [{what}] (measured on {dev})"))
     return out
 
 
@@ -237,9 +240,10 @@ def expected_times(profile: str, results: Path = BENCHMARKS) -> dict[str, tuple[
     return out
 
 
-def time_check(profile: str) -> Check:
-    """Expected time per chapter, "unknown" where no source has one."""
-    times = expected_times(profile)
+def time_check(profile: str, results: Path | None = None) -> Check:
+    """Expected time per chapter, "unknown" where no source has one (``results``: the benchmark
+    file, default ``benchmarks/results.json``)."""
+    times = expected_times(profile, results or BENCHMARKS)
     known = {c: v for c, v in times.items() if v is not None}
     if not known:
         return Check("time", "unknown: no run_times.json for this profile and no benchmark entry")
