@@ -151,10 +151,13 @@ def _gpu_used_mib() -> float | None:
 
 
 def measure(cmd: Sequence[str], interval: float = 0.5) -> dict:
-    """Run ``cmd``; its exit status, wall seconds, peak RSS of its process tree (MiB) and, where
-    ``nvidia-smi`` exists, peak GPU memory in use (MiB; None otherwise)."""
+    """Run ``cmd``; its exit status, wall seconds, peak RSS of its process tree (MiB), where
+    ``nvidia-smi`` exists the peak GPU memory in use (MiB; None otherwise), and the machine's
+    1-minute load average when it started (others' work slows a shared machine) and the
+    ``OMP_NUM_THREADS`` it inherits (None: unset)."""
     import psutil
 
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd))
     ps = psutil.Process(proc.pid)
@@ -165,7 +168,8 @@ def measure(cmd: Sequence[str], interval: float = 0.5) -> dict:
         gpu = g if gpu is None else max(gpu, g or 0)
         time.sleep(interval)
     return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "peak_rss_mib": peak / 2 ** 20,
-            "peak_gpu_used_mib": gpu, "sample_interval_s": interval}
+            "peak_gpu_used_mib": gpu, "sample_interval_s": interval, "load_avg_1min_start": load,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def run(params: Sequence[tuple[str, str]], chapters: Sequence[str] | None = None, interval: float = 0.5) -> dict:
@@ -242,12 +246,14 @@ def full_run_record(times: dict, peaks: dict, chapters: Sequence[str]) -> dict:
                        "limit_per_split": limit, "params": params, "model": _model_size(str(params.get("model", ""))),
                        "images": {"what": "target-style phantoms named as Open-I's PNGs (helpers.bench_full setup)",
                                   "n_png": sum(1 for _ in png.glob("*.png")), "png_px": png_px},
-                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count(),
+                       "omp_num_threads": sorted({str(peaks[c].get("omp_num_threads")) for c in got}),
+                       "cpu_count": os.cpu_count(),
                        "memory": "peak RSS of the runner and all its children, sampled; "
                                  + ("GPU: device memory in use (nvidia-smi)" if gpu else "no GPU")},
         "chapters": {c: {"seconds": times[c]["seconds"], "wall_s": peaks[c]["wall_s"],
                          "peak_rss_mib": peaks[c]["peak_rss_mib"], "peak_gpu_used_mib": peaks[c]["peak_gpu_used_mib"],
-                         "date": times[c]["date"]} for c in got},
+                         "load_avg_1min_start": peaks[c].get("load_avg_1min_start"), "date": times[c]["date"]}
+                     for c in got},
         "chapters_s": {c: times[c]["seconds"] for c in got},
         "total_s": sum(times[c]["seconds"] for c in got),
         "peak_rss_mib": max((peaks[c]["peak_rss_mib"] for c in got), default=None),

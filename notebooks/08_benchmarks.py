@@ -259,7 +259,8 @@ def full_conditions(f):
             "PNG size (px)": "x".join(map(str, c["images"]["png_px"] or [])) or "–",
             "other parameters": ", ".join(f"{k} {v}" for k, v in c["params"].items()
                                           if k not in ("profile", "model", "limit", "annotations")),
-            "OMP_NUM_THREADS": c.get("omp_num_threads") or "unset", "memory measured": c["memory"],
+            "OMP_NUM_THREADS": ", ".join(c.get("omp_num_threads") or ["unknown"]).replace("None", "unset"),
+            "memory measured": c["memory"],
             "complete": "every chapter" if f["complete"] else "not every chapter (see the table)"}
 
 
@@ -270,7 +271,8 @@ if FULL:
         for k, f in FULL.items()), display=False)
     display(pd.DataFrame({k: full_conditions(f) for k, f in FULL.items()}))
     full_df = pd.DataFrame({(k, ch): {"seconds": x["seconds"], "peak RSS (MiB)": x["peak_rss_mib"],
-                                      "peak GPU memory in use (MiB)": x["peak_gpu_used_mib"]}
+                                      "peak GPU memory in use (MiB)": x["peak_gpu_used_mib"],
+                                      "load average at start": x.get("load_avg_1min_start")}
                             for k, f in FULL.items() for ch, x in f["chapters"].items()}).T
 else:
     glue("full_run_status", "not measured yet: run `python -m helpers.bench_full all` (see "

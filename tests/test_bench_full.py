@@ -51,10 +51,12 @@ def test_phantom_annotations_cover_positive_val_and_test_findings(tmp_path):
     assert region_mask(ann, "c", "Pleural Effusion", png, 32).any()
 
 
-def test_measure_reports_exit_status_and_peak_memory():
+def test_measure_reports_exit_status_and_peak_memory(monkeypatch):
     code = "b = b'x' * (120 * 2 ** 20); import time; time.sleep(1.0)"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     m = BF.measure([sys.executable, "-c", code], interval=0.05)
-    assert m["rc"] == 0 and m["peak_rss_mib"] >= 100
+    assert m["rc"] == 0 and m["peak_rss_mib"] >= 100 and m["load_avg_1min_start"] >= 0
+    assert m["omp_num_threads"] == "3"
     assert BF.measure([sys.executable, "-c", "raise SystemExit(3)"], interval=0.05)["rc"] == 3
 
 
@@ -68,7 +70,7 @@ def _fake_run(out_dir, chapters):
     t = {c: {"seconds": 10.0 * (k + 1), "params": {"profile": "full", "limit": 40, "model": "local-dir:/x"},
              "cores": 2, "date": "2026-01-01 00:00 UTC"} for k, c in enumerate(chapters)}
     p = {c: {"rc": 0, "wall_s": 12.0, "peak_rss_mib": 100.0 * (k + 1), "peak_gpu_used_mib": None,
-             "sample_interval_s": 0.5} for k, c in enumerate(chapters)}
+             "sample_interval_s": 0.5, "omp_num_threads": "1"} for k, c in enumerate(chapters)}
     (out_dir / "full").mkdir(parents=True)
     (out_dir / "full" / "run_times.json").write_text(json.dumps(t))
     (out_dir / "full" / "run_peaks.json").write_text(json.dumps(p))
@@ -94,6 +96,7 @@ def test_record_goes_into_this_devices_entry_and_preflight_reads_it(tmp_path, mo
     assert data["devices"][key]["full_profile_run"] == rec
     assert rec["label"] == "full-profile run at scale (CPU, reduced limit)" and not rec["complete"]
     assert rec["conditions"]["limit_per_split"] == 40 and rec["conditions"]["gpu"] is False
+    assert rec["conditions"]["omp_num_threads"] == ["1"]  # as the run had it, not the recording shell
     assert rec["chapters_s"] == {"02_zero_shot": 10.0, "03_linear_probe": 20.0} and rec["peak_rss_mib"] == 200.0
     monkeypatch.setenv("IUXRAY_OUTPUT_DIR", str(tmp_path / "elsewhere"))  # no run_times.json here
     s = P.time_check("full", out).summary
