@@ -312,6 +312,9 @@ def run(smoke: bool = False, out: Path | None = None, full_size: bool = True, de
     # (its machine has no "key") is replaced by this run
     devices = {k: v for k, v in previous.get("devices", {}).items()
                if v.get("machine", {}).get("key") or v.get("machine", {}).get("device") != res["machine"]["device"]}
+    kept = devices.get(res["machine"]["key"], {}).get("full_profile_run")  # helpers.bench_full's record
+    if kept is not None:
+        res["full_profile_run"] = kept
     devices[res["machine"]["key"]] = res
     atomic_write_json(out, {"format": 2, "latest": res["machine"]["key"], "devices": devices})
     return res

@@ -22,8 +22,10 @@ from torch import nn
 IUXRAY_TRAIN = 3475  # frontal training images in the demo split (chapter 1)
 SEED_FINETUNE_MIN = 15.47  # the seed study's reported fine-tuning time (30 epochs)
 BIOMEDCLIP_SIZE = dict(embed_dim=512, vit_width=768, vit_depth=12, vit_heads=12, bert_width=768, bert_depth=12,
-                       bert_heads=12, vocab_size=30522, context_length=256, image_size=224, patch_size=16)
-"""TinyConfig fields of a model with BiomedCLIP's architecture and size (random weights)."""
+                       bert_heads=12, vocab_size=30522, context_length=256, image_size=224, patch_size=16,
+                       mlp_ratio=4.0, pad_vocab=True)
+"""TinyConfig fields of a model with BiomedCLIP's architecture and size (random weights): ViT-B/16 at
+224 px (MLP ratio 4), a BERT-base text tower (PubMedBERT's 30,522-token vocabulary, 256-token context)."""
 
 
 def _timed(fn, dev: torch.device | None = None) -> tuple[float, object]:

@@ -57,6 +57,11 @@ class TinyConfig:
     context_length: int = 256
     image_size: int = 160
     patch_size: int = 16
+    mlp_ratio: float = 3.0
+    """ViT MLP width / ViT width (ViT-B/16, BiomedCLIP's image tower: 4.0)."""
+    pad_vocab: bool = False
+    """Pad the trained WordPiece vocabulary with ``[unusedN]`` tokens up to ``vocab_size`` (as BERT's
+    vocabularies are padded), so the text tower has a given size whatever the corpus."""
 
 
 def _register_timm_tiny(cfg: TinyConfig = TinyConfig()) -> str:
@@ -66,12 +71,14 @@ def _register_timm_tiny(cfg: TinyConfig = TinyConfig()) -> str:
     from timm.models.vision_transformer import _create_vision_transformer
 
     name = f"vit_iuxray_tiny_w{cfg.vit_width}_d{cfg.vit_depth}_patch{cfg.patch_size}_{cfg.image_size}"
+    if cfg.mlp_ratio != 3.0:  # the demo model's name stays as committed
+        name += f"_mlp{cfg.mlp_ratio:g}".replace(".", "p")
     if name in timm.list_models(name):
         return name
 
     def _fn(pretrained: bool = False, **kwargs):
         args = dict(patch_size=cfg.patch_size, embed_dim=cfg.vit_width, depth=cfg.vit_depth,
-                    num_heads=cfg.vit_heads, mlp_ratio=3.0, img_size=cfg.image_size)
+                    num_heads=cfg.vit_heads, mlp_ratio=cfg.mlp_ratio, img_size=cfg.image_size)
         return _create_vision_transformer("vit_tiny_patch16_224", pretrained=False, **dict(args, **kwargs))
 
     _fn.__name__ = name
@@ -80,8 +87,11 @@ def _register_timm_tiny(cfg: TinyConfig = TinyConfig()) -> str:
 
 
 def train_wordpiece(texts: Iterable[str], folder: str | os.PathLike, vocab_size: int = 3000,
-                    context_length: int = 256) -> Path:
+                    context_length: int = 256, pad: bool = False) -> Path:
     """Train a lower-casing BERT WordPiece tokenizer on ``texts``; save fast tokenizer files.
+
+    With ``pad``, a vocabulary smaller than ``vocab_size`` (a small corpus) is filled up with
+    ``[unused0]``, ``[unused1]``, ... (never produced by tokenizing text) to exactly ``vocab_size``.
 
     Writes ``tokenizer.json``, ``vocab.txt``, ``tokenizer_config.json`` and
     ``special_tokens_map.json`` into ``folder`` (loadable by ``AutoTokenizer``).
@@ -97,6 +107,10 @@ def train_wordpiece(texts: Iterable[str], folder: str | os.PathLike, vocab_size:
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, min_frequency=1)
     tok.train_from_iterator(list(texts), trainer=trainer)
+    if pad and tok.get_vocab_size() < vocab_size:
+        vocab = tok.get_vocab()
+        vocab.update({f"[unused{k}]": len(vocab) + k for k in range(vocab_size - len(vocab))})
+        tok.model = models.WordPiece(vocab, unk_token="[UNK]")
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -129,7 +143,7 @@ def build_tiny(folder: str | os.PathLike, texts: Iterable[str], cfg: TinyConfig 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok_dir = train_wordpiece(texts, folder, cfg.vocab_size, cfg.context_length)
+    tok_dir = train_wordpiece(texts, folder, cfg.vocab_size, cfg.context_length, cfg.pad_vocab)
     vocab_size = sum(1 for _ in open(tok_dir / "vocab.txt", encoding="utf-8"))
     bert = BertConfig(vocab_size=vocab_size, hidden_size=cfg.bert_width,
                       num_hidden_layers=cfg.bert_depth, num_attention_heads=cfg.bert_heads,

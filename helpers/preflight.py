@@ -16,7 +16,7 @@ One screen, one line per check:
   the CPU;
 * **disk**: free space where the caches go (``IUXRAY_DATA_DIR``, default ``<repo>/data``)
   against an estimate from the image count: pixel cache N*S*S bytes, image embeddings,
-  fine-tuning checkpoints (weights + Adam state), phantoms in ``demo``;
+  fine-tuning checkpoints (weights + Adam state) of chapter 4's 2 x n_seeds runs, phantoms in ``demo``;
 * **time**: expected seconds per chapter, from this machine's ``run_times.json`` for the
   profile or from ``benchmarks/results.json``; "unknown" when neither has them.
 
@@ -175,15 +175,26 @@ def check_gpu(profile: str) -> Check:
 
 
 def disk_needed(n_images: int, image_size: int, embed_dim: int, n_params: int,
-                profile: str) -> dict[str, int]:
-    """Bytes the caches of one run need, by kind (see the module docstring)."""
+                profile: str, finetune_runs: int = 1) -> dict[str, int]:
+    """Bytes the caches of one run need, by kind (see the module docstring). Chapter 4 keeps the
+    checkpoints of ``finetune_runs`` runs (``2 * n_seeds``: real and permuted labels)."""
+    one_run = n_params * CHECKPOINT_BYTES_PER_PARAM
+    runs = f" ({finetune_runs} runs)" if finetune_runs != 1 else ""
     need = {"pixel cache": n_images * image_size * image_size,
             "embeddings": 2 * n_images * embed_dim * 4,
-            "fine-tuning checkpoints": n_params * CHECKPOINT_BYTES_PER_PARAM}
+            f"fine-tuning checkpoints{runs}": finetune_runs * one_run}
     if profile == "demo":
         need["phantoms"] = n_images * PHANTOM_BYTES
-    need["temporary copy (atomic writes)"] = max(need.values())
+    # one file at a time is written beside its final path
+    need["temporary copy (atomic writes)"] = max(one_run, *(v for k, v in need.items() if "fine-tuning" not in k))
     return need
+
+
+def default_n_seeds() -> int:
+    """Chapter 4's default number of training seeds (read from its parameters cell)."""
+    from .run import declared_parameters, notebook_path, read_notebook
+
+    return int(declared_parameters(read_notebook(notebook_path("04_fine_tune")))["n_seeds"].default)
 
 
 def check_disk(need: dict[str, int], folder: Path) -> Check:
@@ -215,10 +226,13 @@ def _time_sources(profile: str, results: Path) -> list[tuple[dict[str, float], s
         out.append(({c: v["seconds"] for c, v in t.items()}, f"{f} (earlier runs here{note})"))
     if results.is_file():
         r = json.loads(results.read_text())
-        dev = r.get("machine", {}).get("device", "?")
-        for key, v in r.items():
-            if isinstance(v, dict) and "chapters_s" in v and v.get("profile", "demo") == profile:
-                out.append((dict(v["chapters_s"]), f"{results} [{key}] (measured on {dev})"))
+        devices = r.get("devices") or {r.get("machine", {}).get("device", "?"): r}  # per device, or older
+        for dev, entry in devices.items():
+            for key, v in entry.items():
+                if isinstance(v, dict) and "chapters_s" in v and v.get("profile", "demo") == profile:
+                    limit = v.get("conditions", {}).get("limit_per_split")
+                    what = v.get("label", key) + (f"; -p limit {limit}" if limit else "")
+                    out.append((dict(v["chapters_s"]), f"{results} [{what}] (measured on {dev})"))
     return out
 
 
@@ -237,9 +251,10 @@ def expected_times(profile: str, results: Path = BENCHMARKS) -> dict[str, tuple[
     return out
 
 
-def time_check(profile: str) -> Check:
-    """Expected time per chapter, "unknown" where no source has one."""
-    times = expected_times(profile)
+def time_check(profile: str, results: Path | None = None) -> Check:
+    """Expected time per chapter, "unknown" where no source has one (``results``: the benchmark
+    file, default ``benchmarks/results.json``)."""
+    times = expected_times(profile, results or BENCHMARKS)
     known = {c: v for c, v in times.items() if v is not None}
     if not known:
         return Check("time", "unknown: no run_times.json for this profile and no benchmark entry")
@@ -251,7 +266,7 @@ def time_check(profile: str) -> Check:
     return Check("time", f"~{total / 60:.1f} min{more} ({per}); from {srcs}")
 
 
-def next_command(profile: str, model: str, image_dir: Path, limit: int) -> str:
+def next_command(profile: str, model: str, image_dir: Path, limit: int, n_seeds: int | None = None) -> str:
     """The exact command that runs the profile as checked."""
     py = ".venv/bin/python" if (REPO_ROOT / ".venv" / "bin" / "python").exists() else "python"
     cmd = [py, "-m", "helpers.run", "--profile", profile]
@@ -259,20 +274,24 @@ def next_command(profile: str, model: str, image_dir: Path, limit: int) -> str:
         cmd += ["-p", "model", model]
     if limit:
         cmd += ["-p", "limit", str(limit)]
+    if n_seeds is not None and n_seeds != default_n_seeds():
+        cmd += ["-p", "n_seeds", str(n_seeds)]
     default = data_dir() / "openi" / "images"
     if profile == "full" and image_dir.resolve() != default.resolve():
         cmd += ["-p", "image_dir", str(image_dir.resolve())]  # chapters 2-6 declare it
     return " ".join(shlex.quote(x) for x in cmd)
 
 
-def run_checks(profile: str, model: str, image_dir: Path, limit: int, verify: int) -> list[Check]:
-    """Every check, in screen order."""
+def run_checks(profile: str, model: str, image_dir: Path, limit: int, verify: int,
+               n_seeds: int | None = None) -> list[Check]:
+    """Every check, in screen order (``n_seeds``: chapter 4's, default its own)."""
     ids = expected_image_ids(limit)
     images = check_images(ids, image_dir, verify) if profile == "full" else check_phantoms(ids)
     model_check, info = check_model(model)
     checks = [images, model_check, check_gpu(profile)]
     if info is not None:
-        need = disk_needed(len(ids), info.image_size, info.embed_dim, info.n_params, profile)
+        runs = 2 * (n_seeds or default_n_seeds())
+        need = disk_needed(len(ids), info.image_size, info.embed_dim, info.n_params, profile, runs)
         checks.append(check_disk(need, data_dir()))
     else:
         checks.append(Check("disk", "not estimated (the model did not load)"))
@@ -317,6 +336,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--limit", type=int, default=0,
                     help="check only the images a run with -p limit N reads (N per split); "
                          "0 means every image of the study")
+    ap.add_argument("--n-seeds", type=int, default=None,
+                    help="chapter 4's -p n_seeds for the run (it keeps 2 x n_seeds fine-tuning "
+                         "checkpoints: real and permuted labels); default: chapter 4's own")
     ap.add_argument("--verify", type=int, default=32,
                     help="how many found images to decode fully (every header is opened); "
                          "0 decodes all")
@@ -325,13 +347,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.limit < 0 or args.verify < 0:
-        print("error: --limit and --verify must be >= 0", file=sys.stderr)
+    if args.limit < 0 or args.verify < 0 or (args.n_seeds is not None and args.n_seeds < 1):
+        print("error: --limit and --verify must be >= 0, --n-seeds >= 1", file=sys.stderr)
         return 2
     model = args.model or get_profile(args.profile).model
     image_dir = args.image_dir or data_dir() / "openi" / "images"
-    checks = run_checks(args.profile, model, image_dir, args.limit, args.verify)
-    print(report(checks, args.profile, next_command(args.profile, model, image_dir, args.limit)))
+    checks = run_checks(args.profile, model, image_dir, args.limit, args.verify, args.n_seeds)
+    print(report(checks, args.profile, next_command(args.profile, model, image_dir, args.limit, args.n_seeds)))
     return 0 if all(c.ok for c in checks) else 1
 
 

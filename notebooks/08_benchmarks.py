@@ -45,6 +45,7 @@ raw = json.loads(path.read_text())
 if "devices" not in raw:  # a file from before results were kept per device
     raw = {"devices": {f"{raw['machine']['device']} ({raw['machine']['cpu_count']} cores)": raw}}
 DEV = raw["devices"]
+BENCH = {k: r for k, r in DEV.items() if "probe_fit" in r}  # devices that ran `make bench` (not only a full run)
 gpus = [k for k in DEV if k.startswith("cuda")]
 cpus = [k for k in DEV if not k.startswith("cuda")]
 
@@ -130,8 +131,8 @@ glue("vitb_gflops", f"{next(iter(flops.values())):.1f}" if flops else "(not coun
 # stops short of the optimum at large $C$, ours goes further).
 
 # %% tags=["hide-input"]
-probe = pd.DataFrame({(k, f"{d}-d"): v for k, r in DEV.items() for d, v in r["probe_fit"].items()}).T
-glue("probe_s_512", "; ".join(f"{r['probe_fit']['512']['fit_s']:.2f} s on {k}" for k, r in DEV.items()
+probe = pd.DataFrame({(k, f"{d}-d"): v for k, r in BENCH.items() for d, v in r["probe_fit"].items()}).T
+glue("probe_s_512", "; ".join(f"{r['probe_fit']['512']['fit_s']:.2f} s on {k}" for k, r in BENCH.items()
                               if "512" in r["probe_fit"]) or "(not measured)", display=False)
 probe.style.format(precision=3, na_rep="–")
 
@@ -152,7 +153,7 @@ probe.style.format(precision=3, na_rep="–")
 
 # %% tags=["hide-input"]
 ft = {}
-for k, r in DEV.items():
+for k, r in BENCH.items():
     f = r["finetune_tiny"]
     ft[k] = {"batch size": f["batch_size"], "steps timed": f["steps"], "seed s/step": f["seed_step_s"],
              "ours s/step": f["ours_step_s"], "speed-up": f["speedup"],
@@ -198,7 +199,7 @@ sv = {(k, bs): v for k, r in DEV.items() for bs, v in r.get("step_variants_biome
 # each device:
 
 # %% tags=["hide-input"]
-pd.concat({k: pd.DataFrame(r["profile_tiny_step"]) for k, r in DEV.items()}).style.format(
+pd.concat({k: pd.DataFrame(r["profile_tiny_step"]) for k, r in BENCH.items()}).style.format(
     {"self_cpu_ms": "{:.1f}", "share": "{:.1%}"})
 
 # %% [markdown]
@@ -225,3 +226,61 @@ book_df
 
 # %% [markdown]
 # Whole book: {glue:text}`book_min`.
+
+# %% [markdown]
+# ## The full profile at scale
+#
+# `python -m helpers.bench_full` runs every chapter on the `full` profile's code path, each
+# chapter as its own process, and measures it from outside: wall time and the peak resident
+# memory (RSS) of the runner and all its children (the Jupyter kernel, image-decoding workers),
+# plus, on a GPU, the device memory in use. It needs no download: the model has
+# BiomedCLIP's architecture and size (ViT-B/16 at 224 px, a BERT-base text tower with
+# PubMedBERT's vocabulary and 256-token context, embed dim 512) but is built from configs with
+# **random weights**, and the images are phantoms written under Open-I's file names, one per image
+# id of the label table. Its numbers say how long the code path takes and how much memory it
+# needs at this model size, never how well anything classifies. Where no GPU was lent, the run
+# is on the CPU with a reduced `limit` (images per split), as its conditions below state; the
+# commands for the real thing are on {doc}`../reproducing`.
+
+# %% tags=["hide-input"]
+from IPython.display import display
+
+FULL = {k: r["full_profile_run"] for k, r in DEV.items() if r.get("full_profile_run")}
+
+
+def full_conditions(f):
+    c, m = f["conditions"], f["conditions"]["model"]
+    dates = sorted(x["date"] for x in f["chapters"].values())
+    return {"run": f["label"], "dates": f"{dates[0]} to {dates[-1]}" if dates else "–",
+            "GPU": "yes" if c["gpu"] else "no (CPU only)",
+            "limit (images per split)": c["limit_per_split"] or "none (every image)",
+            "model parameters (M)": f"{m['n_params'] / 1e6:.1f}" if "n_params" in m else "–",
+            "weights": m.get("weights", "–"), "images": f"{c['images']['n_png']} {c['images']['what']}",
+            "PNG size (px)": "x".join(map(str, c["images"]["png_px"] or [])) or "–",
+            "other parameters": ", ".join(f"{k} {v}" for k, v in c["params"].items()
+                                          if k not in ("profile", "model", "limit", "annotations")),
+            "OMP_NUM_THREADS": ", ".join(c.get("omp_num_threads") or ["unknown"]).replace("None", "unset"),
+            "memory measured": c["memory"],
+            "complete": "every chapter" if f["complete"] else "not every chapter (see the table)"}
+
+
+if FULL:
+    glue("full_run_status", "; ".join(
+        f"{f['label']} on {k}: {f['total_s'] / 60:.1f} min over {len(f['chapters'])} chapters, peak RSS "
+        f"{f['peak_rss_mib'] / 1024:.1f} GiB, limit {f['conditions']['limit_per_split'] or 'none'} per split"
+        for k, f in FULL.items()), display=False)
+    display(pd.DataFrame({k: full_conditions(f) for k, f in FULL.items()}))
+    full_df = pd.DataFrame({(k, ch): {"seconds": x["seconds"], "peak RSS (MiB)": x["peak_rss_mib"],
+                                      "peak GPU memory in use (MiB)": x["peak_gpu_used_mib"],
+                                      "load average at start": x.get("load_avg_1min_start")}
+                            for k, f in FULL.items() for ch, x in f["chapters"].items()}).T
+else:
+    glue("full_run_status", "not measured yet: run `python -m helpers.bench_full all` (see "
+                            "Reproducing the paper)", display=False)
+    full_df = pd.DataFrame({"full-profile run at scale": ["not measured yet"]})
+full_df.style.format(precision=1, na_rep="–") if FULL else full_df
+
+# %% [markdown]
+# Full profile at scale: {glue:text}`full_run_status`. Each chapter's seconds are the runner's
+# own record (`outputs/full/run_times.json`); the first chapter to meet an image decodes it into
+# the pixel cache, so later chapters read their inputs from there.

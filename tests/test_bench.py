@@ -9,13 +9,19 @@ from helpers import bench as B
 
 
 def test_bench_smoke_writes_results_per_device(tmp_path, data_env):
+    import torch
+
     out = tmp_path / "results.json"
-    out.write_text(json.dumps({"format": 2, "latest": "cuda: X", "devices": {"cuda: X": {"kept": True}}}))
+    cpu = B.device_key(torch.device("cpu"))
+    full_run = {"label": "full-profile run at scale (CPU, reduced limit)"}  # helpers.bench_full's record
+    out.write_text(json.dumps({"format": 2, "latest": "cuda: X", "devices": {
+        "cuda: X": {"kept": True}, cpu: {"machine": {"key": cpu}, "full_profile_run": full_run}}}))
     r = B.run(smoke=True, out=out)
     data = json.loads(out.read_text())
     key = r["machine"]["key"]
     assert key.startswith("cpu: ") and data["latest"] == key
     assert data["devices"]["cuda: X"] == {"kept": True}  # another device's results stay
+    assert data["devices"][cpu]["full_profile_run"] == full_run  # a re-run keeps this device's full run
     r = data["devices"][key]
     assert r["machine"]["smoke"] is True and r["machine"]["cpu_count"] >= 1
     e = r["embedding_tiny"]

@@ -136,3 +136,26 @@ def test_text_embedding_cache(tiny, tmp_path):
     a = E.text_embeddings(model, tokenizer, info.weights_sha256, ["no effusion", "cardiomegaly"], cache_dir=tmp_path)
     b = E.text_embeddings(model, tokenizer, info.weights_sha256, ["no effusion", "cardiomegaly"], cache_dir=tmp_path)
     assert E.STATS["text"] == 1 and np.array_equal(a, b) and a.shape == (2, info.embed_dim)
+
+
+def test_vit_mlp_ratio_is_configurable_and_the_demo_name_is_kept():
+    """ViT-B/16 (BiomedCLIP's image tower) has MLP ratio 4; the demo model keeps 3 and its name."""
+    import timm
+
+    demo = M._register_timm_tiny(TinyConfig(vit_depth=1))
+    wide = M._register_timm_tiny(TinyConfig(vit_depth=1, mlp_ratio=4.0))
+    assert demo == "vit_iuxray_tiny_w96_d1_patch16_160" and wide != demo
+    assert timm.create_model(demo).blocks[0].mlp.fc1.out_features == 3 * 96
+    assert timm.create_model(wide).blocks[0].mlp.fc1.out_features == 4 * 96
+
+
+def test_padded_vocabulary_has_the_asked_size_and_tokenizes_alike(tmp_path):
+    from transformers import AutoTokenizer
+
+    plain = AutoTokenizer.from_pretrained(M.train_wordpiece(CORPUS, tmp_path / "a", 500))
+    padded = AutoTokenizer.from_pretrained(M.train_wordpiece(CORPUS, tmp_path / "b", 500, pad=True))
+    assert len(plain) < 500 and len(padded) == 500
+    assert "[unused0]" in padded.get_vocab() and "[unused0]" not in plain.get_vocab()
+    for s in CORPUS[:5]:  # (words unseen in training may split differently: the trainer breaks ties freely)
+        assert padded.tokenize(s) == plain.tokenize(s)
+    assert max(padded("effusion [unused0] [unused7]")["input_ids"]) < len(plain)  # text never hits padding

@@ -84,6 +84,9 @@ def test_not_enough_disk(tmp_path, monkeypatch):
     need = P.disk_needed(3679, 224, 512, 196_000_000, "full")
     assert need["pixel cache"] == 3679 * 224 * 224
     assert need["fine-tuning checkpoints"] == 196_000_000 * P.CHECKPOINT_BYTES_PER_PARAM
+    six = P.disk_needed(3679, 224, 512, 196_000_000, "full", finetune_runs=6)  # chapter 4: 3 seeds x 2
+    assert six["fine-tuning checkpoints (6 runs)"] == 6 * need["fine-tuning checkpoints"]
+    assert six["temporary copy (atomic writes)"] == need["fine-tuning checkpoints"]  # one file at a time
     monkeypatch.setattr(P.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 9, 1))
     c = P.check_disk(need, tmp_path / "not" / "yet")
     assert len(c.problems) == 1 and "not enough disk" in c.problems[0]
@@ -101,11 +104,12 @@ def test_incomplete_setup_exits_nonzero_with_one_message_each(fake_full, tmp_pat
 
 def test_expected_times_unknown_then_measured(tmp_path, monkeypatch):
     monkeypatch.setenv("IUXRAY_OUTPUT_DIR", str(tmp_path))
-    assert "unknown" in P.time_check("full").summary
+    none = tmp_path / "no-benchmarks.json"  # the committed benchmark file may hold a full run
+    assert "unknown" in P.time_check("full", none).summary
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "run_times.json").write_text(json.dumps(
         {"02_zero_shot": {"seconds": 120.0, "params": {"limit": 8}}}))
-    s = P.time_check("full").summary
+    s = P.time_check("full", none).summary
     assert "02_zero_shot 120s" in s and "04_fine_tune unknown" in s and "limit 8" in s
 
 
@@ -114,6 +118,15 @@ def test_demo_profile_is_quick_and_ready(data_env, label_table, capsys):
     out = capsys.readouterr().out
     assert "phantoms needed" in out and "tiny loads" in out
     assert out.rstrip().endswith(f"-m helpers.run --profile demo -p limit {LIMIT}")
+    assert "fine-tuning checkpoints (6 runs)" in out  # chapter 4's default: 3 seeds, real and permuted
+
+
+def test_n_seeds_sizes_the_checkpoints_and_goes_into_the_command(data_env, label_table, capsys):
+    assert P.main(["--limit", str(LIMIT), "--n-seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "fine-tuning checkpoints (2 runs)" in out
+    assert out.rstrip().endswith(f"-p limit {LIMIT} -p n_seeds 1")
+    assert P.main(["--n-seeds", "0"]) == 2
 
 
 def test_help_explains_every_option():
