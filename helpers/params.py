@@ -61,6 +61,11 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "Cs": (0.0, None, False, True),
     "projection_points": (10, None, True, True),
     "max_pairs": (0, None, True, True),            # 0 = all pairs
+    "scorecam_pairs": (0, None, True, True),       # 0 = no ScoreCAM
+    "cascade_pairs": (1, None, True, True),
+    "k_folds": (2, None, True, True),
+    "control_epochs": (1, None, True, True),
+    "control_images": (1, None, True, True),
     "n_seeds": (1, None, True, True),              # training seeds (and control permutations)
     "causal_pairs": (1, None, True, True),
     "causal_images": (1, None, True, True),

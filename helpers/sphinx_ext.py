@@ -85,7 +85,12 @@ def _page_context(app: Any, pagename: str, templatename: str, context: dict, doc
 
 def _source_of(url: str) -> str:
     """An executed chapter's repository URL -> its jupytext source: ``book/chapters/NN.ipynb`` ->
-    ``notebooks/NN.py`` (the executed copies are build products; the sources are what to edit)."""
+    ``notebooks/NN.py`` (the executed copies are build products; the sources are what to edit).
+
+    Only repository links (``http...``) change: the download button's relative
+    ``_sources/book/chapters/NN.ipynb`` is a file of the site (the executed notebook) and stays."""
+    if not url.startswith(("http://", "https://")):
+        return url
     return re.sub(r"book/chapters/([0-9]\w*)\.ipynb", r"notebooks/\1.py", url)
 
 

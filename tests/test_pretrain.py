@@ -62,7 +62,7 @@ def test_loss_decreases_on_a_fixed_batch():
     bands = (torch.arange(S) // (S // 8) == torch.arange(8).view(8, 1, 1)).float().expand(8, S, S)
     x = T.normalize01(0.1 + 0.8 * bands, info.mean, info.std)  # eight distinguishable images
     t = T.trim_tokens(tok(caps))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = ClipLoss()
     losses = []
     for _ in range(15):

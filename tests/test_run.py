@@ -1,6 +1,7 @@
 """The papermill runner: parameter checking happens before anything executes."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -104,10 +105,33 @@ def test_every_declared_parameter_has_a_rule_and_its_default_passes():
         assert P.choices(name), name
 
 
-def test_data_parameter_is_refused_when_a_chapter_would_ignore_it(capsys):
-    assert R.main(["-p", "uncertain_policy", "negative"]) == 2
-    err = capsys.readouterr().err
-    assert "'uncertain_policy' changes the data" in err and "02_zero_shot" in err and "06_grad_cam" in err
+def test_data_parameter_is_refused_when_a_chapter_would_ignore_it(monkeypatch):
+    """Every chapter that loads the study declares the data parameters today; a chapter that
+    loaded the study without declaring one would silently keep the default, so the runner
+    refuses before anything executes (simulated by hiding the declaration in two chapters)."""
+    real_declared, real_read = R.declared_parameters, R.read_notebook
+    undeclaring = []  # notebooks read for 02_zero_shot and 06_grad_cam
+
+    def remember(path):
+        nb = real_read(path)
+        if Path(path).stem in ("02_zero_shot", "06_grad_cam"):
+            undeclaring.append(nb)
+        return nb
+
+    def without_policy(nb):
+        d = dict(real_declared(nb))
+        if any(nb is u for u in undeclaring):
+            d.pop("uncertain_policy", None)
+        return d
+
+    monkeypatch.setattr(R, "declared_parameters", without_policy)
+    monkeypatch.setattr(R, "read_notebook", remember)
+    chapters = R.toc_chapters()
+    with pytest.raises(R.ParameterError) as err:
+        R.resolve_parameters(chapters, [("uncertain_policy", "negative")], "demo")
+    msg = str(err.value)
+    assert "'uncertain_policy' changes the data" in msg
+    assert "but 02_zero_shot, 06_grad_cam load the study" in msg
     out = R.resolve_parameters(["01_data"], [("uncertain_policy", "negative")], "demo")
     assert out["01_data"]["uncertain_policy"] == "negative"
 
