@@ -28,40 +28,22 @@
 # estimated.
 
 # %% tags=["parameters"]
-results = "benchmarks/results.json"  # the file `make bench` wrote (relative to the repository)
+results = "benchmarks/results.json"  # the file `make bench` wrote (repository-relative)
 
 # %% tags=["hide-input"]
-import json
-
-import pandas as pd
+from IPython.display import Markdown, display
 from myst_nb import glue
 
+from helpers import bench_report
 from helpers.config import REPO_ROOT
 
-path = REPO_ROOT / results
-if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing: run `make bench` first")
-raw = json.loads(path.read_text())
-if "devices" not in raw:  # a file from before results were kept per device
-    raw = {"devices": {f"{raw['machine']['device']} ({raw['machine']['cpu_count']} cores)": raw}}
-DEV = raw["devices"]
-BENCH = {k: r for k, r in DEV.items() if "probe_fit" in r}  # devices that ran `make bench` (not only a full run)
-gpus = [k for k in DEV if k.startswith("cuda")]
-cpus = [k for k in DEV if not k.startswith("cuda")]
-
-
-def machine(r):
-    m = r["machine"]
-    return {"date": m.get("date", r.get("date")), "CPU cores": m["cpu_count"], "torch threads": m["torch_threads"],
-            "torch": m["torch"], "load average at start": m.get("load_avg_1min_start", float("nan")),
-            "smoke mode": m.get("smoke", r.get("smoke"))}
-
-
-glue("bench_devices", "; ".join(DEV), display=False)
-glue("gpu_status", f"measured on {', '.join(g[6:] for g in gpus)}" if gpus else
-     "not measured yet: no GPU was lent to the sessions that ran this benchmark, so every GPU figure "
-     "waits for a session with one", display=False)
-pd.DataFrame({k: machine(r) for k, r in DEV.items()}).T.style.format(precision=2)
+devices = bench_report.load_devices(REPO_ROOT / results)
+gpus = bench_report.gpu_names(devices)
+no_gpu = ("not measured yet: no GPU was lent to the sessions that ran this benchmark, "
+          "so every GPU figure waits for a session with one")
+glue("bench_devices", "; ".join(devices), display=False)
+glue("gpu_status", f"measured on {', '.join(gpus)}" if gpus else no_gpu, display=False)
+bench_report.machines(devices).style.format(precision=2)
 
 # %% [markdown]
 # Devices in the file: {glue:text}`bench_devices`. GPU results: {glue:text}`gpu_status`.
@@ -80,27 +62,12 @@ pd.DataFrame({k: machine(r) for k, r in DEV.items()}).T.style.format(precision=2
 # largest deviation from the seed's fp32 embeddings, relative to their largest value.
 
 # %% tags=["hide-input"]
-rows = []
-for k, r in DEV.items():
-    for key, name in (("embedding_tiny", "demo model (tiny)"), ("embedding_biomedclip_size", "BiomedCLIP-size ViT-B/16")):
-        if key not in r:
-            continue
-        e = r[key]
-        variants = e.get("variants") or {"auto": {"img_per_s": e["ours_warm_img_per_s"], "speedup_warm": e["speedup_warm"],
-                                                  "max_rel_diff": float("nan")}}
-        for v, x in variants.items():
-            rows.append({"device": k, "model": name, "variant": v, "images": e["n_images"],
-                         "batch": e.get("batch_size", float("nan")), "seed (img/s)": e["seed_img_per_s"],
-                         "ours warm (img/s)": x["img_per_s"], "speed-up warm": x["speedup_warm"],
-                         "speed-up cold": e["speedup_cold"] if v == next(iter(variants)) else float("nan"),
-                         "max rel. diff": x["max_rel_diff"]})
-emb = pd.DataFrame(rows).set_index(["device", "model", "variant"])
-vitb = emb.index.get_level_values("model") == "BiomedCLIP-size ViT-B/16"
-best = emb[vitb]["ours warm (img/s)"].droplevel("model")
-rate = lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.2f}"  # noqa: E731
-glue("emb_vitb_best", "; ".join(f"{rate(best.loc[k].max())} img/s on {k}" for k in DEV if k in best.index.get_level_values(0))
+emb = bench_report.embedding(devices)
+best = bench_report.best_vitb_rate(emb)
+glue("emb_vitb_best", "; ".join(f"{v:,.0f} img/s on {k}" for k, v in best.items())
      or "(not measured)", display=False)
-emb.style.format({"images": "{:.0f}", "batch": "{:.0f}", "max rel. diff": "{:.1e}"}, precision=2, na_rep="–")
+emb.style.format({"images": "{:.0f}", "batch": "{:.0f}", "max rel. diff": "{:.1e}"},
+                 precision=2, na_rep="–")
 
 # %% [markdown]
 # Best warm rate at BiomedCLIP's size: {glue:text}`emb_vitb_best`. At the small size the seed's
@@ -111,11 +78,10 @@ emb.style.format({"images": "{:.0f}", "batch": "{:.0f}", "max rel. diff": "{:.1e
 # the GPU, no data path) measures:
 
 # %% tags=["hide-input"]
-bare = {k: r["bare_forward_biomedclip_size"] for k, r in DEV.items() if "bare_forward_biomedclip_size" in r}
-flops = {k: r["flops_biomedclip_size"]["image_forward_gflops"] for k, r in DEV.items() if "flops_biomedclip_size" in r}
-glue("vitb_gflops", f"{next(iter(flops.values())):.1f}" if flops else "(not counted)", display=False)
-(pd.DataFrame({(k, v): x for k, b in bare.items() for v, x in b.items()}).T if bare else
- pd.DataFrame({"bare forward": ["no GPU has run this benchmark yet"]}))
+gflops = bench_report.vitb_gflops(devices)
+glue("vitb_gflops", f"{gflops:.1f}" if gflops else "(not counted)", display=False)
+bare = bench_report.bare_forward(devices)
+bare if len(bare) else Markdown("*No GPU has run the bare forward pass yet.*")
 
 # %% [markdown]
 # One forward pass of the BiomedCLIP-size image tower costs {glue:text}`vitb_gflops` GFLOP per
@@ -131,9 +97,10 @@ glue("vitb_gflops", f"{next(iter(flops.values())):.1f}" if flops else "(not coun
 # stops short of the optimum at large $C$, ours goes further).
 
 # %% tags=["hide-input"]
-probe = pd.DataFrame({(k, f"{d}-d"): v for k, r in BENCH.items() for d, v in r["probe_fit"].items()}).T
-glue("probe_s_512", "; ".join(f"{r['probe_fit']['512']['fit_s']:.2f} s on {k}" for k, r in BENCH.items()
-                              if "512" in r["probe_fit"]) or "(not measured)", display=False)
+probe = bench_report.probe_fit(devices)
+fit_512 = probe.xs("512-d", level=1)["fit_s"] if len(probe) else {}
+glue("probe_s_512", "; ".join(f"{v:.2f} s on {k}" for k, v in dict(fit_512).items())
+     or "(not measured)", display=False)
 probe.style.format(precision=3, na_rep="–")
 
 # %% [markdown]
@@ -152,17 +119,7 @@ probe.style.format(precision=3, na_rep="–")
 # training split (labelled as such).
 
 # %% tags=["hide-input"]
-ft = {}
-for k, r in BENCH.items():
-    f = r["finetune_tiny"]
-    ft[k] = {"batch size": f["batch_size"], "steps timed": f["steps"], "seed s/step": f["seed_step_s"],
-             "ours s/step": f["ours_step_s"], "speed-up": f["speedup"],
-             **{f"ours s/step, {t} thread(s)": v for t, v in f.get("ours_step_s_by_threads", {}).items() if t != "auto"},
-             "load average": f.get("load_avg_1min", float("nan")),
-             "ours: one epoch (s, extrapolated)": f["ours_epoch_s_extrapolated"],
-             "ours: 30 epochs (min, extrapolated)": f["ours_30_epochs_min_extrapolated"],
-             "seed: 30 epochs (min, extrapolated)": f["seed_30_epochs_min_extrapolated"]}
-pd.DataFrame(ft).style.format(precision=3, na_rep="–")
+bench_report.finetune_steps(devices).style.format(precision=3, na_rep="–")
 
 # %% [markdown]
 # ### Fine-tuning at BiomedCLIP size, end to end
@@ -174,23 +131,19 @@ pd.DataFrame(ft).style.format(precision=3, na_rep="–")
 # checkpoint of model and optimiser.
 
 # %% tags=["hide-input"]
-e2e = {(k, bs): {"minutes": x["wall_min"], "speed-up vs seed's 15.47 min": x["speedup_vs_seed_reported"],
-                 "s/epoch (median)": x["epoch_s_median"], "first epoch s": x["first_epoch_s"],
-                 "peak GPU memory (GB)": x["peak_mem_GB"], "compile": x["fast_path"].get("compile"),
-                 "final val AUROC": x["val_auroc"][-1]}
-       for k, r in DEV.items() if "finetune_e2e" in r and not r["machine"].get("smoke") for bs, x in r["finetune_e2e"]["runs"].items()}
-glue("e2e_status", "measured, table below" if e2e else
-     "not measured yet (it runs on a GPU only; no GPU has run this benchmark)", display=False)
-(pd.DataFrame(e2e).T.style.format(precision=2, na_rep="–") if e2e else
- pd.DataFrame({"end-to-end fine-tuning at BiomedCLIP size": ["waits for a session with a GPU"]}))
+e2e = bench_report.finetune_end_to_end(devices)
+e2e_missing = "not measured yet (it runs on a GPU only; no GPU has run this benchmark)"
+glue("e2e_status", "measured, table below" if len(e2e) else e2e_missing, display=False)
+(e2e.style.format(precision=2, na_rep="–") if len(e2e)
+ else Markdown("*Fine-tuning at BiomedCLIP size waits for a session with a GPU.*"))
 
 # %% [markdown]
 # End-to-end fine-tuning at BiomedCLIP size: {glue:text}`e2e_status`.
 
 # %% tags=["hide-input"]
-sv = {(k, bs): v for k, r in DEV.items() for bs, v in r.get("step_variants_biomedclip_size", {}).items()}
-(pd.DataFrame(sv).T.style.format(precision=2) if sv else
- pd.DataFrame({"step variants at BiomedCLIP size": ["wait for a session with a GPU"]}))
+variants = bench_report.step_variants(devices)
+(variants.style.format(precision=2) if len(variants)
+ else Markdown("*The step variants at BiomedCLIP size wait for a session with a GPU.*"))
 
 # %% [markdown]
 # ### Where a demo fine-tuning step spends its time
@@ -199,8 +152,8 @@ sv = {(k, bs): v for k, r in DEV.items() for bs, v in r.get("step_variants_biome
 # each device:
 
 # %% tags=["hide-input"]
-pd.concat({k: pd.DataFrame(r["profile_tiny_step"]) for k, r in BENCH.items()}).style.format(
-    {"self_cpu_ms": "{:.1f}", "share": "{:.1%}"})
+profile = bench_report.step_profile(devices)
+profile.style.format({"self_cpu_ms": "{:.1f}", "share": "{:.1%}"})
 
 # %% [markdown]
 # Multi-GPU runs use `torchrun --nproc_per_node=N -m helpers.distributed finetune --profile full`
@@ -211,18 +164,16 @@ pd.concat({k: pd.DataFrame(r["profile_tiny_step"]) for k, r in BENCH.items()}).s
 # Execution time of every chapter, from the runner's record of the last `make book` on the CPU:
 
 # %% tags=["hide-input"]
-bk = next((r["book"] for k, r in DEV.items() if r.get("book")), None)
-if bk and bk["complete"]:
-    glue("book_min", f"{bk['total_s'] / 60:.1f} min", display=False)
-    book_df = pd.Series(bk["chapters_s"], name="seconds").to_frame()
-elif bk:
-    glue("book_min", f"not recorded in full (only {len(bk['chapters_s'])} chapters were executed since the last "
-                     f"`make book`; their times are above)", display=False)
-    book_df = pd.Series(bk["chapters_s"], name="seconds").to_frame()
+book, book_s, book_complete = bench_report.book_times(devices)
+if book_s is None:
+    book_text = "(not recorded: run `make book`, then `make bench`)"
+elif book_complete:
+    book_text = f"{book_s / 60:.1f} min"
 else:
-    glue("book_min", "(not recorded: run `make book`, then `make bench`)", display=False)
-    book_df = pd.DataFrame()
-book_df
+    book_text = (f"not recorded in full (only {len(book)} chapters were executed since "
+                 "the last `make book`; their times are above)")
+glue("book_min", book_text, display=False)
+book
 
 # %% [markdown]
 # Whole book: {glue:text}`book_min`.
@@ -243,42 +194,15 @@ book_df
 # commands for the real thing are on {doc}`../reproducing`.
 
 # %% tags=["hide-input"]
-from IPython.display import display
-
-FULL = {k: r["full_profile_run"] for k, r in DEV.items() if r.get("full_profile_run")}
-
-
-def full_conditions(f):
-    c, m = f["conditions"], f["conditions"]["model"]
-    dates = sorted(x["date"] for x in f["chapters"].values())
-    return {"run": f["label"], "dates": f"{dates[0]} to {dates[-1]}" if dates else "–",
-            "GPU": "yes" if c["gpu"] else "no (CPU only)",
-            "limit (images per split)": c["limit_per_split"] or "none (every image)",
-            "model parameters (M)": f"{m['n_params'] / 1e6:.1f}" if "n_params" in m else "–",
-            "weights": m.get("weights", "–"), "images": f"{c['images']['n_png']} {c['images']['what']}",
-            "PNG size (px)": "x".join(map(str, c["images"]["png_px"] or [])) or "–",
-            "other parameters": ", ".join(f"{k} {v}" for k, v in c["params"].items()
-                                          if k not in ("profile", "model", "limit", "annotations")),
-            "OMP_NUM_THREADS": ", ".join(c.get("omp_num_threads") or ["unknown"]).replace("None", "unset"),
-            "memory measured": c["memory"],
-            "complete": "every chapter" if f["complete"] else "not every chapter (see the table)"}
-
-
-if FULL:
-    glue("full_run_status", "; ".join(
-        f"{f['label']} on {k}: {f['total_s'] / 60:.1f} min over {len(f['chapters'])} chapters, peak RSS "
-        f"{f['peak_rss_mib'] / 1024:.1f} GiB, limit {f['conditions']['limit_per_split'] or 'none'} per split"
-        for k, f in FULL.items()), display=False)
-    display(pd.DataFrame({k: full_conditions(f) for k, f in FULL.items()}))
-    full_df = pd.DataFrame({(k, ch): {"seconds": x["seconds"], "peak RSS (MiB)": x["peak_rss_mib"],
-                                      "peak GPU memory in use (MiB)": x["peak_gpu_used_mib"],
-                                      "load average at start": x.get("load_avg_1min_start")}
-                            for k, f in FULL.items() for ch, x in f["chapters"].items()}).T
-else:
-    glue("full_run_status", "not measured yet: run `python -m helpers.bench_full all` (see "
-                            "Reproducing the paper)", display=False)
-    full_df = pd.DataFrame({"full-profile run at scale": ["not measured yet"]})
-full_df.style.format(precision=1, na_rep="–") if FULL else full_df
+full = bench_report.full_runs(devices)
+summary = "; ".join(bench_report.full_run_summary(k, f) for k, f in full.items())
+not_run = ("not measured yet: run `python -m helpers.bench_full all` "
+           "(see Reproducing the paper)")
+glue("full_run_status", summary or not_run, display=False)
+if full:
+    display(bench_report.full_run_conditions(full))
+(bench_report.full_run_chapters(full).style.format(precision=1, na_rep="–") if full
+ else Markdown("*The full profile at scale has not been run yet.*"))
 
 # %% [markdown]
 # Full profile at scale: {glue:text}`full_run_status`. Each chapter's seconds are the runner's

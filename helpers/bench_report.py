@@ -1,0 +1,209 @@
+"""Tables of the benchmark page, read from ``benchmarks/results.json`` (what ``make bench`` and
+``python -m helpers.bench_full record`` wrote).
+
+The file keeps one entry per device (:func:`helpers.bench.device_key`); each function below
+takes the ``devices`` mapping (device name -> that device's results) and returns one
+``pandas.DataFrame`` of the page, indexed by device. A table whose measurements no device has
+made is empty (``len(df) == 0``); the page says what it waits for. Times are seconds unless a
+column names another unit; rates are images per second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+Devices = dict[str, dict[str, Any]]
+EMBEDDING_MODELS = {"embedding_tiny": "demo model (tiny)",
+                    "embedding_biomedclip_size": "BiomedCLIP-size ViT-B/16"}
+SEED_FINETUNE_MIN = 15.47
+"""The seed's reported fine-tuning time (minutes, 30 epochs)."""
+
+
+def load_devices(path: Path) -> Devices:
+    """``{device name: results}`` from the benchmark file (older one-device files included)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `make bench` first")
+    raw = json.loads(path.read_text())
+    if "devices" in raw:
+        return raw["devices"]
+    m = raw["machine"]  # a file from before results were kept per device
+    return {f"{m['device']} ({m['cpu_count']} cores)": raw}
+
+
+def benched(devices: Devices) -> Devices:
+    """The devices that ran ``make bench`` (not only a full-profile run)."""
+    return {k: r for k, r in devices.items() if "probe_fit" in r}
+
+
+def gpu_names(devices: Devices) -> list[str]:
+    """Devices whose key names a CUDA device."""
+    return [k for k in devices if k.startswith("cuda")]
+
+
+def machines(devices: Devices) -> pd.DataFrame:
+    """One row per device: date, cores, threads, torch version, load average, smoke mode."""
+    def row(r: dict) -> dict:
+        m = r["machine"]
+        return {"date": m.get("date", r.get("date")), "CPU cores": m["cpu_count"],
+                "torch threads": m["torch_threads"], "torch": m["torch"],
+                "load average at start": m.get("load_avg_1min_start", float("nan")),
+                "smoke mode": m.get("smoke", r.get("smoke"))}
+    return pd.DataFrame({k: row(r) for k, r in devices.items()}).T
+
+
+def embedding(devices: Devices) -> pd.DataFrame:
+    """Embedding extraction, ours against the seed's loop, per (device, model, variant)."""
+    rows = []
+    for k, r in devices.items():
+        for key, name in EMBEDDING_MODELS.items():
+            if key in r:
+                rows += _embedding_rows(k, name, r[key])
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index(["device", "model", "variant"])
+
+
+def _embedding_rows(device: str, model: str, e: dict) -> list[dict]:
+    variants = e.get("variants") or {"auto": {"img_per_s": e["ours_warm_img_per_s"],
+                                              "speedup_warm": e["speedup_warm"],
+                                              "max_rel_diff": float("nan")}}
+    first = next(iter(variants))
+    return [{"device": device, "model": model, "variant": v, "images": e["n_images"],
+             "batch": e.get("batch_size", float("nan")), "seed (img/s)": e["seed_img_per_s"],
+             "ours warm (img/s)": x["img_per_s"], "speed-up warm": x["speedup_warm"],
+             "speed-up cold": e["speedup_cold"] if v == first else float("nan"),
+             "max rel. diff": x["max_rel_diff"]}
+            for v, x in variants.items()]
+
+
+def best_vitb_rate(emb: pd.DataFrame) -> dict[str, float]:
+    """The best warm rate (img/s) of the BiomedCLIP-size tower on each device."""
+    if emb.empty:
+        return {}
+    vitb = emb.xs(EMBEDDING_MODELS["embedding_biomedclip_size"], level="model")
+    return vitb["ours warm (img/s)"].groupby(level="device").max().to_dict()
+
+
+def bare_forward(devices: Devices) -> pd.DataFrame:
+    """The bare BiomedCLIP-size forward (random tensors on the GPU), per (device, variant)."""
+    runs = {(k, v): x for k, r in devices.items()
+            for v, x in r.get("bare_forward_biomedclip_size", {}).items()}
+    return pd.DataFrame(runs).T
+
+
+def vitb_gflops(devices: Devices) -> float | None:
+    """GFLOP per image of one BiomedCLIP-size image-tower forward (torch's counter), if counted."""
+    for r in devices.values():
+        if "flops_biomedclip_size" in r:
+            return r["flops_biomedclip_size"]["image_forward_gflops"]
+    return None
+
+
+def probe_fit(devices: Devices) -> pd.DataFrame:
+    """Probe-fit times per (device, embedding size)."""
+    fits = {(k, f"{d}-d"): v for k, r in benched(devices).items() for d, v in r["probe_fit"].items()}
+    return pd.DataFrame(fits).T
+
+
+def finetune_steps(devices: Devices) -> pd.DataFrame:
+    """Seconds per demo fine-tuning step, ours against the seed's, one column per device."""
+    cols = {}
+    for k, r in benched(devices).items():
+        f = r["finetune_tiny"]
+        by_threads = {f"ours s/step, {t} thread(s)": v
+                      for t, v in f.get("ours_step_s_by_threads", {}).items() if t != "auto"}
+        cols[k] = {"batch size": f["batch_size"], "steps timed": f["steps"],
+                   "seed s/step": f["seed_step_s"], "ours s/step": f["ours_step_s"],
+                   "speed-up": f["speedup"], **by_threads,
+                   "load average": f.get("load_avg_1min", float("nan")),
+                   "ours: one epoch (s, extrapolated)": f["ours_epoch_s_extrapolated"],
+                   "ours: 30 epochs (min, extrapolated)": f["ours_30_epochs_min_extrapolated"],
+                   "seed: 30 epochs (min, extrapolated)": f["seed_30_epochs_min_extrapolated"]}
+    return pd.DataFrame(cols)
+
+
+def finetune_end_to_end(devices: Devices) -> pd.DataFrame:
+    """30-epoch fine-tuning at BiomedCLIP size per (device, batch size); GPU runs only."""
+    runs = {}
+    for k, r in devices.items():
+        if "finetune_e2e" not in r or r["machine"].get("smoke"):
+            continue
+        for bs, x in r["finetune_e2e"]["runs"].items():
+            runs[(k, bs)] = {
+                "minutes": x["wall_min"],
+                f"speed-up vs seed's {SEED_FINETUNE_MIN} min": x["speedup_vs_seed_reported"],
+                "s/epoch (median)": x["epoch_s_median"], "first epoch s": x["first_epoch_s"],
+                "peak GPU memory (GB)": x["peak_mem_GB"],
+                "compile": x["fast_path"].get("compile"), "final val AUROC": x["val_auroc"][-1]}
+    return pd.DataFrame(runs).T
+
+
+def step_variants(devices: Devices) -> pd.DataFrame:
+    """Fast-path variants of one BiomedCLIP-size step per (device, batch size)."""
+    runs = {(k, bs): v for k, r in devices.items()
+            for bs, v in r.get("step_variants_biomedclip_size", {}).items()}
+    return pd.DataFrame(runs).T
+
+
+def step_profile(devices: Devices) -> pd.DataFrame:
+    """The profiler's operators with the most self CPU time in a demo step, per device."""
+    parts = {k: pd.DataFrame(r["profile_tiny_step"]) for k, r in benched(devices).items()}
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def book_times(devices: Devices) -> tuple[pd.DataFrame, float | None, bool]:
+    """(seconds per chapter, total seconds or None, whether every chapter was timed) of the
+    last ``make book`` any device recorded."""
+    bk = next((r["book"] for r in devices.values() if r.get("book")), None)
+    if not bk:
+        return pd.DataFrame(), None, False
+    table = pd.Series(bk["chapters_s"], name="seconds").to_frame()
+    return table, bk["total_s"], bool(bk["complete"])
+
+
+def full_runs(devices: Devices) -> dict[str, dict]:
+    """Each device's ``full_profile_run`` record (``python -m helpers.bench_full record``)."""
+    return {k: r["full_profile_run"] for k, r in devices.items() if r.get("full_profile_run")}
+
+
+def full_run_conditions(runs: dict[str, dict]) -> pd.DataFrame:
+    """One column per device: what the full-profile run ran on and with."""
+    return pd.DataFrame({k: _conditions(f) for k, f in runs.items()})
+
+
+def _conditions(f: dict) -> dict:
+    c, m = f["conditions"], f["conditions"]["model"]
+    dates = sorted(x["date"] for x in f["chapters"].values())
+    others = ", ".join(f"{k} {v}" for k, v in c["params"].items()
+                       if k not in ("profile", "model", "limit", "annotations"))
+    threads = ", ".join(c.get("omp_num_threads") or ["unknown"]).replace("None", "unset")
+    return {"run": f["label"], "dates": f"{dates[0]} to {dates[-1]}" if dates else "–",
+            "GPU": "yes" if c["gpu"] else "no (CPU only)",
+            "limit (images per split)": c["limit_per_split"] or "none (every image)",
+            "model parameters (M)": f"{m['n_params'] / 1e6:.1f}" if "n_params" in m else "–",
+            "weights": m.get("weights", "–"),
+            "images": f"{c['images']['n_png']} {c['images']['what']}",
+            "PNG size (px)": "x".join(map(str, c["images"]["png_px"] or [])) or "–",
+            "other parameters": others, "OMP_NUM_THREADS": threads,
+            "memory measured": c["memory"],
+            "complete": "every chapter" if f["complete"] else "not every chapter (see the table)"}
+
+
+def full_run_chapters(runs: dict[str, dict]) -> pd.DataFrame:
+    """Seconds and peak memory per (device, chapter) of the full-profile runs."""
+    rows = {(k, ch): {"seconds": x["seconds"], "peak RSS (MiB)": x["peak_rss_mib"],
+                      "peak GPU memory in use (MiB)": x["peak_gpu_used_mib"],
+                      "load average at start": x.get("load_avg_1min_start")}
+            for k, f in runs.items() for ch, x in f["chapters"].items()}
+    return pd.DataFrame(rows).T
+
+
+def full_run_summary(device: str, f: dict) -> str:
+    """One sentence: total minutes, chapters, peak RSS and limit of one full-profile run."""
+    limit = f["conditions"]["limit_per_split"] or "none"
+    return (f"{f['label']} on {device}: {f['total_s'] / 60:.1f} min over {len(f['chapters'])} "
+            f"chapters, peak RSS {f['peak_rss_mib'] / 1024:.1f} GiB, limit {limit} per split")
