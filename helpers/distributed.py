@@ -5,9 +5,11 @@ Multi-GPU fine-tuning of a profile (one process per GPU, NCCL)::
 
     torchrun --nproc_per_node=4 -m helpers.distributed finetune --profile full
 
-It trains exactly the run chapter 4 would (same configuration, same run key), so executing
-chapter 4 afterwards with the same parameters loads the finished run instead of training
-again. On CPUs the same command runs on the gloo backend (``--nproc_per_node=2``).
+It trains exactly the runs chapter 4 would (same configuration, same run keys, one run per
+``--seeds`` entry, real labels or ``--variant permuted``) into the same folders and records them
+in the same (profile, model) index (:meth:`helpers.artefacts.Artefacts.finetune_index`), so
+executing chapter 4 afterwards with the same parameters loads the finished runs instead of
+training again. On CPUs the same command runs on the gloo backend (``--nproc_per_node=2``).
 Each rank takes a disjoint slice of every global batch; DDP averages the gradients, so the
 update equals one process's on the whole batch (the tests check weights and losses).
 """
@@ -72,23 +74,24 @@ def _finetune_main(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from . import finetune as F
-    from .config import data_dir, get_profile
+    from . import runs
+    from .config import get_profile
     from .study import load_study
 
     rank, world, dev = init(args.backend)
     d = get_profile(args.profile).finetune
     cfg = F.FinetuneConfig(objective=args.objective, epochs=args.epochs or d["epochs"], lr=args.lr or d["lr"],
                            batch_size=args.batch_size or d["batch_size"], patience=args.patience or d["patience"],
-                           temperature=args.temperature, max_steps_per_epoch=args.max_steps_per_epoch or None,
-                           seed=args.seed)
-    study = load_study(args.profile, args.model or None, style=args.style, limit=args.limit or None,
-                       device=str(dev))
-    run = F.finetune(study.model, study.tokenizer, study.pixels, study.y(), study.rows("train"), study.rows("val"),
-                     study.labels, study.info.mean, study.info.std, study.info.weights_sha256, cfg,
-                     data_dir() / "runs" / args.profile / "finetune", device=dev, progress=rank == 0)
+                           temperature=args.temperature, max_steps_per_epoch=args.max_steps_per_epoch or None)
+    study = load_study(args.profile, args.model or None, image_dir=args.image_dir or None, style=args.style,
+                       limit=args.limit or None, device=str(dev))
+    variant = "" if args.variant == "real" else args.variant
+    done = runs.finetune_runs(study, cfg, args.seeds, variant, progress=rank == 0)
     if rank == 0:
-        print(f"{world} ranks: best epoch {run.best_epoch}, val macro AUROC {run.best_val_auroc:.3f}, "
-              f"run folder {run.run_dir}")
+        for s, run in zip(args.seeds, done):
+            print(f"{world} ranks, {args.variant} labels, seed {s}: best epoch {run.best_epoch}, "
+                  f"val macro AUROC {run.best_val_auroc:.3f}, run folder {run.run_dir}")
+        print(f"recorded in {study.artefacts.finetune_index()} (chapter 4 loads these runs)")
     dist.destroy_process_group()
     return 0
 
@@ -114,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--temperature", type=float, default=0.17, help="the seed's temperature T (default: 0.17)")
     f.add_argument("--max-steps-per-epoch", type=int, default=0,
                    help="cap on steps per epoch (default: 0 = whole split)")
-    f.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    f.add_argument("--image-dir", default="", help="full only: folder of Open-I PNGs (default: the profile's)")
+    f.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds, one run each; chapter 4 trains 0 .. n_seeds-1 (default: 0)")
+    f.add_argument("--variant", default="real", choices=("real", "permuted"),
+                   help="real labels, or chapter 4's permuted-label control (default: real)")
     f.add_argument("--backend", default="auto", choices=("auto", "nccl", "gloo"),
                    help="process-group backend: nccl, gloo or auto = nccl on GPUs, gloo on CPUs (default: auto)")
     return ap
@@ -127,10 +134,12 @@ def _check(a: argparse.Namespace) -> None:
     from .config import get_profile
 
     get_profile(a.profile)
+    if a.image_dir and not os.path.isdir(a.image_dir):
+        raise ValueError(f"--image-dir {a.image_dir!r} is not a folder")
     for name, value in (("model", a.model), ("style", a.style), ("limit", a.limit), ("objective", a.objective),
                         ("epochs", a.epochs), ("lr", a.lr), ("batch_size", a.batch_size), ("patience", a.patience),
                         ("temperature", a.temperature), ("max_steps_per_epoch", a.max_steps_per_epoch),
-                        ("seed", a.seed)):
+                        *(("seed", s) for s in a.seeds)):
         try:
             P.check(name, value)
         except P.ParameterError as e:

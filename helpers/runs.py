@@ -76,8 +76,13 @@ def finetune_runs(study, cfg, seeds: Sequence[int], variant: str = "", progress:
 
 
 def _record(arts: Artefacts, variant: str, run_dirs: dict) -> None:
+    """Add (variant, seed) -> run folder to the index; under DDP only rank 0 writes it."""
     from .config import data_dir
     from .io import atomic_write_json
+    from .training import rank_and_world
+
+    if rank_and_world()[0] != 0:
+        return
 
     path = arts.finetune_index()
     index = json.loads(path.read_text()) if path.is_file() else {}

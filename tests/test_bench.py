@@ -167,3 +167,11 @@ def test_bf16_copy_is_reused_until_the_weights_change(small):
         b = E._bf16_copy(model.visual, torch.device("cpu"))
         p.sub_(1.0)
     assert b is not a and next(b.parameters()).dtype == torch.bfloat16
+
+
+def test_benchmark_sizes_are_the_splits_sizes(data_env):
+    """The benchmark extrapolates to IU-Xray's split sizes: they must be the study's own."""
+    from helpers.data import load_study_data
+
+    counts = load_study_data().split.split.value_counts()
+    assert (B.IUXRAY_TRAIN, B.IUXRAY_VAL) == (counts["train"], counts["val"])

@@ -93,3 +93,34 @@ def test_sharded_embeddings_equal_unsharded(root):
     one = sharded_image_embeddings(model, cache, info.mean, info.std)
     for r in (0, 1):
         np.testing.assert_allclose(np.load(root / f"emb{r}.npy"), one, rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_finetune_trains_chapter_4s_runs_and_records_them(monkeypatch, tmp_path, capsys):
+    """``helpers.distributed finetune`` goes through ``runs.finetune_runs`` (the function chapter
+    4 calls) with the seeds and variant asked for, so chapter 4 finds the runs in its index.
+    One gloo rank; the training itself is replaced by a recorder (DDP training is checked above)."""
+    import types
+
+    from helpers import distributed, runs, study
+
+    calls = []
+
+    def fake_runs(st, cfg, seeds, variant="", progress=True):
+        calls.append((cfg, list(seeds), variant, progress))
+        return [types.SimpleNamespace(best_epoch=1, best_val_auroc=0.5, run_dir=tmp_path / str(s))
+                for s in seeds]
+
+    fake_study = types.SimpleNamespace(artefacts=types.SimpleNamespace(
+        finetune_index=lambda: tmp_path / "fine_tune_runs.json"))
+    monkeypatch.setattr(runs, "finetune_runs", fake_runs)
+    monkeypatch.setattr(study, "load_study", lambda *a, **k: fake_study)
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(k, v)
+    argv = ["finetune", "--seeds", "0", "1", "2", "--variant", "permuted", "--epochs", "2",
+            "--backend", "gloo"]
+    assert distributed.main(argv) == 0
+    cfg, seeds, variant, progress = calls[0]
+    assert seeds == [0, 1, 2] and variant == "permuted" and progress and cfg.epochs == 2
+    out = capsys.readouterr().out
+    assert "permuted labels, seed 2" in out and "fine_tune_runs.json" in out
