@@ -174,12 +174,14 @@ def measure(cmd: Sequence[str], interval: float = 0.5) -> dict:
 
 def run(params: Sequence[tuple[str, str]], chapters: Sequence[str] | None = None, interval: float = 0.5) -> dict:
     """Every chapter (default: the book's) as its own runner process on the full profile with
-    ``params`` (``-p`` pairs); stops at the first failure. Writes and returns the peaks."""
+    ``params`` (``-p`` pairs); stops at the first failure. Writes and returns the peaks; with
+    ``chapters`` given, the earlier peaks of the other chapters are kept (a resumed run)."""
     from .io import atomic_write_json
     from .run import toc_chapters
 
     path = output_dir("full") / "run_peaks.json"
-    peaks = {}
+    # a run of some chapters (``--chapters``) keeps the other chapters' earlier measurements
+    peaks = json.loads(path.read_text()) if chapters and path.is_file() else {}
     for c in chapters or toc_chapters():
         # the benchmark page takes no model/limit parameters: pass each chapter only what it declares
         cmd = [sys.executable, "-m", "helpers.run", c, "--profile", "full", *_declared(c, params)]

@@ -102,3 +102,14 @@ def test_record_goes_into_this_devices_entry_and_preflight_reads_it(tmp_path, mo
     s = P.time_check("full", out).summary
     assert "02_zero_shot 10s" in s and "reduced limit); -p limit 40" in s and "04_fine_tune unknown" in s
     assert "unknown" in P.time_check("full", tmp_path / "none.json").summary
+
+
+def test_a_resumed_run_of_some_chapters_keeps_the_others_peaks(tmp_path, monkeypatch):
+    monkeypatch.setenv("IUXRAY_OUTPUT_DIR", str(tmp_path))
+    _fake_run(tmp_path, ["01_data", "06_grad_cam"])
+    monkeypatch.setattr(BF, "measure", lambda cmd, interval: {"rc": 0, "peak_rss_mib": 7.0})
+    peaks = BF.run([("limit", "40")], chapters=["06_grad_cam"])
+    assert peaks["01_data"]["peak_rss_mib"] == 100.0  # kept from the first run
+    assert peaks["06_grad_cam"]["peak_rss_mib"] == 7.0  # measured again
+    saved = json.loads((tmp_path / "full" / "run_peaks.json").read_text())
+    assert saved == peaks

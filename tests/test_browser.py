@@ -1,5 +1,6 @@
 """The built site in headless Chromium: every page of the table of contents loads without a
-JavaScript console error, a missing image or a broken internal link; screenshots of the intro
+JavaScript console error, a missing image, a code block that scrolls sideways or a broken
+internal link; screenshots of the intro
 and the results page go to _build/screenshots/.
 
 Every page is judged only after it has settled (:data:`SETTLE_JS`, bounded by
@@ -140,6 +141,15 @@ def browser():
     d.quit()
 
 
+WIDE_CODE_JS = """
+return Array.from(document.querySelectorAll('div.highlight pre'))
+  .filter(p => !p.closest('.cell_output') && p.scrollWidth > p.clientWidth + 1)
+  .map(p => [p.scrollWidth, p.clientWidth, p.textContent.trim().split('\\n')[0].slice(0, 60)]);
+"""
+"""Code blocks (chapter cells and the helpers shown beside the equations, not cell outputs)
+whose content is wider than the block: a reader would have to scroll sideways."""
+
+
 def test_every_page_loads_cleanly(site, browser):
     html, base = site
     shots = REPO_ROOT / "_build" / "screenshots"
@@ -156,6 +166,9 @@ def test_every_page_loads_cleanly(site, browser):
             "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
             ".map(i => i.getAttribute('src'))")
         problems += [f"{page}: image did not load: {src}" for src in broken]
+        wide = browser.execute_script(WIDE_CODE_JS)
+        problems += [f"{page}: code block scrolls sideways ({w} > {c} px): {text!r}"
+                     for w, c, text in wide]
         if page in ("book/intro.html", "book/chapters/07_results.html"):
             browser.save_screenshot(str(shots / (Path(page).stem + ".png")))
     assert not problems, "\n".join(problems)
