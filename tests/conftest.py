@@ -60,6 +60,17 @@ def data_env(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(scope="module")
+def private_outputs(tmp_path_factory, data_env):
+    """A fresh IUXRAY_OUTPUT_DIR for one test module: what it writes (another model, another
+    profile) never reaches the session's outputs, which the book tests (nbval) re-execute
+    against. The data caches stay shared."""
+    old = os.environ["IUXRAY_OUTPUT_DIR"]
+    os.environ["IUXRAY_OUTPUT_DIR"] = str(tmp_path_factory.mktemp("private-outputs"))
+    yield Path(os.environ["IUXRAY_OUTPUT_DIR"])
+    os.environ["IUXRAY_OUTPUT_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def label_table(data_env):
     from helpers.data import build_label_table

@@ -9,7 +9,7 @@ from helpers import run as runner
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory, data_env):
+def two_models(tmp_path_factory, private_outputs):
     from helpers.labels import CHEXPERT_LABELS
     from helpers.models import TinyConfig, build_tiny
 
