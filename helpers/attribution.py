@@ -122,9 +122,11 @@ def _readout(rel: torch.Tensor, n_prefix: int, readout: str | torch.Tensor) -> t
     return rows[:, n_prefix:]
 
 
-def rollout(attn: Sequence[torch.Tensor], n_prefix: int = 1, readout: str = "cls") -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020): patch relevance (B, P) from each block's
-    attention (B, H, N, N): ``R = prod_b norm((mean_h A_b + I) / 2)``, first block rightmost."""
+def rollout(attn: Sequence[torch.Tensor], n_prefix: int = 1,
+            readout: str = "cls") -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020): patch relevance (B, P) from each
+    block's attention (B, H, N, N): ``R = prod_b norm((mean_h A_b + I) / 2)``, first
+    block rightmost."""
     r = None
     for a in attn:
         a = a.float().mean(1)
@@ -135,12 +137,13 @@ def rollout(attn: Sequence[torch.Tensor], n_prefix: int = 1, readout: str = "cls
     return _readout(r, n_prefix, readout)
 
 
-def chefer(attn: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], n_prefix: int = 1,
-           readout: str | torch.Tensor = "cls") -> torch.Tensor:
-    """Gradient-weighted attention relevance (Chefer, Gur & Wolf 2021): patch relevance (B, P).
+def chefer(attn: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+           n_prefix: int = 1, readout: str | torch.Tensor = "cls") -> torch.Tensor:
+    """Gradient-weighted attention relevance (Chefer, Gur & Wolf 2021): patch relevance
+    (B, P).
 
-    ``R = I``; for each block ``R <- R + mean_h[(grad_A * A)^+] @ R``; read out on the CLS row,
-    or on rows weighted by ``readout`` (B, N) (see :func:`explain_batch`).
+    ``R = I``; for each block ``R <- R + mean_h[(grad_A * A)^+] @ R``; read out on the
+    CLS row, or on rows weighted by ``readout`` (B, N) (see :func:`explain_batch`).
     """
     B, _, N, _ = attn[0].shape
     r = torch.eye(N, device=attn[0].device).expand(B, N, N).clone()

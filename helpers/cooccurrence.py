@@ -82,8 +82,8 @@ def percentiles(scores: np.ndarray) -> np.ndarray:
 def partner_shift(scores: np.ndarray, y: np.ndarray, j: int, k: int) -> float:
     """How much label ``k``'s presence raises label ``j``'s score where ``j`` is absent.
 
-    Mean percentile of ``j`` on rows with ``j = 0, k = 1`` minus that on rows with ``j = 0,
-    k = 0`` (0: no shift; NaN if a group is empty). Shapes: scores, y (n, k).
+    Mean percentile of ``j`` on rows with ``j = 0, k = 1`` minus that on rows with
+    ``j = 0, k = 0`` (0: no shift; NaN if a group is empty). Shapes: scores, y (n, k).
     """
     pct = percentiles(scores[:, [j]])[:, 0]
     neg = y[:, j] == 0

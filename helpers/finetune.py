@@ -149,9 +149,11 @@ class LabelScorer(nn.Module):
         k = v.shape[0] // 2
         return (v[:k] - v[k:]) / self.temperature
 
-    def embedding_logits(self, e: torch.Tensor, directions: torch.Tensor | None = None) -> torch.Tensor:
-        """Label logits (B, k) of raw image embeddings (B, d). ``directions`` (k, d): precomputed
-        :meth:`text_directions` (for a frozen text side); computed here when ``None``."""
+    def embedding_logits(self, e: torch.Tensor,
+                         directions: torch.Tensor | None = None) -> torch.Tensor:
+        """Label logits (B, k) of raw image embeddings (B, d). ``directions`` (k, d):
+        precomputed :meth:`text_directions` (for a frozen text side); computed here when
+        ``None``."""
         u = nn.functional.normalize(e, dim=-1)
         if self.head is not None:
             return self.head(u)

@@ -32,14 +32,16 @@ def class_geometry(emb: np.ndarray, y: np.ndarray, min_count: int = 5,
                    classes: np.ndarray | None = None) -> dict[str, np.ndarray | float]:
     """Per-class and overall distances.
 
-    ``classes`` (k,) bool fixes the class set (default: classes with ``min_count`` members).
-    Returns ``intra`` (k,), ``inter`` (k,) (NaN for classes left out), ``used`` (k,) bool and the
-    overall ``intra_all``, ``inter_all`` and ``ratio_all`` floats.
+    ``classes`` (k,) bool fixes the class set (default: classes with ``min_count``
+    members). Returns ``intra`` (k,), ``inter`` (k,) (NaN for classes left out),
+    ``used`` (k,) bool and the overall ``intra_all``, ``inter_all`` and ``ratio_all``
+    floats.
     """
     e = np.asarray(emb, dtype=np.float64)
     y = np.asarray(y).astype(bool)
     k = y.shape[1]
-    used = y.sum(0) >= min_count if classes is None else np.asarray(classes, bool) & y.any(0)
+    used = (y.sum(0) >= min_count if classes is None
+            else np.asarray(classes, bool) & y.any(0))
     cent = np.full((k, e.shape[1]), np.nan)
     intra = np.full(k, np.nan)
     for j in np.flatnonzero(used):
@@ -55,7 +57,8 @@ def class_geometry(emb: np.ndarray, y: np.ndarray, min_count: int = 5,
     else:
         inter_all = float("nan")
     intra_all = float(np.nanmean(intra)) if used.any() else float("nan")
-    return {"intra": intra, "inter": inter, "used": used, "intra_all": intra_all, "inter_all": inter_all,
+    return {"intra": intra, "inter": inter, "used": used,
+            "intra_all": intra_all, "inter_all": inter_all,
             "ratio_all": inter_all / intra_all if intra_all else float("nan")}
 
 

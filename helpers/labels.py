@@ -395,14 +395,17 @@ def agreement(text: pd.DataFrame, mesh: pd.DataFrame,
 
     Parameters
     ----------
-    text, mesh : (n_reports, k) 0/1 frames with columns ``label_names`` (same row order).
+    text, mesh : (n_reports, k) 0/1 frames with columns ``label_names``
+        (same row order).
 
     Returns
     -------
-    One row per label: prevalence in each scheme (fraction of reports), Cohen's kappa, and
-    F1 / precision / recall of the text labels taking the MeSH labels as the reference.
+    One row per label: prevalence in each scheme (fraction of reports), Cohen's kappa,
+    and F1 / precision / recall of the text labels taking the MeSH labels as the
+    reference.
     """
-    from sklearn.metrics import cohen_kappa_score, f1_score, precision_score, recall_score
+    from sklearn.metrics import (cohen_kappa_score, f1_score, precision_score,
+                                 recall_score)
 
     rows = []
     for c in label_names:

@@ -68,21 +68,25 @@ def area_fraction(masks: np.ndarray) -> np.ndarray:
 
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Hit per pair (n,) in [0, 1]: the share of the map's maximal pixels inside the region.
+    """Hit per pair (n,) in [0, 1]: the share of the map's maximal pixels inside the
+    region.
 
-    A unique maximum scores 1 or 0. Tied maxima score the fraction of them inside ``G`` (the
-    expected hit of a random tie-break); a degenerate map ties everywhere and so scores the
-    region's area fraction, the chance level. Non-finite values count as 0.
+    A unique maximum scores 1 or 0. Tied maxima score the fraction of them inside ``G``
+    (the expected hit of a random tie-break); a degenerate map ties everywhere and so
+    scores the region's area fraction, the chance level. Non-finite values count as 0.
     """
-    flat = np.nan_to_num(np.asarray(maps, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    flat = np.nan_to_num(np.asarray(maps, dtype=np.float64),
+                         nan=0.0, posinf=0.0, neginf=0.0)
     flat = flat.reshape(len(flat), -1)
     g = np.asarray(masks, dtype=bool).reshape(len(flat), -1)
     peak = flat >= flat.max(1, keepdims=True) - PEAK_TOL
     return (peak & g).sum(1) / peak.sum(1)
 
 
-def iou(maps: np.ndarray, masks: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
-    """IoU (n,) of ``{maps >= threshold}`` with the masks; ``threshold`` scalar or per pair (n,).
+def iou(maps: np.ndarray, masks: np.ndarray,
+        threshold: float | np.ndarray) -> np.ndarray:
+    """IoU (n,) of ``{maps >= threshold}`` with the masks; ``threshold`` scalar or per
+    pair (n,).
 
     An empty segmentation scores 0 (a pair whose region is empty too also scores 0).
     """

@@ -40,27 +40,32 @@ ECE_BINS = 10
 def ranking_metrics(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
     """LRAP, coverage error and ranking loss of targets (n, k) and scores (n, k).
 
-    With ``rank_ia = |{b : s_ib >= s_ia}|`` (label ``a``'s rank on image ``i``, ties counted
-    against it) and ``Y_i`` the image's true labels:
-    ``LRAP = mean_i mean_{a in Y_i} |{b in Y_i : s_ib >= s_ia}| / rank_ia`` (1 for an image with
-    no or all labels) and ``coverage = mean_i max_{a in Y_i} rank_ia``. Vectorised re-implementations of sklearn's ``label_ranking_average_precision_score``,
-    ``coverage_error`` and ``label_ranking_loss`` (identical values, ties included; the tests
-    check it): sklearn loops over samples in Python, which made bootstrap CIs the slowest step.
+    With ``rank_ia = |{b : s_ib >= s_ia}|`` (label ``a``'s rank on image ``i``, ties
+    counted against it) and ``Y_i`` the image's true labels:
+    ``LRAP = mean_i mean_{a in Y_i} |{b in Y_i : s_ib >= s_ia}| / rank_ia`` (1 for an
+    image with no or all labels) and ``coverage = mean_i max_{a in Y_i} rank_ia``.
+    Vectorised re-implementations of sklearn's
+    ``label_ranking_average_precision_score``, ``coverage_error`` and
+    ``label_ranking_loss`` (identical values, ties included; the tests check it):
+    sklearn loops over samples in Python, which made bootstrap CIs the slowest step.
     """
     y = np.asarray(y).astype(bool)
     s = np.asarray(s, dtype=float)
     n, k = y.shape
     npos = y.sum(1)
-    ge = s[:, None, :] >= s[:, :, None]  # ge[i, a, b]: label b scores at least as high as a
+    # ge[i, a, b]: label b scores at least as high as a
+    ge = s[:, None, :] >= s[:, :, None]
     rank = ge.sum(2)
     hits = (ge & y[:, None, :]).sum(2)
     prec = np.where(y, hits / rank, 0.0).sum(1) / np.maximum(npos, 1)
     lrap = np.where((npos == 0) | (npos == k), 1.0, prec)
     cover = np.where(y, rank, 0).max(1)
-    bad = (y[:, :, None] & ~y[:, None, :] & (s[:, :, None] <= s[:, None, :])).sum((1, 2))
+    bad = (y[:, :, None] & ~y[:, None, :]
+           & (s[:, :, None] <= s[:, None, :])).sum((1, 2))
     denom = npos * (k - npos)
     rl = np.where(denom > 0, bad / np.maximum(denom, 1), 0.0)
-    return {"lrap": float(lrap.mean()), "coverage_error": float(cover.mean()), "ranking_loss": float(rl.mean())}
+    return {"lrap": float(lrap.mean()), "coverage_error": float(cover.mean()),
+            "ranking_loss": float(rl.mean())}
 
 
 def per_label_auroc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -227,21 +232,25 @@ def _resamples(groups: Sequence, n_boot: int, seed: int):
         yield np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
 
 
-def bootstrap_runs(fn, groups: Sequence, n_runs: Sequence[int] = (1,), n_boot: int = 500, seed: int = 0,
-                   alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bootstrap_runs(fn, groups: Sequence, n_runs: Sequence[int] = (1,),
+                   n_boot: int = 500, seed: int = 0, alpha: float = 0.05
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point value and 95% CI of ``fn(idx, runs)`` over reports *and* training runs.
 
-    ``n_runs[s]`` is the number of training runs (seeds, random draws) of source ``s``; ``runs``
-    is a tuple with one run index per source. Each bootstrap replicate resamples the reports
-    (``groups``) with replacement and, independently for each source, one of its runs uniformly
-    at random (a two-level bootstrap): the interval covers test-set sampling and training-seed
-    variance together. The point value is the mean of ``fn(all rows, runs)`` over every
-    combination of runs. ``fn`` may return a float or a vector; NaN replicates are ignored.
+    ``n_runs[s]`` is the number of training runs (seeds, random draws) of source ``s``;
+    ``runs`` is a tuple with one run index per source. Each bootstrap replicate
+    resamples the reports (``groups``) with replacement and, independently for each
+    source, one of its runs uniformly at random (a two-level bootstrap): the interval
+    covers test-set sampling and training-seed variance together. The point value is
+    the mean of ``fn(all rows, runs)`` over every combination of runs. ``fn`` may return
+    a float or a vector; NaN replicates are ignored.
     """
     import itertools
 
-    rng = np.random.default_rng([seed, 7919])  # its own stream: the report resamples do not change
-    vals = [fn(idx, tuple(int(rng.integers(n)) for n in n_runs)) for idx in _resamples(groups, n_boot, seed)]
+    # its own stream: the report resamples do not change
+    rng = np.random.default_rng([seed, 7919])
+    vals = [fn(idx, tuple(int(rng.integers(n)) for n in n_runs))
+            for idx in _resamples(groups, n_boot, seed)]
     vals = np.array(vals, dtype=float)
     lo, hi = np.nanpercentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
     everything = np.arange(len(groups))

@@ -388,8 +388,9 @@ def draw_enlarged_cardiomediastinum(an: Anatomy, rng: np.random.Generator, c: fl
 
 
 def draw_cardiomegaly(an: Anatomy, rng: np.random.Generator, c: float) -> Layer:
-    """The heart grown, same centre and angle, from the patient's normal CTR towards their
-    cardiomegaly CTR (:data:`CTR_CARDIOMEGALY`, same ``z``) by the fraction ``c``."""
+    """The heart grown, same centre and angle, from the patient's normal CTR towards
+    their cardiomegaly CTR (:data:`CTR_CARDIOMEGALY`, same ``z``) by the fraction
+    ``c``."""
     ctr1 = CTR_CARDIOMEGALY[0] + CTR_CARDIOMEGALY[1] * an.ctr_z
     scale = (an.ctr + c * (ctr1 - an.ctr)) / an.ctr
     big = an.heart_mask(scale)

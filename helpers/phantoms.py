@@ -256,29 +256,36 @@ def noise_rates(table: pd.DataFrame) -> pd.DataFrame:
 
     Parameters
     ----------
-    table : one row per report with ``text:<label>`` (1, 0, -1, NaN) and ``mesh:<label>``
-        (0/1) columns, e.g. ``LabelTable.reports`` (the table chapter 1 compares).
+    table : one row per report with ``text:<label>`` (1, 0, -1, NaN) and
+        ``mesh:<label>`` (0/1) columns, e.g. ``LabelTable.reports`` (the table
+        chapter 1 compares).
 
     Returns
     -------
-    One row per drawn finding (index ``label``): ``miss_positive`` = P(MeSH=0 | text=1),
-    ``miss_uncertain`` = P(MeSH=0 | text=-1), ``extra`` = P(MeSH=1 | text=0 or NaN), and the
-    group sizes ``n_positive``, ``n_uncertain``, ``n_unlabelled``. A rate whose group is empty
-    is 0 (no evidence of noise).
+    One row per drawn finding (index ``label``):
+    ``miss_positive`` = P(MeSH=0 | text=1), ``miss_uncertain`` = P(MeSH=0 | text=-1),
+    ``extra`` = P(MeSH=1 | text=0 or NaN), and the group sizes ``n_positive``,
+    ``n_uncertain``, ``n_unlabelled``. A rate whose group is empty is 0 (no evidence of
+    noise).
     """
     need = [f"{p}:{c}" for c in FINDING_DRAWERS for p in ("text", "mesh")]
     missing = [c for c in need if c not in table.columns]
     if missing:
-        raise ValueError(f"table lacks columns {missing[:3]}...; expected text:<label> and mesh:<label> "
-                         f"for every finding (LabelTable.reports has them)")
+        raise ValueError(f"table lacks columns {missing[:3]}...; expected text:<label> "
+                         "and mesh:<label> for every finding "
+                         "(LabelTable.reports has them)")
+    def rate(mesh: pd.Series, sel: np.ndarray, value: int) -> float:
+        return float((mesh[sel] == value).mean()) if sel.any() else 0.0
+
     rows = []
     for lab in FINDING_DRAWERS:
         t, m = table[f"text:{lab}"], table[f"mesh:{lab}"].astype(float)
         pos, unc = (t == 1).to_numpy(), (t == -1).to_numpy()
         neg = ~(pos | unc)
-        rate = lambda sel, v: float((m[sel] == v).mean()) if sel.any() else 0.0  # noqa: E731
-        rows.append({"label": lab, "miss_positive": rate(pos, 0), "miss_uncertain": rate(unc, 0),
-                     "extra": rate(neg, 1), "n_positive": int(pos.sum()), "n_uncertain": int(unc.sum()),
+        rows.append({"label": lab,
+                     "miss_positive": rate(m, pos, 0), "miss_uncertain": rate(m, unc, 0),
+                     "extra": rate(m, neg, 1),
+                     "n_positive": int(pos.sum()), "n_uncertain": int(unc.sum()),
                      "n_unlabelled": int(neg.sum())})
     return pd.DataFrame(rows).set_index("label")
 

@@ -85,10 +85,13 @@ def single_prompt_scores(img: np.ndarray, txt: np.ndarray, logit_scale: float, m
     return (z - lo) / np.maximum(hi - lo, 1e-12)
 
 
-def paired_scores(img: np.ndarray, pos: np.ndarray, neg: np.ndarray, logit_scale: float) -> np.ndarray:
-    """CheXzero probabilities (n, k): softmax over each label's (positive, negative) prompt pair.
+def paired_scores(img: np.ndarray, pos: np.ndarray, neg: np.ndarray,
+                  logit_scale: float) -> np.ndarray:
+    """CheXzero probabilities (n, k): softmax over each label's (positive, negative)
+    prompt pair.
 
-    ``pos`` and ``neg`` are (k, d) (one embedding per label, ensembles already averaged).
+    ``pos`` and ``neg`` are (k, d) (one embedding per label, ensembles already
+    averaged).
     """
     u = l2_normalize(img)
     zp = logit_scale * u @ l2_normalize(pos).T
