@@ -283,7 +283,8 @@ def noise_rates(table: pd.DataFrame) -> pd.DataFrame:
         pos, unc = (t == 1).to_numpy(), (t == -1).to_numpy()
         neg = ~(pos | unc)
         rows.append({"label": lab,
-                     "miss_positive": rate(m, pos, 0), "miss_uncertain": rate(m, unc, 0),
+                     "miss_positive": rate(m, pos, 0),
+                     "miss_uncertain": rate(m, unc, 0),
                      "extra": rate(m, neg, 1),
                      "n_positive": int(pos.sum()), "n_uncertain": int(unc.sum()),
                      "n_unlabelled": int(neg.sum())})
