@@ -21,13 +21,13 @@
 # other values. The runner checks every name and type before anything runs:
 #
 # ```bash
-# .venv/bin/python -m helpers.run                                   # every chapter, demo profile
-# .venv/bin/python -m helpers.run 02_zero_shot -p n_boot 1000       # one chapter, one parameter
+# .venv/bin/python -m helpers.run                    # every chapter, demo profile
+# .venv/bin/python -m helpers.run 02_zero_shot -p n_boot 1000  # one chapter, one value
 # .venv/bin/python -m helpers.run 03_linear_probe -p class_weight none
 # .venv/bin/python -m helpers.run 04_fine_tune -p objective bce -p epochs 10
-# .venv/bin/python -m helpers.run --profile full                    # the real study
-# .venv/bin/python -m helpers.run --list-params                     # what the table below shows
-# .venv/bin/jupyter-book build .                                    # re-render the site
+# .venv/bin/python -m helpers.run --profile full     # the real study
+# .venv/bin/python -m helpers.run --list-params      # what the table below shows
+# .venv/bin/jupyter-book build .                     # re-render the site
 # ```
 #
 # or with papermill directly (any Jupyter kernel of the project's environment; the runner
