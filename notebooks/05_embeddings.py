@@ -66,6 +66,14 @@
 # numerical noise). In a bootstrap replicate an image drawn twice counts twice in a centroid
 # but once toward a class's size; a replicate in which a class of the set has fewer than two
 # distinct images is dropped (the table reports how many).
+#
+# These intervals are percentiles of a statistic that is biased in small classes: a centroid
+# of few images is noisy, which pushes centroid distances up, and a spread measured around
+# the same few images comes out small. A replicate has fewer distinct images than the test
+# split, so its inter-class distances tend to be larger and its spreads smaller than the
+# point value, and the point value can sit near one end of its interval. Read the absolute
+# distances with that in mind; the comparisons between settings below are paired
+# differences of the ratio on the same replicates, where this bias is shared by both sides.
 
 # %% tags=["parameters"]
 profile = "demo"  # demo or full
