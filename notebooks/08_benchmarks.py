@@ -64,7 +64,8 @@ bench_report.machines(devices).style.format(precision=2)
 # %% tags=["hide-input"]
 emb = bench_report.embedding(devices)
 best = bench_report.best_vitb_rate(emb)
-glue("emb_vitb_best", "; ".join(f"{v:,.0f} img/s on {k}" for k, v in best.items())
+rate = {k: f"{v:,.0f}" if v >= 100 else f"{v:.1f}" for k, v in best.items()}
+glue("emb_vitb_best", "; ".join(f"{v} img/s on {k}" for k, v in rate.items())
      or "(not measured)", display=False)
 emb.style.format({"images": "{:.0f}", "batch": "{:.0f}", "max rel. diff": "{:.1e}"},
                  precision=2, na_rep="–")
