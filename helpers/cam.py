@@ -58,23 +58,44 @@ def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None
     return lambda e: nn.functional.normalize(e, dim=-1) @ d.to(e.device, e.dtype).T
 
 
-def parse_classifier(name: str) -> tuple[str, bool]:
-    """Chapter 2's classifier name (``"sentence+ensemble"``, ``"bare"``) -> (template, ensemble)."""
-    from .zeroshot import TEMPLATES
+SINGLE_PROMPT = "single prompt ({mode})"
+"""Chapter 2's name of the seed's one-prompt-per-label classifier under a probability mode."""
 
+
+def parse_classifier(name: str) -> tuple[str, bool, str | None]:
+    """Chapter 2's classifier name -> (template, ensemble, probability mode).
+
+    Paired prompts: ``"sentence+ensemble"`` -> ``("sentence", True, None)``; the seed's single
+    prompt: ``"single prompt (minmax)"`` -> ``("bare", False, "minmax")``.
+    """
+    from .zeroshot import PROB_MODES, TEMPLATES
+
+    for mode in PROB_MODES:
+        if name == SINGLE_PROMPT.format(mode=mode):
+            return "bare", False, mode
     template, _, rest = str(name).partition("+")
     if template not in TEMPLATES or rest not in ("", "ensemble"):
+        singles = ", ".join(repr(SINGLE_PROMPT.format(mode=m)) for m in PROB_MODES)
         raise ValueError(f"unknown zero-shot classifier {name!r}: expected '<template>' or "
-                         f"'<template>+ensemble' with a template among {', '.join(TEMPLATES)}")
-    return template, rest == "ensemble"
+                         f"'<template>+ensemble' with a template among {', '.join(TEMPLATES)}, "
+                         f"or one of {singles}")
+    return template, rest == "ensemble", None
 
 
-def zero_shot_classifier(study, name: str) -> tuple[np.ndarray, np.ndarray]:
+def zero_shot_classifier(study, name: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Positive and negative text embeddings (k, d) of the classifier ``name`` (chapter 2's
-    ``params.selected``): each side the renormalised mean of its prompts' embeddings."""
-    from .zeroshot import ensemble_embedding, prompts
+    ``params.selected``): each side the renormalised mean of its prompts' embeddings.
 
-    template, ens = parse_classifier(name)
+    For the seed's single prompt (any probability mode) the negative side is ``None``: the
+    explained score of label ``j`` is the cosine with its one prompt, the label's own logit
+    before the mode's scaling across labels (sigmoid is monotone in it; softmax and min-max
+    also depend on the other labels' logits, which a per-label map cannot show).
+    """
+    from .zeroshot import ensemble_embedding, prompts, single_prompt_texts
+
+    template, ens, mode = parse_classifier(name)
+    if mode is not None:
+        return study.text_embeddings(single_prompt_texts(template, study.labels)), None
     pos, neg = zip(*(prompts(c, template, ens) for c in study.labels))
     P = np.stack([ensemble_embedding(study.text_embeddings(list(p))) for p in pos])
     N = np.stack([ensemble_embedding(study.text_embeddings(list(n))) for n in neg])

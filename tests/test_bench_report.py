@@ -14,6 +14,7 @@ from helpers.config import REPO_ROOT
 @pytest.fixture
 def devices():
     cpu_key, cpu = next(iter(bench_report.load_devices(REPO_ROOT / "benchmarks/results.json").items()))
+    cpu.pop("full_profile_run", None)  # the synthetic GPU entry has one; the CPU has none here
     gpu = copy.deepcopy(cpu)
     gpu["machine"] = {**gpu["machine"], "device": "cuda"}
     gpu["bare_forward_biomedclip_size"] = {"autocast": {"img_per_s": 8600.0}}

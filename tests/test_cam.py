@@ -270,3 +270,26 @@ def test_patch_targets_and_pooling():
     for m, zz in zip(maps, z):
         if zz.max() > 0:
             assert int(localization.downsample(m[None], 16)[0].argmax()) == int(zz.argmax())
+
+
+def test_every_classifier_chapter_2_can_select_is_explainable():
+    """Chapter 2 selects among paired-prompt templates (with or without an ensemble) and the
+    seed's single prompt under each probability mode; chapter 6 must build every one of them
+    (a random model once selected 'single prompt (minmax)' and chapter 6 failed)."""
+    import types
+
+    from helpers import zeroshot
+
+    rng = np.random.default_rng(0)
+    study = types.SimpleNamespace(labels=list(zeroshot.CHEXPERT_LABELS),
+                                  text_embeddings=lambda texts: rng.normal(size=(len(texts), 8)))
+    names = [f"{t}{e}" for t in zeroshot.TEMPLATES for e in ("", "+ensemble")]
+    names += [cam.SINGLE_PROMPT.format(mode=m) for m in zeroshot.PROB_MODES]
+    for name in names:
+        pos, neg = cam.zero_shot_classifier(study, name)
+        assert pos.shape == (14, 8) and (neg is None) == name.startswith("single prompt")
+        scores = cam.zero_shot_head(pos, neg)(torch.randn(3, 8))
+        assert scores.shape == (3, 14)
+    assert cam.parse_classifier("single prompt (softmax)") == ("bare", False, "softmax")
+    with pytest.raises(ValueError, match="single prompt \\(sigmoid\\)"):
+        cam.parse_classifier("single prompt (tanh)")

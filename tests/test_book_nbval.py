@@ -7,6 +7,12 @@ addresses, temporary paths; a cell whose output says whether a cache was hit car
 ``nbval-ignore-output`` tag). Progress bars and warnings go to stderr, which is not part of a
 chapter's result: they are switched off for the re-run and stripped from the reference. A
 chapter whose numbers change between two runs with the same inputs fails here.
+
+The file is named so that pytest runs it before any other test that uses the smoke build
+(``test_browser.py`` and later files): the re-execution then starts from exactly the data and
+caches the first execution left. Tests that run between the two executions may legitimately
+rebuild a shared cache (another model, another profile), and the rebuilt cache's progress bars
+would show up as output the first run did not have.
 """
 
 import json
