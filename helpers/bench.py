@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bench_report import read_results
 from .config import REPO_ROOT
 
 from .bench_finetune import (BIOMEDCLIP_SIZE, IUXRAY_TRAIN, SEED_FINETUNE_MIN, _images, _timed,  # noqa: F401
@@ -283,7 +284,7 @@ def run(smoke: bool = False, out: Path | None = None, full_size: bool = True, de
     out = Path(out) if out is not None else (smoke_path() if smoke else RESULTS)
     if smoke and out.resolve() == RESULTS.resolve():
         raise ValueError(f"--smoke results must not overwrite the committed {RESULTS}; pass another --out")
-    previous = _read_results(out)
+    previous = read_results(out)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     plan = plan_for(dev.type, smoke)
     if dev.type == "cpu" and not cpu_has_bf16():  # bf16 autocast without bf16 instructions is emulated: skip
@@ -318,21 +319,6 @@ def run(smoke: bool = False, out: Path | None = None, full_size: bool = True, de
     devices[res["machine"]["key"]] = res
     atomic_write_json(out, {"format": 2, "latest": res["machine"]["key"], "devices": devices})
     return res
-
-
-def _read_results(path: Path) -> dict:
-    """The results file's content in the per-device format (an older single-device file becomes one
-    device entry); ``{}`` when absent. A file that is not JSON is an error naming it."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it or pass another --out") from None
-    if "devices" not in data:
-        m = data.get("machine", {})
-        data = {"devices": {m.get("key", f"{m.get('device', 'unknown')} ({m.get('cpu_count', '?')} cores)"): data}}
-    return data
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -268,7 +268,8 @@ def record(out: Path | None = None) -> dict:
     the benchmark file (default ``benchmarks/results.json``); other entries are kept."""
     import torch
 
-    from .bench import RESULTS, _machine, _read_results, device_key
+    from .bench import RESULTS, _machine, device_key
+    from .bench_report import read_results
     from .io import atomic_write_json
     from .run import toc_chapters
 
@@ -279,7 +280,7 @@ def record(out: Path | None = None) -> dict:
             raise FileNotFoundError(f"{f} is missing: run `python -m helpers.bench_full run` first")
     times, peaks = (json.loads(f.read_text()) for f in files)
     rec = full_run_record(times, peaks, toc_chapters())
-    data = _read_results(out)
+    data = read_results(out)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     key = device_key(dev)
     devices = data.get("devices", {})

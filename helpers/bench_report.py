@@ -19,19 +19,29 @@ import pandas as pd
 Devices = dict[str, dict[str, Any]]
 EMBEDDING_MODELS = {"embedding_tiny": "demo model (tiny)",
                     "embedding_biomedclip_size": "BiomedCLIP-size ViT-B/16"}
-SEED_FINETUNE_MIN = 15.47
-"""The seed's reported fine-tuning time (minutes, 30 epochs)."""
+
+
+def read_results(path: Path) -> dict:
+    """The results file's content in the per-device format (an older single-device file becomes one
+    device entry); ``{}`` when absent. A file that is not JSON is an error naming it. The one
+    reader of the file: ``make bench`` and ``helpers.bench_full record`` update what it returns."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it or pass another --out") from None
+    if "devices" not in data:
+        m = data.get("machine", {})
+        data = {"devices": {m.get("key", f"{m.get('device', 'unknown')} ({m.get('cpu_count', '?')} cores)"): data}}
+    return data
 
 
 def load_devices(path: Path) -> Devices:
-    """``{device name: results}`` from the benchmark file (older one-device files included)."""
+    """``{device name: results}`` from the benchmark file, which must exist."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `make bench` first")
-    raw = json.loads(path.read_text())
-    if "devices" in raw:
-        return raw["devices"]
-    m = raw["machine"]  # a file from before results were kept per device
-    return {f"{m['device']} ({m['cpu_count']} cores)": raw}
+    return read_results(path)["devices"]
 
 
 def benched(devices: Devices) -> Devices:
@@ -128,6 +138,8 @@ def finetune_steps(devices: Devices) -> pd.DataFrame:
 
 def finetune_end_to_end(devices: Devices) -> pd.DataFrame:
     """30-epoch fine-tuning at BiomedCLIP size per (device, batch size); GPU runs only."""
+    from .bench_finetune import SEED_FINETUNE_MIN
+
     runs = {}
     for k, r in devices.items():
         if "finetune_e2e" not in r or r["machine"].get("smoke"):

@@ -58,17 +58,13 @@ def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None
     return lambda e: nn.functional.normalize(e, dim=-1) @ d.to(e.device, e.dtype).T
 
 
-SINGLE_PROMPT = "single prompt ({mode})"
-"""Chapter 2's name of the seed's one-prompt-per-label classifier under a probability mode."""
-
-
 def parse_classifier(name: str) -> tuple[str, bool, str | None]:
     """Chapter 2's classifier name -> (template, ensemble, probability mode).
 
     Paired prompts: ``"sentence+ensemble"`` -> ``("sentence", True, None)``; the seed's single
     prompt: ``"single prompt (minmax)"`` -> ``("bare", False, "minmax")``.
     """
-    from .zeroshot import PROB_MODES, TEMPLATES
+    from .zeroshot import PROB_MODES, SINGLE_PROMPT, TEMPLATES
 
     for mode in PROB_MODES:
         if name == SINGLE_PROMPT.format(mode=mode):

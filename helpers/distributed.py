@@ -83,8 +83,8 @@ def _finetune_main(args: argparse.Namespace) -> int:
     cfg = F.FinetuneConfig(objective=args.objective, epochs=args.epochs or d["epochs"], lr=args.lr or d["lr"],
                            batch_size=args.batch_size or d["batch_size"], patience=args.patience or d["patience"],
                            temperature=args.temperature, max_steps_per_epoch=args.max_steps_per_epoch or None)
-    study = load_study(args.profile, args.model or None, image_dir=args.image_dir or None, style=args.style,
-                       limit=args.limit or None, device=str(dev))
+    study = load_study(args.profile, args.model, image_dir=args.image_dir, style=args.style,
+                       limit=args.limit, device=str(dev))
     variant = "" if args.variant == "real" else args.variant
     done = runs.finetune_runs(study, cfg, args.seeds, variant, progress=rank == 0)
     if rank == 0:

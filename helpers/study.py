@@ -104,12 +104,15 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
                views: Sequence[str] | str = "frontal") -> Study:
     """Everything a chapter needs for ``profile``.
 
+    An empty ``model``, ``image_dir`` or ``reports_path`` and a ``limit`` of 0 mean the default,
+    as ``None`` does, so a chapter passes its parameter values through unchanged.
+
     Parameters
     ----------
     model : model spec (default: the profile's, ``tiny`` or ``biomedclip``).
     image_dir : ``full`` profile: folder of Open-I PNGs (default ``data_dir()/openi/images``).
     style : ``demo`` profile: phantom style of the IU-Xray images (default ``target``).
-    limit : at most this many images per split (smoke runs); ``None`` for all.
+    limit : at most this many images per split (smoke runs); ``None`` or 0 for all.
     on_error : unreadable image policy, ``stop`` or ``skip`` (skipped ones are counted).
     uncertain_policy, split_seed, split_fractions, views, reports_path : the label table and
         split of chapter 1

@@ -21,6 +21,9 @@ from .embeddings import l2_normalize
 from .labels import CHEXPERT_LABELS
 
 PROB_MODES = ("sigmoid", "softmax", "minmax")
+SINGLE_PROMPT = "single prompt ({mode})"
+"""Name of the seed's one-prompt-per-label classifier under a probability mode, among the
+candidates chapter 2 selects from (and chapter 6 explains)."""
 
 # Per label: phrases naming the finding (used by every template).
 NAMES: dict[str, list[str]] = {

@@ -83,7 +83,7 @@ from helpers.stamp import make_stamp, show_stamp
 
 get_profile(profile)
 study_data = data.load_study_data(uncertain_policy, split_seed, split_fractions, views,
-                                  reports_path or None)
+                                  reports_path)
 table, split = study_data.table, study_data.split
 images, reports = table.images, table.reports
 LABELS = list(labels.CHEXPERT_LABELS)

@@ -103,11 +103,10 @@ from helpers.embeddings import compute_image_embeddings
 from helpers.stamp import show_stamp
 from helpers.study import load_study
 
-study = load_study(profile, model or None, image_dir=image_dir or None, style=style,
+study = load_study(profile, model, image_dir=image_dir, style=style,
                    uncertain_policy=uncertain_policy, split_seed=split_seed,
                    split_fractions=split_fractions, views=views,
-                   reports_path=reports_path or None, limit=limit or None,
-                   on_error=on_error)
+                   reports_path=reports_path, limit=limit, on_error=on_error)
 arts = study.artefacts
 LABELS = study.labels
 stamp = study.stamp()

@@ -65,7 +65,9 @@ def test_plan_sizes_itself_to_the_device():
 def test_old_single_device_results_are_read_as_one_device(tmp_path):
     f = tmp_path / "old.json"
     f.write_text(json.dumps({"machine": {"device": "cpu", "cpu_count": 2}, "smoke": False}))
-    assert list(B._read_results(f)["devices"]) == ["cpu (2 cores)"]
+    from helpers.bench_report import read_results
+
+    assert list(read_results(f)["devices"]) == ["cpu (2 cores)"]
 
 
 # The embedding path that the benchmark times (helpers.embeddings.compute_image_embeddings).

@@ -284,7 +284,7 @@ def test_every_classifier_chapter_2_can_select_is_explainable():
     study = types.SimpleNamespace(labels=list(zeroshot.CHEXPERT_LABELS),
                                   text_embeddings=lambda texts: rng.normal(size=(len(texts), 8)))
     names = [f"{t}{e}" for t in zeroshot.TEMPLATES for e in ("", "+ensemble")]
-    names += [cam.SINGLE_PROMPT.format(mode=m) for m in zeroshot.PROB_MODES]
+    names += [zeroshot.SINGLE_PROMPT.format(mode=m) for m in zeroshot.PROB_MODES]
     for name in names:
         pos, neg = cam.zero_shot_classifier(study, name)
         assert pos.shape == (14, 8) and (neg is None) == name.startswith("single prompt")
