@@ -29,7 +29,10 @@ SEED_REFERENCE: dict[str, dict[str, float | None]] = {
            "lrap": 0.741, "coverage_error": 3.077, "time_min": 6.10},
 }
 METRICS = ["f1_macro", "f1_micro", "exact_match", "lrap", "coverage_error", "auroc_macro", "auprc_macro"]
-COLUMNS = ["inter", "intra", "ratio", *METRICS, "time_min"]
+COLUMNS = ["inter", "intra", "ratio", *METRICS]
+"""The compared columns of :func:`results_table`. Training time depends on the machine and its
+load, so it has its own table (:func:`training_times`), shown in a cell that re-execution tests
+do not compare."""
 HEADERS = {"inter": "inter-class dist.", "intra": "intra-class dist.", "ratio": "ratio",
            "f1_macro": "F1 (macro)", "f1_micro": "F1 (micro)", "exact_match": "exact match",
            "lrap": "LRAP", "coverage_error": "coverage error", "auroc_macro": "AUROC (macro)",
@@ -106,8 +109,8 @@ def gather_references(root: str | os.PathLike | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _cells(r, digits: dict[str, int] | None = None) -> dict[str, str]:
-    return {HEADERS[c]: fmt_ci(r.get(c), r.get(f"{c}_ci"), (digits or {}).get(c, 3)) for c in COLUMNS}
+def _cells(r) -> dict[str, str]:
+    return {HEADERS[c]: fmt_ci(r.get(c), r.get(f"{c}_ci")) for c in COLUMNS}
 
 
 def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -121,10 +124,27 @@ def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None) -> pd.Data
                         **_cells(ref)})
         for _, r in (df[df.setting == setting].iterrows() if len(df) else []):
             out.append({"setting": ROW_KINDS[setting], "source": f"`{r.profile}` · {r.model_id}",
-                        **_cells(r, {"time_min": 2})})
+                        **_cells(r)})
     for _, r in (refs.iterrows() if refs is not None and len(refs) else []):
         out.append({"setting": f"image-independent: {r.setting}",
                     "source": f"`{r.profile}` · {r.model_id}", **_cells(r)})
+    return pd.DataFrame(out).set_index(["setting", "source"])
+
+
+def training_times(df: pd.DataFrame) -> pd.DataFrame:
+    """Training time in minutes (linear-probe fit; mean fine-tuning time per seed) of every
+    (profile, model) and setting that records one, the seed paper's beside.
+
+    Wall-clock figures depend on the machine and its load: they are shown apart from
+    :func:`results_table`, and compared only between rows run on the same machine.
+    """
+    out = [{"setting": ROW_KINDS[s], "source": "seed paper (BiomedCLIP, its own split)",
+            "time (min)": fmt_ci(SEED_REFERENCE[s]["time_min"], None, 2)}
+           for s in sorted(SEED_REFERENCE, key=SETTING_ORDER.get) if SEED_REFERENCE[s]["time_min"]]
+    for _, r in (df.iterrows() if len(df) else []):
+        if r.get("time_min") is not None and r.get("time_min") == r.get("time_min"):
+            out.append({"setting": ROW_KINDS[r.setting], "source": f"`{r.profile}` · {r.model_id}",
+                        "time (min)": fmt_ci(r.time_min, None, 2)})
     return pd.DataFrame(out).set_index(["setting", "source"])
 
 

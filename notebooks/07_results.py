@@ -58,8 +58,16 @@ results.results_table(table, references)
 # %% [markdown]
 # Profiles and models found: {glue:text}`pairs_found`. Inter- and intra-class distances and
 # their ratio come from chapter 5; the other metrics from chapters 2-4. F1 (macro) is the
-# column to compare with the seed's "F1". Time is the training time (linear-probe fit, mean
-# fine-tuning time per seed), comparable only between rows run on the same machine.
+# column to compare with the seed's "F1".
+#
+# Training time (linear-probe fit, mean fine-tuning time per seed) depends on the machine and
+# on what else ran beside it, so it stands in its own table, comparable only between rows run
+# on the same machine:
+
+# %% tags=["hide-input", "nbval-ignore-output"]
+results.training_times(table)
+
+# %% [markdown]
 #
 # ## Models side by side
 #
