@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -29,12 +30,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/missing":
             self.send_error(404, "Not Found")
             return
+        if st.get("change_after") is not None and len(st["requests"]) > st["change_after"]:
+            st.update(st.pop("changed"), change_after=None)  # the remote file is replaced mid-download
         body = st.get("body", PAYLOAD)
-        etag = st.get("etag")
+        etag, modified = st.get("etag"), st.get("last_modified")
         start = 0
         rng = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
-        stale = if_range is not None and if_range != etag and not st.get("ignore_if_range")
+        stale = if_range is not None and if_range not in (etag, modified) and not st.get("ignore_if_range")
         if rng and st.get("ranges", True) and not stale:
             start = int(rng.split("=")[1].split("-")[0])
             if start >= len(body):
@@ -51,6 +54,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         if etag:
             self.send_header("ETag", etag)
+        if modified:
+            self.send_header("Last-Modified", modified)
         rest = body[start:]
         self.send_header("Content-Length", str(len(rest)))
         self.end_headers()
@@ -60,6 +65,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(rest[: len(rest) // 3])
             self.wfile.flush()
             self.connection.close()  # connection dropped mid-body: the client sees fewer bytes
+            return
+        if st.get("trickle"):  # one byte per interval, for ever (until the client gives up)
+            try:
+                for i in range(len(rest)):
+                    self.wfile.write(rest[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(st["trickle"])
+            except OSError:
+                pass
             return
         self.wfile.write(rest)
 
@@ -83,7 +97,7 @@ def test_plain_download_with_checksum(server, tmp_path):
 
 def test_reset_mid_transfer_resumes_with_range(server, tmp_path):
     url, st = server
-    st.update(mode="reset", faults=2)
+    st.update(mode="reset", faults=2, etag='"v1"')
     p = D.fetch(f"{url}/f", tmp_path / "f.bin", SHA, progress=False, backoff=0.01)
     assert p.read_bytes() == PAYLOAD
     assert st["requests"][0] is None and any(r and r.startswith("bytes=") for r in st["requests"][1:])
@@ -192,7 +206,8 @@ def _partial(tmp_path, data: bytes, url: str | None, etag: str | None = None):
 
 def test_partial_larger_than_remote_is_discarded_not_taken_as_complete(server, tmp_path):
     url, st = server
-    _partial(tmp_path, PAYLOAD + b"junk" * 1000, f"{url}/f")  # 416: the range starts past the end
+    st["etag"] = '"v1"'
+    _partial(tmp_path, PAYLOAD + b"junk" * 1000, f"{url}/f", etag='"v1"')  # 416: the range starts past the end
     p = D.fetch(f"{url}/f", tmp_path / "f.bin", progress=False, backoff=0.01)
     assert p.read_bytes() == PAYLOAD
     assert st["requests"][0] == f"bytes={len(PAYLOAD) + 4000}-" and st["requests"][1] is None
@@ -200,7 +215,8 @@ def test_partial_larger_than_remote_is_discarded_not_taken_as_complete(server, t
 
 def test_partial_equal_to_remote_is_complete_after_416(server, tmp_path):
     url, st = server
-    _partial(tmp_path, PAYLOAD, f"{url}/f")
+    st["etag"] = '"v1"'
+    _partial(tmp_path, PAYLOAD, f"{url}/f", etag='"v1"')
     assert D.fetch(f"{url}/f", tmp_path / "f.bin", SHA, progress=False).read_bytes() == PAYLOAD
     assert st["requests"] == [f"bytes={len(PAYLOAD)}-"]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["f.bin"]
@@ -224,7 +240,7 @@ def test_changed_remote_file_restarts(server, tmp_path, ignore_if_range):
 
 def test_206_not_continuing_the_partial_file_restarts(server, tmp_path):
     url, st = server
-    st.update(mode="reset", faults=1, wrong_range=True)
+    st.update(mode="reset", faults=1, wrong_range=True, etag='"v1"')
     assert D.fetch(f"{url}/f", tmp_path / "f.bin", SHA, progress=False, backoff=0.01).read_bytes() == PAYLOAD
     assert st["requests"][1].startswith("bytes=") and st["requests"][2] is None
 
@@ -257,10 +273,12 @@ def test_tar_member_leaving_the_folder_is_refused_by_name(tmp_path):
     assert not (tmp_path / "out.extracting").exists()
 
 
-def test_absolute_member_lands_inside_the_folder(tmp_path):
-    (tmp_path / "a.tgz").write_bytes(_tgz({"/abs/x.png": b"2"}))
-    out = D.extract(tmp_path / "a.tgz", tmp_path / "out", progress=False)
-    assert (out / "abs" / "x.png").read_bytes() == b"2"  # the 'data' filter strips the leading slash
+def test_absolute_member_is_refused_by_name(tmp_path):
+    """As the docstring says: an absolute member stops the extraction, nothing is written."""
+    (tmp_path / "a.tgz").write_bytes(_tgz({"ok.png": b"1", "/abs/x.png": b"2"}))
+    with pytest.raises(D.DownloadError, match=r"refused to extract member '/abs/x\.png' \(an absolute path\)"):
+        D.extract(tmp_path / "a.tgz", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.extracting").exists()
 
 
 def test_links_are_not_extracted_and_listed(tmp_path):
