@@ -68,10 +68,23 @@ SELECTION_RULES = ("only candidate", "stronger evidence", "tie: first image id",
 
 
 def package_file(name: str) -> Path:
-    """Path of a data file shipped inside ``torchxrayvision/data``."""
-    import torchxrayvision
+    """Path of a data file shipped inside ``torchxrayvision/data``.
 
-    return Path(torchxrayvision.__file__).parent / "data" / name
+    The package is located, not imported: importing ``torchxrayvision`` runs
+    ``warnings.filterwarnings("ignore")`` for the whole process, which would hide every later
+    warning (cache rebuilds, skipped files) from the pages and the console."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"torchxrayvision is not installed, so its data file {name} cannot be found; "
+                                f"install the project's dependencies (make setup), or give the file's path")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / name
+
+
+MAX_REPORT_BYTES = 1 << 20
+"""Largest report XML member read from an archive (1 MiB; IU-Xray's are a few KB). A larger
+member is refused before it is read, so a hostile archive cannot fill the memory."""
 
 
 @dataclass
@@ -118,6 +131,9 @@ def parse_report(xml_bytes: bytes, name: str) -> dict:
     uid = root.find("uId")
     if uid is None or not uid.get("id"):
         raise ValueError(f"{name}: report XML has no <uId id=...>")
+    if not re.search(r"\d", uid.get("id")):
+        raise ValueError(f"{name}: report id {uid.get('id')!r} has no number; expected an IU-Xray id such as "
+                         f"'CXR123' (reports are ordered by their number)")
     sections = {a.get("Label", "").upper(): _text(a) for a in root.iter("AbstractText")}
     return {
         "report_id": uid.get("id"),
@@ -127,6 +143,10 @@ def parse_report(xml_bytes: bytes, name: str) -> dict:
         "mesh": ";".join(_text(m) for m in root.findall("./MeSH/major")),
         "image_ids": [p.get("id") for p in root.findall("parentImage") if p.get("id")],
     }
+
+
+class _Refused(Exception):
+    """An archive refused as a whole (not one malformed report)."""
 
 
 def load_reports(archive: str | os.PathLike | None = None) -> tuple[pd.DataFrame, LoadReport]:
@@ -141,6 +161,11 @@ def load_reports(archive: str | os.PathLike | None = None) -> tuple[pd.DataFrame
     reports : DataFrame, one row per report (report_id, findings, impression, indication,
         mesh, image_ids as a list), sorted by numeric report id.
     report : :class:`LoadReport` with the counts of malformed and empty reports.
+
+    A malformed XML, or one whose ``<uId>`` is missing or has no number, is skipped with a warning
+    naming it (and counted). Raises ``ValueError`` naming the archive and member(s) for a member
+    larger than :data:`MAX_REPORT_BYTES` (refused unread) and for two XML files with the same
+    report id.
     """
     path = Path(archive) if archive is not None else package_file("NLMCXR_reports.tgz")
     if not path.is_file():
@@ -154,18 +179,30 @@ def load_reports(archive: str | os.PathLike | None = None) -> tuple[pd.DataFrame
                          f"(expected a gzipped tar of report XMLs)") from None
     rep = LoadReport(archive=str(path), archive_sha256=sha256_file(path, 12))
     rows = []
+    seen: dict[str, str] = {}  # report id -> the member that holds it
     try:
         with tar:
             for member in tar:
                 if not (member.isfile() and member.name.endswith(".xml")):
                     continue
                 rep.n_xml += 1
+                if member.size > MAX_REPORT_BYTES:
+                    raise _Refused(f"report archive {path}: member {member.name} is {member.size:,} bytes, more "
+                                   f"than any report XML ({MAX_REPORT_BYTES:,} bytes at most); refused unread. "
+                                   f"Expected IU-Xray's NLMCXR_reports.tgz (report XMLs of a few KB)")
                 try:
                     data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    rows.append(parse_report(data, member.name))
+                    row = parse_report(data, member.name)
+                    if row["report_id"] in seen:
+                        raise _Refused(f"report archive {path}: {seen[row['report_id']]} and {member.name} both "
+                                       f"have report id {row['report_id']!r}; expected one XML per report")
+                    seen[row["report_id"]] = member.name
+                    rows.append(row)
                 except ValueError as e:
                     rep.malformed.append(member.name)
                     warnings.warn(f"skipped {e}", stacklevel=2)
+    except _Refused as e:
+        raise ValueError(str(e)) from None
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise ValueError(f"cannot read report archive {path}: it is truncated or corrupt after {rep.n_xml} "
                          f"XML file(s) ({type(e).__name__}: {e or 'unexpected end of data'}); expected a complete "
