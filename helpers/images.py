@@ -117,17 +117,26 @@ def to_grey(im) -> "Image.Image":
 
 
 def _load_one(job: tuple[int, str, object]) -> tuple[int, np.ndarray | None, str]:
+    """Decode + preprocess one image: (row, uint8 (S, S) or None, why it failed or '').
+
+    Every failure of decoding (unidentified, truncated, a header claiming more pixels than PIL
+    accepts: ``DecompressionBombError``, out of memory, ...) is returned as a reason, never
+    raised, so the caller names the file and ``on_error="skip"`` covers them all."""
     i, path, geo = job
-    from PIL import Image, UnidentifiedImageError
+    import warnings
+
+    from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            g = to_grey(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is a bad file too
+            with Image.open(path) as im:
+                im.load()
+                g = to_grey(im)
         return i, np.asarray(geo(g), dtype=np.uint8), ""
     except FileNotFoundError:
         return i, None, "file not found"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (Exception, MemoryError) as e:  # noqa: BLE001 - any decode failure is this file's
         return i, None, f"cannot decode ({type(e).__name__}: {e})"
 
 
@@ -236,7 +245,7 @@ def build_pixel_cache(paths: Sequence[str], ids: Sequence[str], preprocess, on_e
     S = probe[1].shape if probe[1] is not None else _output_size(geo)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(npy)
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), *S))
+    arr = _create_array(tmp, (len(ids), *S))
     ok = np.zeros(len(ids), bool)
     failures: dict[str, str] = {}
 
@@ -263,6 +272,56 @@ def build_pixel_cache(paths: Sequence[str], ids: Sequence[str], preprocess, on_e
     return PixelCache(np.load(npy, mmap_mode="r"), ids, ok, key, npy, failures)
 
 
+SPACE_MARGIN = 64 << 20
+"""Free space (bytes) left over after a pixel cache is allocated: 64 MiB for the metadata and
+the other small files a run writes."""
+
+
+class CacheSpaceError(OSError):
+    """Not enough free disk space for a cache; the message names the folder and the sizes."""
+
+
+def _create_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A uint8 ``.npy`` memory map of ``shape`` at ``path`` whose disk blocks are allocated up front.
+
+    A memory map over a sparse file on a full disk dies with SIGBUS at the first page that cannot
+    be stored, with no message; so the free space is checked first and the blocks are reserved
+    with ``posix_fallocate`` (which fails with ENOSPC instead). Raises :class:`CacheSpaceError`
+    naming the folder, the bytes needed and the bytes free."""
+    import errno
+    import shutil
+
+    n = int(np.prod(shape, dtype=np.int64))
+    folder = path.parent
+
+    def no_space(free: int | None) -> CacheSpaceError:
+        have = f"{free:,} bytes free" if free is not None else "the disk is full"
+        return CacheSpaceError(errno.ENOSPC, f"not enough free disk space in {folder} for the pixel cache "
+                               f"({n:,} bytes for {shape[0]} images of {shape[1]}x{shape[2]} pixels, {have}); "
+                               f"free space there, or move the caches with IUXRAY_DATA_DIR=DIR", str(folder))
+
+    free = shutil.disk_usage(folder).free
+    if free < n + SPACE_MARGIN:
+        raise no_space(free)
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    try:
+        if hasattr(os, "posix_fallocate") and n:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, int(arr.offset) + n)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        del arr
+        path.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise no_space(shutil.disk_usage(folder).free) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    return arr
+
+
 def _remove_stale_builds(folder: Path) -> None:
     """Remove temporary arrays of interrupted builds: current names (:func:`io.temp_path`) and the
     older ``.pixels-<key>.<pid>.npy.tmp`` form, when their process no longer runs."""
@@ -278,15 +337,15 @@ def _remove_stale_builds(folder: Path) -> None:
 def _imap(jobs, workers, progress):
     from tqdm.auto import tqdm
 
+    from .workers import pool as worker_pool
+
     workers = workers or os.cpu_count() or 1
     bar = dict(total=len(jobs), desc="decode + preprocess", disable=not progress)
     if workers == 1 or len(jobs) < 32:
         yield from tqdm(map(_load_one, jobs), **bar)
         return
-    import multiprocessing as mp
-
-    with mp.get_context("fork").Pool(workers) as pool:
-        yield from tqdm(pool.imap(_load_one, jobs, chunksize=32), **bar)
+    with worker_pool(workers) as p:
+        yield from tqdm(p.imap(_load_one, jobs, chunksize=32), **bar)
 
 
 def _output_size(geo) -> tuple[int, int]:

@@ -491,26 +491,42 @@ def _render_one(job: tuple[str, tuple[float, ...], str, int, str, dict]) -> dict
             "mask_path": str(mp.relative_to(d)), "sha256": sha256_bytes(data)}
 
 
+MANIFEST_FLUSH = 256
+"""Rendered phantoms between two writes of the manifest (an interrupted run keeps what it wrote)."""
+MANIFEST_COLUMNS = ("image_id", "key", "style", "path", "mask_path", "sha256", "mask_sha256")
+
+
+def image_key(image_id: str, labels: Sequence[float], style: str, size: int, rates: Mapping) -> str:
+    """What one phantom's pixels depend on, hashed (16 hex): generator :data:`VERSION`, style,
+    size, noise rates, the image id (its seed) and its 14 label values."""
+    lab = ",".join("nan" if math.isnan(float(v)) else repr(float(v)) for v in labels)
+    return sha256_bytes(f"{VERSION}|{get_style(style)}|{size}|{json.dumps(sorted(rates.items()))}|"
+                        f"{image_id}|{lab}".encode(), 16)
+
+
 def generate(table: pd.DataFrame, folder: str | os.PathLike, style: str = "source",
              size: int = 224, workers: int | None = None, progress: bool = True,
              noise: NoiseRates | None = None) -> pd.DataFrame:
-    """Render a phantom per row of ``table`` into ``folder`` (re-used when already complete).
+    """Render a phantom per row of ``table`` into ``folder``, re-using every phantom already there.
 
     Parameters
     ----------
     table : one row per image: ``image_id`` and the report's three-valued ``text:<label>``
         columns (1, 0, -1, NaN; used when all 14 are present) or else the 14 binary label columns.
     folder : output folder; receives ``images/<id>.png``, ``masks/<id>.png`` and
-        ``manifest.csv`` (image_id, style, path, mask_path, sha256 and mask_sha256: the first
-        12 hex digits of the SHA-256 of the image and mask PNG bytes).
+        ``manifest.csv``, one row per phantom ever rendered there (image_id, key: :func:`image_key`,
+        style, path, mask_path, sha256 and mask_sha256: the first 12 hex digits of the SHA-256 of
+        the image and mask PNG bytes).
     workers : processes (default: all cores).
     noise : label-noise rates (:func:`noise_rates`), or None for none.
 
-    Returns the manifest (paths relative to ``folder``). A manifest whose key (generator
-    version, style, size, noise rates, ids and labels) matches is re-used when every image and
-    mask still has the SHA-256 it records; a changed, truncated or missing PNG is rendered again,
-    and an unreadable manifest counts as absent. After an interrupted run, only the missing images
-    are rendered (PNGs already written are kept when they decode).
+    Returns the manifest rows of ``table``'s images, in its order (paths relative to ``folder``).
+    Phantoms are cached per image: one whose key (what its pixels depend on) is in the manifest
+    and whose image and mask still have the recorded SHA-256 is re-used, whatever table it was
+    rendered for, so a run on a subset (``limit``) renders a subset of the same files and the
+    next full run renders only the rest. A changed, truncated or missing PNG is rendered again;
+    an unreadable manifest counts as empty (with a warning). The manifest is written every
+    :data:`MANIFEST_FLUSH` phantoms, so an interrupted run resumes where it stopped.
     """
     from .io import read_cache, remove_stale_temps
 
@@ -523,41 +539,38 @@ def generate(table: pd.DataFrame, folder: str | os.PathLike, style: str = "sourc
         raise ValueError(f"table lacks columns {missing}; expected image_id and the 14 text:<label> "
                          f"three-valued labels or the 14 binary labels")
     rates = _rates(noise)
-    key = sha256_bytes(f"{VERSION}|{get_style(style)}|{size}|{json.dumps(sorted(rates.items()))}|".encode()
-                       + table[["image_id", *cols]].to_csv(index=False).encode())
-    man_path, key_path = folder / "manifest.csv", folder / "key.txt"
-    same = key_path.is_file() and key_path.read_text() == key
+    man_path = folder / "manifest.csv"
     for sub in ("images", "masks"):
         remove_stale_temps(folder / sub)
     ids = [str(i) for i in table.image_id]
-    man = read_cache(man_path, lambda p: pd.read_csv(p, dtype=str),
-                     lambda m: None if {"image_id", "path", "mask_path", "sha256", "mask_sha256"} <= set(m.columns)
-                     and list(m.image_id) == ids else "not this table's manifest") if same else None
-    verified = _verified_rows(folder, man) if man is not None else {}
-    if man is not None and len(verified) == len(man):
-        return man
-    atomic_write_bytes(key_path, key.encode())
     labels = table[cols].to_numpy(dtype=float)
-    jobs, rows = [], dict(verified)
-    for iid, y in zip(ids, labels):
-        if iid in rows:
-            continue
-        ip, mp_ = folder / "images" / f"{iid}.png", folder / "masks" / f"{iid}.png"
-        if same and man is None and _decodes(ip) and _decodes(mp_):  # resume an interrupted run
-            rows[iid] = {"image_id": iid, "style": style, "path": f"images/{iid}.png",
-                         "mask_path": f"masks/{iid}.png", "sha256": sha256_bytes(ip.read_bytes())}
-        else:
-            jobs.append((iid, tuple(float(v) for v in y), style, size, str(folder), rates))
-    for r in _map(_render_one, jobs, workers, progress, f"phantoms ({style})"):
-        rows[r["image_id"]] = r
-    for r in rows.values():
-        r.setdefault("mask_sha256", sha256_bytes((folder / r["mask_path"]).read_bytes()))
-    man = pd.DataFrame([rows[i] for i in ids])
-    atomic_write_csv(man_path, man)
-    return man
+    keys = {iid: image_key(iid, y, style, size, rates) for iid, y in zip(ids, labels)}
+    old = read_cache(man_path, lambda p: pd.read_csv(p, dtype=str, keep_default_na=False),
+                     lambda m: None if set(MANIFEST_COLUMNS) <= set(m.columns)
+                     else f"columns {list(m.columns)}, expected {list(MANIFEST_COLUMNS)}")
+    index = {} if old is None else {r["image_id"]: r for r in old[list(MANIFEST_COLUMNS)].to_dict("records")}
+    wanted = {iid: index[iid] for iid in ids if iid in index and index[iid]["key"] == keys[iid]}
+    rows = _verified_rows(folder, wanted)
+    jobs = [(iid, tuple(float(v) for v in y), style, size, str(folder), rates)
+            for iid, y in zip(ids, labels) if iid not in rows]
+    if jobs or old is None or len(old) != len(index):
+        (folder / "key.txt").unlink(missing_ok=True)  # the whole-table key of earlier versions
+        done = 0
+        for r in _imap(_render_one, jobs, workers, progress, f"phantoms ({style})"):
+            r.setdefault("mask_sha256", sha256_bytes((folder / r["mask_path"]).read_bytes()))
+            index[r["image_id"]] = rows[r["image_id"]] = {**r, "key": keys[r["image_id"]]}
+            done += 1
+            if done % MANIFEST_FLUSH == 0:
+                _write_manifest(man_path, index)
+        _write_manifest(man_path, index)
+    return pd.DataFrame([rows[i] for i in ids], columns=list(MANIFEST_COLUMNS))
 
 
-def _verified_rows(folder: Path, man: pd.DataFrame) -> dict[str, dict]:
+def _write_manifest(path: Path, index: Mapping[str, Mapping]) -> None:
+    atomic_write_csv(path, pd.DataFrame([index[k] for k in sorted(index)], columns=list(MANIFEST_COLUMNS)))
+
+
+def _verified_rows(folder: Path, man: Mapping[str, Mapping]) -> dict[str, dict]:
     """The manifest rows whose image and mask PNGs still have the recorded SHA-256 (12 hex)."""
     def digest(p: Path) -> str | None:
         try:
@@ -565,30 +578,23 @@ def _verified_rows(folder: Path, man: pd.DataFrame) -> dict[str, dict]:
         except OSError:
             return None
 
-    return {r["image_id"]: r for r in man.to_dict("records")
+    return {iid: dict(r) for iid, r in man.items()
             if digest(folder / r["path"]) == r["sha256"] and digest(folder / r["mask_path"]) == r["mask_sha256"]}
 
 
-def _decodes(p: Path) -> bool:
-    """Whether ``p`` is a complete PNG (a truncated one fails to decode)."""
-    if not p.is_file():
-        return False
-    return cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_UNCHANGED) is not None
-
-
-def _map(fn, jobs: list, workers: int | None, progress: bool, desc: str) -> list:
-    """``map`` over a process pool (order kept) with a tqdm bar."""
+def _imap(fn, jobs: list, workers: int | None, progress: bool, desc: str):
+    """``map`` over a process pool (order kept) with a tqdm bar, yielding as results arrive; the
+    pool's workers die with this process (:func:`workers.pool`)."""
     from tqdm.auto import tqdm
+
+    from .workers import pool
 
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(jobs) < 16:
-        return [fn(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
-    with ctx.Pool(workers) as pool:
-        return list(tqdm(pool.imap(fn, jobs, chunksize=16), total=len(jobs), desc=desc,
-                         disable=not progress))
+        yield from (fn(j) for j in tqdm(jobs, desc=desc, disable=not progress))
+        return
+    with pool(workers) as p:
+        yield from tqdm(p.imap(fn, jobs, chunksize=16), total=len(jobs), desc=desc, disable=not progress)
 
 
 def style_table() -> pd.DataFrame:
