@@ -256,6 +256,57 @@ class CheckpointError(ValueError):
     file and how to restore it."""
 
 
+class ModelFolderError(ValueError):
+    """A ``local-dir:`` model folder that cannot be loaded (unreadable config, garbage weights,
+    missing tokenizer); the message names the folder, the file and what was expected."""
+
+
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "open_clip_model.bin")
+"""Weight files a ``local-dir:`` folder may hold (open_clip's own preference order first)."""
+_EXPECTED = ("expected a folder with open_clip_config.json (a JSON object whose 'model_cfg' has embed_dim, "
+             "vision_cfg and text_cfg), the weights (open_clip_model.safetensors or open_clip_pytorch_model.bin) "
+             "and the tokenizer files")
+
+
+def read_local_config(folder: Path) -> dict:
+    """``folder/open_clip_config.json``, checked: a JSON object whose ``model_cfg`` is an object
+    with ``embed_dim``, ``vision_cfg`` and ``text_cfg``. Raises :class:`ModelFolderError` naming
+    the file and what is missing."""
+    path = folder / "open_clip_config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelFolderError(f"model folder {folder}: {path.name} cannot be read ({type(e).__name__}: {e}); "
+                               f"{_EXPECTED}") from None
+    mc = cfg.get("model_cfg") if isinstance(cfg, dict) else None
+    if not isinstance(mc, dict):
+        raise ModelFolderError(f"model folder {folder}: {path.name} has no 'model_cfg' object "
+                               f"(found {type(cfg).__name__} {str(cfg)[:60]!r}); {_EXPECTED}")
+    lacking = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in mc]
+    if lacking or not all(isinstance(mc[k], dict) for k in ("vision_cfg", "text_cfg") if k in mc):
+        raise ModelFolderError(f"model folder {folder}: 'model_cfg' in {path.name} lacks {lacking or 'objects'} "
+                               f"(has {sorted(mc)}); {_EXPECTED}")
+    return cfg
+
+
+def _check_weights(folder: Path) -> None:
+    """Read the header of the folder's safetensors weights (cheap): garbage, a truncated file or an
+    empty one raises :class:`ModelFolderError` naming it."""
+    f = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+    if f is None or f.suffix != ".safetensors":
+        return
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as st:
+            st.keys()
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ModelFolderError(f"model folder {folder}: the weights {f.name} cannot be read "
+                               f"({type(e).__name__}: {e}); expected an open_clip checkpoint in safetensors "
+                               f"format; copy the checkpoint again") from None
+
+
 def verify_pretrained(folder: Path = TINY_PRETRAINED_DIR) -> None:
     """Check the demo checkpoint against its ``pretrain_log.json``: the weights' SHA-256
     (``weights_file_sha256``) and, where recorded, every file's (``files_sha256``).
@@ -308,10 +359,11 @@ def resolve_spec(spec: str) -> tuple[str, Path | None]:
         if not cfg.is_file():
             raise FileNotFoundError(f"{cfg} is missing: a local-dir: model needs open_clip_config.json "
                                     f"with a 'model_cfg' entry")
-        if not any((d / n).is_file() for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
-                                                 "open_clip_model.bin")):
+        if not any((d / n).is_file() for n in WEIGHT_FILES):
             raise FileNotFoundError(f"no weights in {d}: expected open_clip_model.safetensors (or .bin); "
                                     f"copy the checkpoint there, or fetch it with `python -m helpers.download`")
+        read_local_config(d)
+        _check_weights(d)
         return f"local-dir:{d}", d
     if spec.startswith("hf-hub:"):
         return spec, None
@@ -334,14 +386,24 @@ def load_model(spec: str, device: str | torch.device = "cpu"):
     name, folder = resolve_spec(spec)
     kwargs: dict[str, Any] = {}
     if folder is not None:
-        cfg = json.loads((folder / "open_clip_config.json").read_text())
-        if "tiny_config" in cfg:
-            _register_timm_tiny(TinyConfig(**cfg["tiny_config"]))
+        cfg = read_local_config(folder)
+        try:
+            if "tiny_config" in cfg:
+                _register_timm_tiny(TinyConfig(**cfg["tiny_config"]))
+        except (TypeError, ValueError) as e:
+            raise ModelFolderError(f"model folder {folder}: 'tiny_config' in open_clip_config.json is not "
+                                   f"valid ({e}); expected the fields of helpers.models.TinyConfig") from None
         text_cfg = cfg["model_cfg"].get("text_cfg", {})
         if "hf_model_name" in text_cfg:
             kwargs["text_cfg"] = _local_text_cfg(folder, text_cfg)
-    model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, **kwargs)
-    tokenizer = open_clip.get_tokenizer(name)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, **kwargs)
+        tokenizer = open_clip.get_tokenizer(name)
+    except Exception as e:  # noqa: BLE001 - name the folder whatever open_clip, timm or torch raise
+        if folder is None:
+            raise
+        raise ModelFolderError(f"model folder {folder} cannot be loaded ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}); {_EXPECTED}") from e
     model.eval()
     vis = model.visual
     image_size = vis.image_size[0] if isinstance(vis.image_size, (tuple, list)) else vis.image_size
