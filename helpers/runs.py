@@ -63,7 +63,7 @@ def finetune_runs(study, cfg, seeds: Sequence[int], variant: str = "", progress:
     """
     from .finetune import finetune
 
-    arts = Artefacts.of(study.profile, study.info.spec)
+    arts = study.artefacts
     out = []
     for s in seeds:
         y = control_targets(study, s) if variant == "permuted" else study.y()
@@ -95,7 +95,7 @@ def finetuned_scorer(study, variant: str = "", seed: int = 0):
     from .config import data_dir
     from .finetune import load_finetuned
 
-    arts = Artefacts.of(study.profile, study.info.spec)
+    arts = study.artefacts
     path = arts.finetune_index()
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; run chapter 4 first: python -m helpers.run 04_fine_tune")
@@ -109,7 +109,7 @@ def finetuned_scorer(study, variant: str = "", seed: int = 0):
 
 def finetuned_seeds(study, variant: str = "") -> list[int]:
     """The seeds chapter 4 trained for a variant (empty when it has not run)."""
-    path = Artefacts.of(study.profile, study.info.spec).finetune_index()
+    path = study.artefacts.finetune_index()
     if not path.is_file():
         return []
     return sorted(int(s) for s in json.loads(path.read_text()).get(variant or "real", {}))
