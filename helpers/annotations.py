@@ -42,6 +42,28 @@ class AnnotationError(ValueError):
     """A malformed annotation file; the message names the file and line."""
 
 
+class AnnotationWarning(UserWarning):
+    """Annotation rows that cannot be used (their image id names no image); the message names the
+    file, the lines and the ids."""
+
+
+def report_unknown_images(regions: pd.DataFrame, image_ids) -> pd.DataFrame:
+    """The rows of ``regions`` whose ``image_id`` is not in ``image_ids``; when there are any, an
+    :class:`AnnotationWarning` names the file, their lines (the first ten) and ids, and what an id
+    looks like (the Open-I PNG name without ``.png``), so no row is dropped without a word."""
+    known = set(map(str, image_ids))
+    bad = regions[~regions.image_id.astype(str).isin(known)]
+    if len(bad):
+        files = ", ".join(sorted(set(map(str, bad["file"])))) if "file" in bad else "the annotations"
+        where = [f"line {ln} ({iid})" for ln, iid in zip(bad.get("line", [None] * len(bad)), bad.image_id)][:10]
+        import warnings
+
+        warnings.warn(f"{files}: {len(bad)} annotation row(s) name no image of the study and are not used: "
+                      f"{', '.join(where)}{' ...' if len(bad) > 10 else ''}; expected an Open-I image id such as "
+                      f"CXR1_1_IM-0001-4001 (the PNG's name without .png)", AnnotationWarning, stacklevel=3)
+    return bad
+
+
 def _points(text: str) -> list[tuple[float, float]]:
     pts = []
     for p in text.split(";"):
@@ -161,8 +183,12 @@ def region_mask(ann: pd.DataFrame, image_id: str, label: str, image_path: str | 
 
     from .cam import to_input_geometry
 
-    with Image.open(image_path) as im:
-        w, h = im.size
+    try:
+        with Image.open(image_path) as im:
+            w, h = im.size
+    except (Exception, MemoryError) as e:  # noqa: BLE001 - unreadable, or a header claiming a huge size
+        raise AnnotationError(f"{image_path}: cannot read the size of the annotated image {image_id} "
+                              f"({type(e).__name__}: {e}); expected a readable PNG") from None
     sel = (ann.image_id == image_id) & (ann.label == label)
     if reader is not None:
         sel &= ann[READER] == reader

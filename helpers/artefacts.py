@@ -10,6 +10,16 @@ so a second model run beside the first never overwrites it, and the results page
 pair it finds. The output root is ``IUXRAY_OUTPUT_DIR`` (default ``<repo>/outputs``), the data
 dir ``IUXRAY_DATA_DIR`` (default ``<repo>/data``).
 
+**Quick runs never overwrite full results.** A run on a subset of the images (``limit`` > 0)
+or with fewer than :data:`FULL_N_BOOT` bootstrap resamples is *quick*: its files go to the
+``quick/`` sub-folder of the pair's folder (``<output root>/<profile>/<model slug>/quick/``,
+checkpoints likewise under ``runs/``), and its page stamp says why it is quick
+(``quick_run``). The runner (:mod:`helpers.run`) decides it from the parameters it injects and
+passes ``n_boot``'s part to the kernel in the environment variable :data:`QUICK_ENV`; a
+chapter run by hand is quick when its ``limit`` is. :func:`all_pairs` lists a pair's quick
+folder only when the pair has no full results, so the results page never shows a quick run
+beside (or instead of) a full one.
+
 A *setting* is one of :data:`SETTINGS` (``zs`` zero-shot, ``lp`` linear probe, ``ft``
 fine-tune); a *variant* names a training condition of a setting: ``""`` (the real labels),
 ``"permuted"`` (labels permuted across training reports: the negative control) or
@@ -32,6 +42,28 @@ GEOMETRY_FILE = "embedding_geometry.json"
 GRAD_CAM_FILE = "grad_cam.json"
 REFERENCE_FILE = "reference_scorers.json"
 FINDINGS_GLOB = "findings-*.json"
+QUICK_DIR = "quick"
+"""Sub-folder of a (profile, model) folder that holds its quick runs."""
+FULL_N_BOOT = 100
+"""Fewer bootstrap resamples than this make a run quick (the chapters' defaults are 200 and 500)."""
+QUICK_ENV = "IUXRAY_QUICK_RUN"
+"""Environment variable by which the runner tells a chapter's kernel that its run is quick (and why)."""
+
+
+def quick_reason(limit: int | None = 0, n_boot: int | None = None) -> str:
+    """Why a run with these parameters is quick (``''``: it is a full run): ``limit`` > 0 images
+    per split, or ``n_boot`` < :data:`FULL_N_BOOT` (``None``: the chapter's default)."""
+    parts = []
+    if limit:
+        parts.append(f"limit {int(limit)} images per split")
+    if n_boot is not None and n_boot < FULL_N_BOOT:
+        parts.append(f"n_boot {int(n_boot)}")
+    return ", ".join(parts)
+
+
+def join_reasons(*reasons: str) -> str:
+    """Several :func:`quick_reason` texts as one, each part once, in order."""
+    return ", ".join(dict.fromkeys(p.strip() for r in reasons for p in (r or "").split(",") if p.strip()))
 
 
 def output_root() -> Path:
@@ -67,17 +99,20 @@ def _variant_suffix(variant: str, seed: int | None) -> str:
 
 @dataclass(frozen=True)
 class Artefacts:
-    """The files of one (profile, model) pair. ``model`` is the spec as run (e.g. ``tiny``)."""
+    """The files of one (profile, model) pair. ``model`` is the spec as run (e.g. ``tiny``);
+    ``quick``: the pair's quick runs (see the module docstring), kept apart from its full run."""
 
     profile: str
     model: str
+    quick: bool = False
 
     @classmethod
-    def of(cls, profile: str, model: str | None = None) -> "Artefacts":
-        """The pair for ``profile`` and ``model`` (empty or ``None``: the profile's default)."""
+    def of(cls, profile: str, model: str | None = None, quick: bool = False) -> "Artefacts":
+        """The pair for ``profile`` and ``model`` (empty or ``None``: the profile's default);
+        ``quick=True``: its quick runs' folder."""
         from .config import get_profile
 
-        return cls(profile, model or get_profile(profile).model)
+        return cls(profile, model or get_profile(profile).model, bool(quick))
 
     @property
     def slug(self) -> str:
@@ -85,15 +120,17 @@ class Artefacts:
 
     @property
     def dir(self) -> Path:
-        """Metrics JSON, test scores and findings of this pair."""
-        return output_root() / self.profile / self.slug
+        """Metrics JSON, test scores and findings of this pair (its ``quick/`` sub-folder for quick runs)."""
+        d = output_root() / self.profile / self.slug
+        return d / QUICK_DIR if self.quick else d
 
     @property
     def runs_dir(self) -> Path:
         """Fine-tuning checkpoints of this pair (large; kept out of the outputs folder)."""
         from .config import data_dir
 
-        return data_dir() / "runs" / self.profile / self.slug
+        d = data_dir() / "runs" / self.profile / self.slug
+        return d / QUICK_DIR if self.quick else d
 
     def metrics(self, setting: str) -> Path:
         """Test metrics JSON of a setting (``zs``, ``lp``, ``ft``)."""
@@ -151,12 +188,22 @@ def _check_setting(setting: str) -> str:
     return setting
 
 
+def _has_results(folder: Path) -> bool:
+    return any(p.name != "fine_tune_runs.json" for p in folder.glob("*.json"))
+
+
 def all_pairs(root: str | os.PathLike | None = None) -> list[tuple[str, str, Path]]:
-    """Every (profile, model slug, folder) under the output root that holds a JSON file."""
+    """Every (profile, model slug, folder) under the output root that holds a JSON file.
+
+    A pair's quick runs (``<slug>/quick``, listed with the slug ``<slug>/quick``) stand in only
+    for a pair that has no full results: a quick run is never gathered beside or instead of a
+    full one. Their stamps carry ``quick_run`` (why the run is quick)."""
     root = Path(root) if root else output_root()
     out = []
     for prof in sorted(p for p in root.glob("*") if p.is_dir()):
         for mdir in sorted(p for p in prof.glob("*") if p.is_dir()):
-            if any(mdir.glob("*.json")):
+            if _has_results(mdir):
                 out.append((prof.name, mdir.name, mdir))
+            elif (mdir / QUICK_DIR).is_dir() and _has_results(mdir / QUICK_DIR):
+                out.append((prof.name, f"{mdir.name}/{QUICK_DIR}", mdir / QUICK_DIR))
     return out

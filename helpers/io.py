@@ -17,6 +17,11 @@ missing, cannot be parsed or fails an integrity check (its content hash, shape, 
 range) is a *miss*; a :class:`CacheMissWarning` names the file and the reason, and the caller
 rebuilds it. Cached bytes carry a SHA-256 sidecar (``<file>.sha256``, written after the file):
 :func:`write_cache_bytes` / :func:`read_cache_bytes`, with ``.npy``, CSV and JSON forms below.
+
+Locks. :func:`folder_lock` holds one lock per output folder (``<folder>/.lock``, an advisory
+``flock`` that the kernel releases when its holder dies, however it dies), so two runs never
+write one folder at once; the second is refused with a :class:`FolderLockedError` naming the
+holder. :func:`check_writable` finds a read-only folder before any work.
 """
 
 from __future__ import annotations
@@ -371,3 +376,89 @@ def read_json_cache(path: str | os.PathLike, check: Callable[[Any], str | None] 
         return check(obj) if check is not None else None
 
     return read_cache(path, lambda p: json.loads(p.read_text(encoding="utf-8")), full_check)
+
+
+# --------------------------------------------------------------------------------------
+# One lock per output folder; writable folders checked up front
+# --------------------------------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+
+
+class FolderLockedError(RuntimeError):
+    """An output folder that another run holds; the message names the folder and the holder."""
+
+
+class FolderNotWritableError(PermissionError):
+    """An output folder that cannot be written; the message names it and how to move it."""
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder", moved_by: str = "") -> Path:
+    """Create ``folder`` if needed and write (then delete) a temporary file in it; raises
+    :class:`FolderNotWritableError` naming the folder, the error and ``moved_by`` (how to move it)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".write-check@{_host()}@{os.getpid()}@", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise FolderNotWritableError(f"{what} {folder} is not writable ({e.strerror or e}); expected a folder this "
+                                     f"user can write: change its permissions"
+                                     + (f", or {moved_by}" if moved_by else "")) from None
+    return folder
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        rec = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        rec = {}
+    if not isinstance(rec, dict) or not rec:
+        return "a process that did not say who it is"
+    return (f"pid {rec.get('pid')} on {rec.get('host')}, started {rec.get('started')}: "
+            f"{rec.get('command', '?')}")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, purpose: str = "") -> Iterator[Path]:
+    """Hold the lock of ``folder`` for the duration of the block (created if needed).
+
+    The lock is ``flock`` on ``<folder>/.lock`` (released by the kernel when the holder exits or
+    is killed, so a lock is never stale); the file records the holder (pid, host, start time,
+    command, ``purpose``). Raises :class:`FolderLockedError` naming the folder and the holder when
+    another process holds it, :class:`FolderNotWritableError` when the folder cannot be written.
+    Where ``fcntl`` does not exist (Windows) the block runs unlocked."""
+    import datetime as dt
+    import sys
+
+    folder = check_writable(folder)
+    path = folder / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no advisory locks on this platform
+        yield path
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+    except OSError as e:
+        raise FolderNotWritableError(f"output folder {folder}: cannot open its lock file {path} "
+                                     f"({e.strerror or e}); expected a writable folder") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderLockedError(f"output folder {folder} is in use by another run ({_lock_holder(path)}); "
+                                    f"wait for it to finish or stop it, then run again (two runs writing one "
+                                    f"folder would mix their results)") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv) or "python",
+                "started": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                "purpose": purpose}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)

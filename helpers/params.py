@@ -18,6 +18,11 @@ To constrain a new parameter, add one entry:
 * :data:`DATA_PARAMETERS`: parameters that change the data every chapter reads; the runner gives
   them to every selected chapter that declares them and refuses them when a selected chapter
   loads the study (``load_study(``) without declaring them (it would silently use the default).
+* :data:`PROFILE_IMAGES`: parameters that only one kind of profile reads (``image_dir`` and
+  ``annotations``: the ``full`` profile's real images; ``style``: the ``demo``'s phantoms); the
+  runner refuses them on a profile that would ignore them.
+
+Every size parameter has an upper bound, and a parameter given twice is refused by the runner.
 
 Every float must be finite (``nan`` and ``inf`` are refused). Parameters with no entry are only
 checked for their type; :data:`FREE` lists the ``str`` parameters deliberately left open.
@@ -45,30 +50,32 @@ CASE_INSENSITIVE = {"views"}
 """Choice parameters matched without regard to case (``helpers.data.resolve_views`` upper-cases)."""
 
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "limit": (0, None, True, True),                # 0 = all images
-    "n_boot": (1, None, True, True),
-    "n_examples": (1, None, True, True),
+    # every size has an upper bound: far above any sensible run, low enough that a typo (an extra
+    # zero or three) stops before hours of work or an out-of-memory kill
+    "limit": (0, 100_000, True, True),             # 0 = all images (IU-Xray has 7,470)
+    "n_boot": (1, 100_000, True, True),
+    "n_examples": (1, 100, True, True),
     "seed_threshold": (0.0, 1.0, True, True),      # a threshold on sigmoid scores
-    "epochs": (0, None, True, True),               # 0 = the profile's default
-    "lr": (0.0, None, True, True),                 # 0 = the profile's default
-    "batch_size": (0, None, True, True),           # 0 = the profile's default
-    "patience": (0, None, True, True),             # 0 = the profile's default
-    "temperature": (0.0, None, False, True),
-    "max_steps_per_epoch": (0, None, True, True),  # 0 = the whole split
+    "epochs": (0, 1_000, True, True),              # 0 = the profile's default
+    "lr": (0.0, 1.0, True, True),                  # 0 = the profile's default
+    "batch_size": (0, 4_096, True, True),          # 0 = the profile's default
+    "patience": (0, 1_000, True, True),            # 0 = the profile's default
+    "temperature": (1e-3, 100.0, True, True),      # logits / T: a tiny T overflows them
+    "max_steps_per_epoch": (0, 1_000_000, True, True),  # 0 = the whole split
     "seed": (0, 2**32 - 1, True, True),
     "split_seed": (0, 2**32 - 1, True, True),
     "split_fractions": (0.0, 1.0, False, False),
-    "Cs": (0.0, None, False, True),
-    "projection_points": (10, None, True, True),
-    "max_pairs": (0, None, True, True),            # 0 = all pairs
-    "scorecam_pairs": (0, None, True, True),       # 0 = no ScoreCAM
-    "cascade_pairs": (1, None, True, True),
-    "k_folds": (2, None, True, True),
-    "control_epochs": (1, None, True, True),
-    "control_images": (1, None, True, True),
-    "n_seeds": (1, None, True, True),              # training seeds (and control permutations)
-    "causal_pairs": (1, None, True, True),
-    "causal_images": (1, None, True, True),
+    "Cs": (1e-6, 1e6, True, True),
+    "projection_points": (10, 100_000, True, True),
+    "max_pairs": (0, 1_000_000, True, True),       # 0 = all pairs
+    "scorecam_pairs": (0, 10_000, True, True),     # 0 = no ScoreCAM
+    "cascade_pairs": (1, 10_000, True, True),
+    "k_folds": (2, 100, True, True),
+    "control_epochs": (1, 1_000, True, True),
+    "control_images": (1, 100_000, True, True),
+    "n_seeds": (1, 100, True, True),               # training seeds (and control permutations)
+    "causal_pairs": (1, 100, True, True),
+    "causal_images": (1, 10_000, True, True),
 }
 LENGTHS: dict[str, tuple[int, int | None]] = {
     "split_fractions": (3, 3),
@@ -85,6 +92,10 @@ PATTERNS: dict[str, tuple[str, str]] = {
 PATHS: dict[str, str] = {"reports_path": "file", "image_dir": "dir", "annotations": "file"}
 DATA_PARAMETERS: tuple[str, ...] = ("uncertain_policy", "split_seed", "split_fractions", "views",
                                     "reports_path", "image_dir")
+PROFILE_IMAGES: dict[str, str] = {"image_dir": "openi", "annotations": "openi", "style": "phantoms"}
+"""Parameters that only profiles with these images use (``Profile.images``: ``openi`` for the
+``full`` profile's PNGs, ``phantoms`` for the ``demo``'s): the runner refuses them on another
+profile, which would silently ignore them (``-p image_dir /tmp`` on the demo renders phantoms)."""
 FREE: tuple[str, ...] = ("results",)
 """``str`` parameters with no constraint on purpose (free text or paths checked by the chapter)."""
 

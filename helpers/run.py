@@ -20,6 +20,21 @@ given to each selected chapter that declares it; a data parameter (``uncertain_p
 since that chapter would silently use the default. Path parameters are passed on as absolute
 paths (relative ones are read from the current folder).
 
+A parameter given twice is refused, and so is one that the profile would ignore (``image_dir``
+or ``annotations`` on ``demo``, ``style`` on ``full``: :data:`helpers.params.PROFILE_IMAGES`).
+
+Before the first chapter runs, every folder the run writes is checked (a read-only one is named
+at once, not after minutes of work) and locked: the executed-notebook folder (``--out``) and
+each (profile, model) output folder (:mod:`helpers.artefacts`), one lock per folder
+(:func:`helpers.io.folder_lock`). A second run that would write a folder the first one holds is
+refused with a message naming the holder. A quick run (``limit`` > 0, or ``n_boot`` below
+:data:`helpers.artefacts.FULL_N_BOOT`) writes to the pair's ``quick/`` folder, never over a full
+run's results; the runner tells the chapter's kernel why it is quick
+(:data:`helpers.artefacts.QUICK_ENV`).
+
+Warnings raised inside a chapter appear in its page (the cell's stderr) and, after the chapter,
+on the runner's console (one line each, naming the chapter).
+
 A chapter that fails stops the run with one message naming it and its ``.failed.ipynb`` copy.
 """
 
@@ -27,8 +42,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -188,13 +205,30 @@ def resolve_parameters(chapters: Sequence[str], raw: Sequence[tuple[str, str]],
     """Check every ``(name, value)`` against the chapters' declarations and :mod:`helpers.params`.
 
     Returns chapter -> parameters to inject (``profile`` included). Raises
-    :class:`ParameterError` (unknown name, with the valid ones listed; wrong type; a value out
-    of its choices or range; a data parameter that a selected chapter would ignore) or
-    ``ValueError`` (unknown profile) before anything executes.
+    :class:`ParameterError` (unknown name, with the valid ones listed; a name given twice; wrong
+    type; a value out of its choices or range; a data parameter that a selected chapter would
+    ignore; a parameter the profile ignores) or ``ValueError`` (unknown profile) before anything
+    executes.
     """
     from . import params as P
 
-    get_profile(profile)
+    prof = get_profile(profile)
+    given: dict[str, list[str]] = {}
+    for name, value in raw:
+        given.setdefault(name, []).append(value)
+    twice = {n: v for n, v in given.items() if len(v) > 1}
+    if twice:
+        n, v = next(iter(twice.items()))
+        raise ParameterError(f"parameter {n!r} is given {len(v)} times ({', '.join(map(repr, v))}); give it "
+                             f"once (repeating it does not add a value)")
+    for name in given:
+        need = P.PROFILE_IMAGES.get(name)
+        if need is not None and prof.images != need:
+            users = [p for p, pr in PROFILES.items() if pr.images == need]
+            raise ParameterError(
+                f"parameter {name!r} is read only by the {', '.join(users)} profile ({need} images); the "
+                f"{profile} profile uses {prof.images} and would silently ignore it; run with --profile "
+                f"{users[0]}, or leave it out")
     nbs = {c: read_notebook(notebook_path(c)) for c in chapters}
     decl = {c: declared_parameters(nb) for c, nb in nbs.items()}
     out: dict[str, dict[str, Any]] = {c: {} for c in chapters}
@@ -221,6 +255,81 @@ def resolve_parameters(chapters: Sequence[str], raw: Sequence[tuple[str, str]],
             p = decl[c][name]
             out[c][name] = P.check(name, coerce(p, value), p.default)
     return out
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What a run writes, known before it starts: the folders to check and lock (folder ->
+    which chapters write it) and why each chapter's run is quick (``''``: a full run)."""
+
+    folders: dict[Path, list[str]]
+    quick: dict[str, str]
+
+
+def plan_outputs(chapters: Sequence[str], params: dict[str, dict[str, Any]], profile: str,
+                 out_dir: Path = EXECUTED_DIR) -> OutputPlan:
+    """The folders the run writes: ``out_dir`` (executed notebooks) and the (profile, model) output
+    folder of every chapter that loads the study (its ``quick/`` folder for a quick run)."""
+    from .artefacts import Artefacts, quick_reason
+
+    folders: dict[Path, list[str]] = {Path(out_dir): list(chapters)}
+    quick: dict[str, str] = {}
+    for c in chapters:
+        p = params[c]
+        quick[c] = quick_reason(p.get("limit", 0), p.get("n_boot"))
+        if loads_study(read_notebook(notebook_path(c))):
+            folder = Artefacts.of(profile, p.get("model") or None, quick=bool(quick[c])).dir
+            folders.setdefault(folder, []).append(c)
+    return OutputPlan(folders, quick)
+
+
+def hold_outputs(plan: OutputPlan, profile: str, stack: contextlib.ExitStack) -> None:
+    """Check every folder the run writes (and the data folder) before any work, and lock each
+    output folder for the run. Raises :class:`helpers.io.FolderNotWritableError` or
+    :class:`helpers.io.FolderLockedError`, naming the folder (and the lock's holder)."""
+    from .config import data_dir
+    from .io import check_writable, folder_lock
+
+    check_writable(data_dir(), "data folder", "move caches with IUXRAY_DATA_DIR=DIR")
+    check_writable(output_dir(profile), "output folder", "move outputs with IUXRAY_OUTPUT_DIR=DIR")
+    for folder, chapters in plan.folders.items():
+        check_writable(folder, "output folder", "move outputs with IUXRAY_OUTPUT_DIR=DIR (or --out DIR)")
+        stack.enter_context(folder_lock(folder, f"{', '.join(chapters)} (profile {profile})"))
+
+
+@contextlib.contextmanager
+def _quick_env(reason: str):
+    """Tell the chapter's kernel (launched with this process's environment) why its run is quick."""
+    from .artefacts import QUICK_ENV
+
+    old = os.environ.pop(QUICK_ENV, None)
+    if reason:
+        os.environ[QUICK_ENV] = reason
+    try:
+        yield
+    finally:
+        os.environ.pop(QUICK_ENV, None)
+        if old is not None:
+            os.environ[QUICK_ENV] = old
+
+
+_WARNING_RE = re.compile(r"(?:^|:\s)(?P<kind>[A-Z]\w*Warning): (?P<msg>.+)$")
+
+
+def chapter_warnings(path: Path) -> list[str]:
+    """The warnings (``Kind: message``, each once, in order) that an executed notebook's cells wrote
+    to stderr, as Python's ``warnings`` formats them."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    out: list[str] = []
+    for cell in nb.get("cells", []):
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stderr":
+                text = o.get("text", "")
+                for line in (text if isinstance(text, str) else "".join(text)).splitlines():
+                    m = _WARNING_RE.search(line)
+                    if m:
+                        out.append(f"{m['kind']}: {m['msg'].strip()}")
+    return list(dict.fromkeys(out))
 
 
 def ensure_kernel(name: str = KERNEL_NAME) -> str:
@@ -328,16 +437,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             list_params(chapters)
             return 0
         params = resolve_parameters(chapters, [tuple(x) for x in args.parameter], args.profile)
+        plan = plan_outputs(chapters, params, args.profile, args.out)
     except (ParameterError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from .io import FolderLockedError, FolderNotWritableError
+
+    with contextlib.ExitStack() as held:
+        try:
+            hold_outputs(plan, args.profile, held)
+        except (FolderLockedError, FolderNotWritableError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return _run_chapters(chapters, params, plan, args)
+
+
+def _run_chapters(chapters: Sequence[str], params: dict[str, dict[str, Any]], plan: OutputPlan,
+                  args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     times_file = output_dir(args.profile) / "run_times.json"
     for c in tqdm(chapters, desc=f"chapters ({args.profile})", unit="chapter"):
         t0 = time.perf_counter()
         try:
-            path = execute(c, params[c], args.out, args.kernel)
+            with _quick_env(plan.quick[c]):
+                path = execute(c, params[c], args.out, args.kernel)
         except KeyboardInterrupt:
             print(f"\ninterrupted during {c}; its previous executed copy (if any) is unchanged", file=sys.stderr)
             return 130
@@ -345,7 +469,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {_failure_message(c, e, args.out)}", file=sys.stderr)
             return 1
         dt = time.perf_counter() - t0
-        tqdm.write(f"{c}: {dt:.1f} s -> {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
+        for w in chapter_warnings(path):
+            tqdm.write(f"{Path(c).stem}: warning: {w}", file=sys.stderr)
+        quick = f" (quick run: {plan.quick[c]})" if plan.quick[c] else ""
+        tqdm.write(f"{c}: {dt:.1f} s -> {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}"
+                   f"{quick}")
         record_time(times_file, c, dt, params[c])
     return 0
 

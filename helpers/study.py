@@ -39,6 +39,12 @@ class Study:
     """``demo``: the phantom style the images were rendered in (``None`` for real images)."""
     noise: pd.DataFrame | None = None
     """``demo``: the label-noise rates the phantoms were rendered with (:func:`phantoms.noise_rates`)."""
+    quick: str = ""
+    """Why this is a quick run (:func:`artefacts.quick_reason`), ``''`` for a full run: a quick run's
+    files go to the pair's ``quick/`` folder and its stamp says so (``quick_run``)."""
+    all_image_ids: frozenset[str] = frozenset()
+    """Every image id of the label table (all views and splits), to tell an annotation of another
+    image of the study from one that names no IU-Xray image at all."""
 
     def rows(self, split: str) -> np.ndarray:
         """Row indices of one split (``train``, ``val``, ``test``) among usable images."""
@@ -74,7 +80,7 @@ class Study:
         """The files this (profile, model) pair writes and reads (:class:`artefacts.Artefacts`)."""
         from .artefacts import Artefacts
 
-        return Artefacts.of(self.profile, self.info.spec)
+        return Artefacts.of(self.profile, self.info.spec, quick=bool(self.quick))
 
     @property
     def logit_scale(self) -> float:
@@ -86,8 +92,9 @@ class Study:
         from .stamp import make_stamp
 
         n_bad = int((~self.pixels.ok).sum())
+        quick = {"quick_run": self.quick} if self.quick else {}
         return make_stamp(self.profile, self.info.id, self.split_hash, images=self.image_source,
-                          n_images=len(self.table), unreadable_images_skipped=n_bad, **extra)
+                          n_images=len(self.table), unreadable_images_skipped=n_bad, **quick, **extra)
 
 
 def subsample(split: pd.DataFrame, limit: int | None) -> pd.DataFrame:
@@ -112,14 +119,18 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     model : model spec (default: the profile's, ``tiny`` or ``biomedclip``).
     image_dir : ``full`` profile: folder of Open-I PNGs (default ``data_dir()/openi/images``).
     style : ``demo`` profile: phantom style of the IU-Xray images (default ``target``).
-    limit : at most this many images per split (smoke runs); ``None`` or 0 for all.
+    limit : at most this many images per split (smoke runs); ``None`` or 0 for all. A limited run
+        is quick (:func:`artefacts.quick_reason`): its files never replace a full run's.
     on_error : unreadable image policy, ``stop`` or ``skip`` (skipped ones are counted).
     uncertain_policy, split_seed, split_fractions, views, reports_path : the label table and
         split of chapter 1
         (:func:`data.load_study_data`); every chapter takes them, so they reach every chapter.
     """
+    import os
+
     from . import images as I
     from . import phantoms
+    from .artefacts import QUICK_ENV, join_reasons, quick_reason
     from .data import load_study_data
     from .models import load_model
 
@@ -142,7 +153,8 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     pixels = I.build_pixel_cache(table.path, table.image_id, preprocess, on_error=on_error)
     return Study(profile, table.reset_index(drop=True), pixels, m, preprocess, tokenizer, info,
                  data.split_hash, source, dev, style=style if noise is not None else None,
-                 noise=noise)
+                 noise=noise, quick=join_reasons(quick_reason(limit), os.environ.get(QUICK_ENV, "")),
+                 all_image_ids=frozenset(data.table.images.image_id.astype(str)))
 
 
 def embeddings_of(study: Study, model: torch.nn.Module) -> np.ndarray:
@@ -183,7 +195,10 @@ def localization_pairs(study: Study, split: str | Sequence[str], max_pairs: int 
     ``split``: one split name or several (e.g. every split, for zero-shot on every annotated image).
     ``demo``: regions are the phantoms' exact masks (all labels but No Finding). ``full``: regions
     come from an annotation CSV (:mod:`helpers.annotations`; default: the shipped example), every
-    annotated (image, label) in the split whatever the label table says. Pairs whose region is
+    annotated (image, label) in the split whatever the label table says. Annotation rows whose
+    image id names no IU-Xray image at all (a typo, a ``.png`` suffix, another data set) are
+    reported in an :class:`annotations.AnnotationWarning` naming the file, lines and ids (it
+    reaches the page and the runner's console), never silently dropped. Pairs whose region is
     empty at the model's input size are dropped. ``max_pairs`` draws a seeded random subset
     (kept in table order).
     """
@@ -199,6 +214,7 @@ def localization_pairs(study: Study, split: str | Sequence[str], max_pairs: int 
         cand = [(r, c) for r in rows for c in study.labels if c != "No Finding" and t.at[r, c] == 1]
     else:
         ann = A.load_annotations(annotations or A.EXAMPLE)
+        A.report_unknown_images(ann, study.all_image_ids or set(t.image_id.astype(str)))
         have = set(zip(ann.image_id, ann.label))
         cand = [(r, c) for r in rows for c in study.labels if (t.at[r, "image_id"], c) in have]
     if max_pairs and len(cand) > max_pairs:

@@ -27,7 +27,7 @@ def test_two_models_outputs_coexist_and_both_appear(two_models, tmp_path):
         rc = runner.main(["02_zero_shot", "--out", str(tmp_path), "-p", "model", spec,
                           "-p", "limit", "8", "-p", "n_boot", "5"])
         assert rc == 0
-    dirs = {artefacts.Artefacts.of("demo", s).dir for s in (a, b)}
+    dirs = {artefacts.Artefacts.of("demo", s, quick=True).dir for s in (a, b)}  # limited: quick/
     assert len(dirs) == 2 and all((d / "zero_shot.json").is_file() for d in dirs)
     specs = {json.loads((d / "zero_shot.json").read_text())["params"]["model"] for d in dirs}
     assert specs == {a, b}  # the second run did not overwrite the first

@@ -50,7 +50,7 @@ def test_chapter_2_metrics_are_reproducible(built_book, tmp_path):
     """Executing chapter 2 twice gives identical metrics JSON apart from the time stamp."""
     from helpers.artefacts import Artefacts
 
-    path = Artefacts.of("demo").metrics("zs")
+    path = Artefacts.of("demo", quick=True).metrics("zs")  # a limited run: quick/
     first = _metrics_without_date(path)
     rc = R.main(["02_zero_shot", "--out", str(tmp_path), "-p", "limit", "40", "-p", "n_boot", "20"])
     assert rc == 0
