@@ -85,7 +85,7 @@ class Study:
     @property
     def logit_scale(self) -> float:
         """The model's temperature ``exp(logit_scale)``."""
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
     def stamp(self, **extra: Any) -> dict:
         """The provenance stamp for this study's pages and metrics JSON."""
