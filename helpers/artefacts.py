@@ -14,9 +14,11 @@ dir ``IUXRAY_DATA_DIR`` (default ``<repo>/data``).
 or with fewer than :data:`FULL_N_BOOT` bootstrap resamples is *quick*: its files go to the
 ``quick/`` sub-folder of the pair's folder (``<output root>/<profile>/<model slug>/quick/``,
 checkpoints likewise under ``runs/``), and its page stamp says why it is quick
-(``quick_run``). The runner (:mod:`helpers.run`) decides it from the parameters it injects and
-passes ``n_boot``'s part to the kernel in the environment variable :data:`QUICK_ENV`; a
-chapter run by hand is quick when its ``limit`` is. :func:`all_pairs` lists a pair's quick
+(``quick_run``). A chapter's ``limit`` makes it quick wherever it runs (the stamp then gives
+the limit as the reason, so a re-execution by nbval stamps the same text); ``n_boot`` is not
+known to :func:`study.load_study`, so the runner (:mod:`helpers.run`), which decides from the
+parameters it injects, passes its reason to the kernel in the environment variable
+:data:`QUICK_ENV`. :func:`all_pairs` lists a pair's quick
 folder only when the pair has no full results, so the results page never shows a quick run
 beside (or instead of) a full one.
 
@@ -60,10 +62,6 @@ def quick_reason(limit: int | None = 0, n_boot: int | None = None) -> str:
         parts.append(f"n_boot {int(n_boot)}")
     return ", ".join(parts)
 
-
-def join_reasons(*reasons: str) -> str:
-    """Several :func:`quick_reason` texts as one, each part once, in order."""
-    return ", ".join(dict.fromkeys(p.strip() for r in reasons for p in (r or "").split(",") if p.strip()))
 
 
 def output_root() -> Path:

@@ -130,7 +130,7 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
 
     from . import images as I
     from . import phantoms
-    from .artefacts import QUICK_ENV, join_reasons, quick_reason
+    from .artefacts import QUICK_ENV, quick_reason
     from .data import load_study_data
     from .models import load_model
 
@@ -153,7 +153,7 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     pixels = I.build_pixel_cache(table.path, table.image_id, preprocess, on_error=on_error)
     return Study(profile, table.reset_index(drop=True), pixels, m, preprocess, tokenizer, info,
                  data.split_hash, source, dev, style=style if noise is not None else None,
-                 noise=noise, quick=join_reasons(quick_reason(limit), os.environ.get(QUICK_ENV, "")),
+                 noise=noise, quick=quick_reason(limit) or os.environ.get(QUICK_ENV, ""),
                  all_image_ids=frozenset(data.table.images.image_id.astype(str)))
 
 
