@@ -75,6 +75,16 @@ def trunk_of(scorer: nn.Module) -> nn.Module:
     return trunk
 
 
+def native_grid(scorer: nn.Module) -> int:
+    """The side ``g`` of the patch grid every method's map is computed on, before it is
+    upsampled to the input size (the chance level of a map depends on it:
+    :func:`localization.grid_chance`)."""
+    gs = getattr(trunk_of(scorer).patch_embed, "grid_size", None)
+    if gs is None or len(set(gs)) != 1:
+        raise ValueError(f"expected a square patch grid, got {gs!r}")
+    return int(gs[0])
+
+
 def scale(cams: np.ndarray, size: int) -> np.ndarray:
     """pytorch-grad-cam's post-processing: ReLU, min-max scale, resize to (size, size), rescale."""
     from pytorch_grad_cam.utils.image import scale_cam_image

@@ -13,7 +13,9 @@ that goes through the ViT image tower, so every attribution method of
 * positive control: :class:`localising.LocalisingNet` (its evidence is local by construction).
 
 :func:`explain_pairs` computes the maps of one setting on (image, label) pairs batch by batch,
-scores them at once (:func:`localization.pair_stats`) and keeps only the maps asked for.
+scores them at once against the chance level of maps on the tower's patch grid
+(:func:`localization.pair_stats`, :func:`localization.grid_chance`) and keeps only the maps
+asked for.
 :func:`cascade` and :func:`randomised` make Adebayo et al.'s randomised copies of a scorer.
 Ground-truth regions are brought to the model's input geometry by :func:`to_input_geometry`
 and loaded from phantom bitmasks by :func:`load_masks`.
@@ -22,7 +24,7 @@ and loaded from phantom bitmasks by :func:`load_masks`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -188,7 +190,7 @@ def explain_pairs(scorer: nn.Module, study, pairs, methods: Sequence[str] = ONE_
     image cache with the study's rows (the positive control's marked images), else the study's.
     """
     from . import localization
-    from .attribution import iter_maps
+    from .attribution import iter_maps, native_grid
 
     lab_idx = np.array([study.labels.index(c) for c in pairs.table.label], dtype=int)
     parts: dict[str, list] = {}
@@ -196,12 +198,14 @@ def explain_pairs(scorer: nn.Module, study, pairs, methods: Sequence[str] = ONE_
     smalls: dict[str, list] = {}
     keep = np.asarray(keep, dtype=int)
     px = study.pixels if pixels is None else pixels
+    grid = native_grid(scorer)
     for sl, maps in iter_maps(scorer, px, pairs.table.row.to_numpy(), lab_idx, study.info.mean,
                               study.info.std, methods, layer, layers, progress=progress, desc=desc):
         idx = np.arange(sl.start, sl.stop)
         here = np.isin(idx, keep)
+        chance = localization.grid_chance(pairs.masks[sl], grid)
         for k, m in maps.items():
-            parts.setdefault(k, []).append(localization.pair_stats(m, pairs.masks[sl]))
+            parts.setdefault(k, []).append(localization.pair_stats(m, pairs.masks[sl], chance))
             if here.any():
                 kept.setdefault(k, []).append(m[here])
             if small:
@@ -211,11 +215,12 @@ def explain_pairs(scorer: nn.Module, study, pairs, methods: Sequence[str] = ONE_
                      {k: np.concatenate(v) for k, v in smalls.items()})
 
 
-def score_maps(maps: np.ndarray, pairs) -> dict[str, np.ndarray]:
-    """:func:`localization.pair_stats` of maps already in memory (reference maps, the prior)."""
-    from .localization import pair_stats
+def score_maps(maps: np.ndarray, pairs, grid: int | None = None) -> dict[str, np.ndarray]:
+    """:func:`localization.pair_stats` of maps already in memory (reference maps, the prior),
+    against the chance level of maps on a ``grid x grid`` native grid (``None``: per pixel)."""
+    from .localization import grid_chance, pair_stats
 
-    return pair_stats(maps, pairs.masks)
+    return pair_stats(maps, pairs.masks, grid_chance(pairs.masks, grid))
 
 
 def summarise_setting(tune_stats: dict[str, np.ndarray], tune, stats: dict[str, np.ndarray], pairs,
@@ -264,17 +269,102 @@ def holdout_probes(study, probe, pairs, k: int = 5, seed: int = 0) -> list[tuple
 # --------------------------------------------------------------------------------------
 
 
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+"""Modules whose weight is a scale: re-initialised to the identity (weight 1, bias 0)."""
+EMBEDDINGS = ("cls_token", "pos_embed", "reg_token")
+
+
+def _is_norm(m: nn.Module) -> bool:
+    return isinstance(m, NORM_TYPES) or type(m).__name__.endswith(("Norm", "Norm2d"))
+
+
 def reinitialise(module: nn.Module, gen: torch.Generator) -> None:
-    """Re-draw a module's weights in place: matrices N(0, 0.02), norm weights 1, other vectors 0
-    (and CLS / position embeddings N(0, 0.02)): the architecture with none of what it learned."""
+    """Re-draw a module's weights in place: the architecture with none of what it learned.
+
+    Matrices and token embeddings (CLS, position, register) ``N(0, 0.02)``; every
+    normalisation module (found by its type, whatever its parameters are called, so the
+    module itself may be a LayerNorm) the identity, weight 1 and bias 0; a LayerScale
+    ``gamma`` 1; other vectors (biases) 0. No re-drawn module outputs a constant: a weight of
+    0 in a norm would zero the whole tower (the bug this replaced).
+    """
     with torch.no_grad():
+        norm_params = {id(p): name for m in module.modules() if _is_norm(m)
+                       for name, p in m.named_parameters(recurse=False)}
         for name, p in module.named_parameters():
-            if p.ndim >= 2 or name.split(".")[-1] in ("cls_token", "pos_embed", "reg_token"):
+            leaf = name.split(".")[-1]
+            if id(p) in norm_params:
+                p.fill_(1.0 if norm_params[id(p)] == "weight" else 0.0)
+            elif p.ndim >= 2 or leaf in EMBEDDINGS:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-            elif "norm" in name and name.endswith("weight"):
+            elif leaf == "gamma":
                 p.fill_(1.0)
             else:
                 p.zero_()
+
+
+@dataclass
+class StepCheck:
+    """Whether a randomised scorer still computes something (:func:`check_randomised`):
+    its scores and input gradients are non-zero and differ from the trained scorer's."""
+
+    output_nonzero: bool
+    gradient_nonzero: bool
+    output_differs: bool
+    gradient_differs: bool
+
+    @property
+    def ok(self) -> bool:
+        return all(vars(self).values())
+
+
+def _scores_and_grads(scorer: nn.Module, x: torch.Tensor, label_idx: Sequence[int]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_()
+    out = scorer.eval()(x)
+    sel = out[torch.arange(len(x)), torch.as_tensor(list(label_idx))]
+    (g,) = torch.autograd.grad(sel.sum(), x)
+    return sel.detach(), g.detach()
+
+
+def check_randomised(trained: nn.Module, randomised: nn.Module, x: torch.Tensor,
+                     label_idx: Sequence[int], tol: float = 1e-8) -> StepCheck:
+    """Compare a randomised copy with the trained scorer on images ``x`` (B, 3, S, S) for one
+    label per image: a step whose scores or input gradients are all zero, or identical to the
+    trained model's, has not randomised anything that its maps could show."""
+    s0, g0 = _scores_and_grads(trained, x, label_idx)
+    s1, g1 = _scores_and_grads(randomised, x, label_idx)
+    return StepCheck(bool(s1.abs().max() > tol), bool(g1.abs().max() > tol),
+                     bool((s1 - s0).abs().max() > tol), bool((g1 - g0).abs().max() > tol))
+
+
+MAX_DEGENERATE_SHARE = 0.5
+"""A randomisation step whose maps are degenerate on more than this share of pairs has failed:
+it is reported as such and never scored (a constant map would score the chance level)."""
+
+
+def randomisation_health(trained: nn.Module, randomised: nn.Module, study, pairs,
+                         degenerate: np.ndarray, pixels=None, n_images: int = 8) -> dict:
+    """Whether a randomised copy can be scored: :func:`check_randomised` on the first
+    ``n_images`` pairs' images (their own labels), and the share of its maps that are
+    degenerate (``degenerate``: (n,) bool from its :func:`explain_pairs` stats).
+
+    Returns ``{"scores_nonzero", "gradients_nonzero", "differs", "degenerate_share",
+    "failed"}``; ``failed`` when the check fails or more than :data:`MAX_DEGENERATE_SHARE`
+    of the maps are degenerate.
+    """
+    from .images import to_model_input
+
+    px = study.pixels if pixels is None else pixels
+    t = pairs.table.iloc[:n_images]
+    x = to_model_input(np.asarray(px.pixels[t.row.to_numpy()]), study.info.mean, study.info.std)
+    lab = [study.labels.index(c) for c in t.label]
+    chk = check_randomised(trained, randomised, x, lab) if len(t) else None
+    share = float(np.mean(degenerate)) if len(degenerate) else 0.0
+    ok = chk is not None and chk.ok
+    return {"scores_nonzero": bool(chk and chk.output_nonzero),
+            "gradients_nonzero": bool(chk and chk.gradient_nonzero),
+            "differs": bool(chk and chk.output_differs and chk.gradient_differs),
+            "degenerate_share": share, "failed": bool(not ok or share > MAX_DEGENERATE_SHARE)}
 
 
 def cascade_steps(scorer: nn.Module) -> list[tuple[str, list[str]]]:

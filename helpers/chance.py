@@ -103,3 +103,13 @@ def floor_table(results: dict[str, dict[str, Any]], metrics: Sequence[str]) -> d
 
 
 LOWER_IS_BETTER = ("coverage_error", "ranking_loss", "brier", "ece")
+
+
+def label_prior_loss(y_train: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
+    """Mean binary cross-entropy on targets ``y`` (n, k) of a predictor that knows only each
+    label's training prevalence (the loss a model reaches by learning the label frequencies and
+    nothing of the images): ``-mean_ij [y_ij log p_j + (1 - y_ij) log(1 - p_j)]``, ``p`` clipped
+    to ``[eps, 1 - eps]``."""
+    p = np.clip(np.asarray(y_train, dtype=float).mean(0), eps, 1 - eps)
+    y = np.asarray(y, dtype=float)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())

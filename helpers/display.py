@@ -44,13 +44,43 @@ def beats(result: Mapping[str, Any], floor: float, metric: str) -> bool:
     return ci[1] < floor if metric in LOWER_IS_BETTER else ci[0] > floor
 
 
+def best_floor(refs: Mapping[str, Mapping[str, Any]], metric: str) -> tuple[str, float] | None:
+    """The strongest image-independent scorer for ``metric`` (name, value); the first in
+    :data:`chance.SCORERS` order on a tie. ``None`` if no scorer has the metric."""
+    from .chance import SCORERS
+
+    vals = {n: r[metric] for n, r in sorted(refs.items(), key=lambda kv: SCORERS.index(kv[0])
+                                            if kv[0] in SCORERS else 99) if _ok(r.get(metric))}
+    if not vals:
+        return None
+    best = (min if metric in LOWER_IS_BETTER else max)(vals, key=vals.get)
+    return best, float(vals[best])
+
+
+def floor_status(result: Mapping[str, Any], refs: Mapping[str, Mapping[str, Any]],
+                 metric: str) -> str:
+    """``"beats"`` (the whole CI on the better side of the best image-independent scorer),
+    ``"within"`` (the point is better but the CI reaches the floor) or ``"at or below"`` (the
+    point itself is no better than the floor); ``""`` when there is nothing to compare."""
+    fl = best_floor(refs, metric)
+    v = result.get(metric)
+    if fl is None or not _ok(v):
+        return ""
+    if beats(result, fl[1], metric):
+        return "beats"
+    better = v < fl[1] if metric in LOWER_IS_BETTER else v > fl[1]
+    return "within" if better else "at or below"
+
+
 def against_floors(ours: Mapping[str, Mapping[str, Any]], refs: Mapping[str, Mapping[str, Any]],
                    metrics: Sequence[str]) -> pd.DataFrame:
     """Metric table: our settings (value [CI]) beside every reference scorer, and a verdict.
 
-    ``ours`` and ``refs`` map a column name to a :func:`metrics.evaluate` result. The last column
-    names the best reference scorer for the metric (the first in :data:`chance.SCORERS` order
-    on a tie) and whether the *first* of ``ours`` beats it with its whole CI (``yes``/``no``).
+    ``ours`` and ``refs`` map a column name to a :func:`metrics.evaluate` result. A value of
+    ours at or below the best image-independent scorer is marked ``▼``. The last columns name
+    the best reference scorer for the metric and whether the *first* of ``ours`` beats it with
+    its whole CI (``yes``), only with its point value (``no: CI reaches it``), or not at all
+    (``no: at or below``).
     """
     from .chance import SCORERS
 
@@ -58,12 +88,34 @@ def against_floors(ours: Mapping[str, Mapping[str, Any]], refs: Mapping[str, Map
     rows = {}
     first = next(iter(ours.values()))
     for m in metrics:
-        row = {name: fmt_ci(r.get(m), r.get("ci95", {}).get(m)) for name, r in ours.items()}
+        row = {}
+        for name, r in ours.items():
+            mark = " ▼" if floor_status(r, refs, m) == "at or below" else ""
+            row[name] = fmt_ci(r.get(m), r.get("ci95", {}).get(m)) + mark
         row.update({name: fmt_ci(r.get(m)) for name, r in refs.items()})
-        vals = {n: r[m] for n, r in refs.items() if _ok(r.get(m))}
-        if vals:
-            best = (min if m in LOWER_IS_BETTER else max)(vals, key=vals.get)
-            row["best image-independent"] = best
-            row["beats it?"] = "yes" if beats(first, vals[best], m) else "no"
+        fl = best_floor(refs, m)
+        if fl:
+            row["best image-independent"] = fl[0]
+            row["beats it?"] = {"beats": "yes", "within": "no: CI reaches it",
+                                "at or below": "no: at or below"}.get(
+                                    floor_status(first, refs, m), "–")
         rows[NAMES.get(m, m)] = row
     return pd.DataFrame(rows).T
+
+
+def floor_sentence(ours: Mapping[str, Mapping[str, Any]], refs: Mapping[str, Mapping[str, Any]],
+                   metrics: Sequence[str]) -> str:
+    """The prose that names every result at or below its image-independent floor, computed
+    from the numbers (so a rerun with other numbers keeps the page true)."""
+    from .chance import SCORERS  # noqa: F401  (order of best_floor)
+
+    below = []
+    for name, r in ours.items():
+        for m in metrics:
+            if floor_status(r, refs, m) == "at or below":
+                fl = best_floor(refs, m)
+                below.append(f"{name} on {NAMES.get(m, m)} ({fmt_ci(r[m])} against "
+                             f"{fl[0]}'s {fmt_ci(fl[1])})")
+    if not below:
+        return "no result is at or below its image-independent floor"
+    return "at or below an image-independent floor: " + "; ".join(below)

@@ -11,6 +11,10 @@ Both objectives end in one logit per label ``z_ij`` for image ``i`` and label ``
 * ``bce`` (classification head): ``z_i = W u_i + b``, a linear head on the normalised image
   embedding, initialised at the zero-shot solution ``W_j = (v_j+ - v_j-) / T``, ``b = 0``; the
   text tower is then unused and frozen.
+* ``lp-ft`` (Kumar et al. 2022): the same head, initialised at chapter 3's linear probe
+  (:func:`probe_head`: the probe's logit rewritten as a function of the normalised embedding),
+  then every weight trained. Starting from a head that already fits the frozen features keeps
+  the first, large gradients from distorting the pretrained features.
 
 Every weight of the image tower is trained (Adam, cosine schedule with warm-up, bf16 autocast
 on GPU). After each epoch the validation macro AUROC decides early stopping; the best epoch's
@@ -50,12 +54,18 @@ from .training import (BackgroundWriter, DevicePixels, augment_pixels, autocast,
                        cpu_threads_for_load, maybe_compile, normalize01, rank_and_world, rng_state, seed_all,
                        set_rng_state, to_cpu, to_device)
 
-OBJECTIVES = ("contrastive", "bce")
+OBJECTIVES = ("contrastive", "bce", "lp-ft")
+OBJECTIVE_PARAMETER = ("sweep",) + OBJECTIVES
+"""Chapter 4's ``objective`` parameter: ``sweep`` takes the budget sweep's choice."""
+SEED_LR = 1e-6
+"""The original study's fine-tuning learning rate."""
+HEAD_OBJECTIVES = ("bce", "lp-ft")
+"""Objectives with a classification head (the text tower unused and frozen)."""
 VERSION = "1"
 """Part of every run key: bump when training semantics change, so stale runs are not reloaded."""
 SPEED_FIELDS = ("compile", "checkpoint_every", "device_pixels", "cpu_threads")
 """Settings that change speed only (the numbers agree up to float round-off): not in the run key."""
-KEY_NEUTRAL = {"cpu_bf16": False, "augment_noise": "host"}
+KEY_NEUTRAL = {"cpu_bf16": False, "augment_noise": "host", "head_init": ""}
 """Settings added after runs existed, at the value that reproduces those runs: left out of the
 key at that value, so earlier runs keep their keys."""
 SWITCHES = ("auto", "on", "off")
@@ -94,6 +104,9 @@ class FinetuneConfig:
     device_pixels: str = "auto"
     checkpoint_every: int = 1
     cpu_threads: int = 0
+    head_init: str = ""
+    """``lp-ft`` only: the hash of the probe the head starts from (:func:`probe_head`); part of
+    the run key, so a run never reloads with another probe's head."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -113,6 +126,9 @@ class FinetuneConfig:
             raise ValueError(f"cpu_threads must be >= 0 (0: chosen from the load), got {self.cpu_threads!r}")
         if self.augment_noise not in ("auto", "host", "device"):
             raise ValueError(f"augment_noise must be 'auto', 'host' or 'device', got {self.augment_noise!r}")
+        if (self.objective == "lp-ft") != bool(self.head_init):
+            raise ValueError("objective 'lp-ft' needs head_init (the probe's hash, set by "
+                             "finetune() from its probe argument), and only it")
 
     def resolved(self, device: torch.device | str) -> "FinetuneConfig":
         """A copy with every ``auto`` replaced by what runs on ``device``."""
@@ -126,19 +142,19 @@ class LabelScorer(nn.Module):
     """CLIP model + label prompts (+ head): images (B, 3, S, S) -> label logits (B, k)."""
 
     def __init__(self, clip: nn.Module, prompt_tokens: torch.Tensor, objective: str, temperature: float,
-                 head_init: torch.Tensor | None = None):
+                 head_init: torch.Tensor | None = None, head_bias: torch.Tensor | None = None):
         super().__init__()
         self.clip = clip
         self.objective = objective
         self.temperature = temperature
         self.register_buffer("prompt_tokens", prompt_tokens, persistent=False)  # (2k, L): k pos then k neg
         self.head = None
-        if objective == "bce":
+        if objective in HEAD_OBJECTIVES:
             k, d = head_init.shape
             self.head = nn.Linear(d, k)
             with torch.no_grad():
                 self.head.weight.copy_(head_init)
-                self.head.bias.zero_()
+                self.head.bias.copy_(head_bias if head_bias is not None else torch.zeros(k))
             for p in self.clip.text.parameters():
                 p.requires_grad_(False)
         self.clip.logit_scale.requires_grad_(False)
@@ -181,9 +197,28 @@ class FinetuneResult:
     fast_path: dict = field(default_factory=dict)
 
 
-def build_scorer(model: nn.Module, tokenizer, labels: Sequence[str], cfg: FinetuneConfig) -> LabelScorer:
+def probe_head(probe) -> tuple[np.ndarray, np.ndarray]:
+    """Chapter 3's probe as a head on the normalised embedding ``u``: ``(W (k, d), b (k,))``.
+
+    The probe scores ``((u - mean) / scale) @ coef.T + intercept``, which is
+    ``u @ (coef / scale).T + (intercept - coef @ (mean / scale))``.
+    """
+    coef = np.asarray(probe.coef, dtype=np.float64)
+    scale, mean = np.asarray(probe.scale, np.float64), np.asarray(probe.mean, np.float64)
+    return (coef / scale).astype(np.float32), (np.asarray(probe.intercept, np.float64)
+                                               - coef @ (mean / scale)).astype(np.float32)
+
+
+def head_hash(head: tuple[np.ndarray, np.ndarray]) -> str:
+    """A short hash of a head's weights (the run key's ``head_init``)."""
+    return sha256_bytes(b"".join(np.ascontiguousarray(a, np.float32).tobytes() for a in head), 16)
+
+
+def build_scorer(model: nn.Module, tokenizer, labels: Sequence[str], cfg: FinetuneConfig,
+                 head: tuple[np.ndarray, np.ndarray] | None = None) -> LabelScorer:
     """A trainable copy of ``model`` with the label prompts of ``cfg.template`` (tokens trimmed to
-    the longest prompt: trailing padding changes no output)."""
+    the longest prompt: trailing padding changes no output). ``lp-ft`` takes its head ``(W, b)``
+    from ``head`` (:func:`probe_head`)."""
     from .training import trim_tokens
     from .zeroshot import prompts
 
@@ -191,12 +226,16 @@ def build_scorer(model: nn.Module, tokenizer, labels: Sequence[str], cfg: Finetu
     neg = [prompts(c, cfg.template)[1][0] for c in labels]
     clip = copy.deepcopy(model).float()
     tokens = trim_tokens(tokenizer(pos + neg)).to(next(clip.parameters()).device)
-    head = None
+    weight = bias = None
     if cfg.objective == "bce":
         tmp = LabelScorer(clip, tokens, "contrastive", cfg.temperature)
         with torch.no_grad():
-            head = tmp.text_directions().float()
-    return LabelScorer(clip, tokens, cfg.objective, cfg.temperature, head)
+            weight = tmp.text_directions().float()
+    elif cfg.objective == "lp-ft":
+        if head is None:
+            raise ValueError("objective 'lp-ft' needs the probe's head (finetune.probe_head(probe))")
+        weight, bias = (torch.as_tensor(a, dtype=torch.float32) for a in head)
+    return LabelScorer(clip, tokens, cfg.objective, cfg.temperature, weight, bias)
 
 
 @torch.inference_mode()
@@ -255,7 +294,8 @@ class _Trainer:
     """Model, optimiser, schedule and training state (history, best epoch and weights) of a run."""
 
     def __init__(self, model: nn.Module, tokenizer, labels: Sequence[str], cfg: FinetuneConfig,
-                 dev: torch.device, world: int, n_train: int):
+                 dev: torch.device, world: int, n_train: int,
+                 head: tuple[np.ndarray, np.ndarray] | None = None):
         self.cfg, self.dev = cfg, dev
         self.steps_per_epoch = n_train // cfg.batch_size
         if cfg.max_steps_per_epoch:
@@ -265,7 +305,7 @@ class _Trainer:
         self.total = self.steps_per_epoch * cfg.epochs
         self.warmup = max(1, int(cfg.warmup_frac * self.total))
         seed_all(cfg.seed)
-        self.scorer = build_scorer(model, tokenizer, labels, cfg).to(dev)
+        self.scorer = build_scorer(model, tokenizer, labels, cfg, head).to(dev)
         self.net: nn.Module = self.scorer
         if world > 1:
             self.net = nn.parallel.DistributedDataParallel(
@@ -442,7 +482,8 @@ def _run_epochs(tr: _Trainer, batches: _Batches, val: tuple, ckpt: BackgroundWri
 def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Sequence[int],
              val_rows: Sequence[int], labels: Sequence[str], mean, std, base_weights: str,
              cfg: FinetuneConfig, run_root: str | os.PathLike, device: torch.device | str = "cpu",
-             progress: bool = True, stop_after_epochs: int | None = None) -> FinetuneResult:
+             progress: bool = True, stop_after_epochs: int | None = None,
+             probe=None) -> FinetuneResult:
     """Fine-tune a copy of ``model``; resume or reload a run with the same key.
 
     Parameters
@@ -451,10 +492,18 @@ def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Seq
     train_rows, val_rows : row indices into ``pixels`` / ``y``.
     run_root : folder; the run lives in ``run_root/<key>/`` (``last.pt``, ``best.pt``, ``history.json``).
     stop_after_epochs : stop after this many epochs of this call, as a graceful interruption
-        (a checkpoint is written); for tests.
+        (a checkpoint is written); for tests and the budget sweep (:mod:`helpers.sweep`).
+    probe : ``lp-ft`` only: chapter 3's :class:`probe.Probe`, the head's start (its hash joins
+        the run key).
     """
     import torch.distributed as dist
 
+    head = None
+    if cfg.objective == "lp-ft":
+        if probe is None:
+            raise ValueError("objective 'lp-ft' starts from chapter 3's probe: pass probe=")
+        head = probe_head(probe)
+        cfg = replace(cfg, head_init=head_hash(head))
     cfg.validate()
     t0 = time.perf_counter()
     dev = torch.device(device)
@@ -465,7 +514,7 @@ def finetune(model: nn.Module, tokenizer, pixels, y: np.ndarray, train_rows: Seq
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
     y = np.asarray(y).astype(np.float32)
     run_dir = Path(run_root) / run_key(cfg, base_weights, pixels.key, train_rows, val_rows, y)
-    tr = _Trainer(model, tokenizer, labels, cfg, dev, world, len(train_rows))
+    tr = _Trainer(model, tokenizer, labels, cfg, dev, world, len(train_rows), head)
     tr.resume(run_dir)
     resident = cfg.device_pixels == "on"
     batches = _Batches(DevicePixels(pixels, train_rows, dev, resident), y, train_rows, cfg, tr.steps_per_epoch,
@@ -501,9 +550,12 @@ def load_finetuned(model: nn.Module, tokenizer, labels: Sequence[str], run_dir: 
     ck = torch.load(last, map_location="cpu", weights_only=False)
     names = {f.name for f in FinetuneConfig.__dataclass_fields__.values()}
     cfg = FinetuneConfig(**{k: v for k, v in ck["config"].items() if k in names})
-    scorer = build_scorer(model, tokenizer, labels, cfg).to(device)
     b = torch.load(best, map_location="cpu", weights_only=False)
     if b.get("epoch", ck["best"][1]) != ck["best"][1]:  # best.pt not yet rewritten after the last checkpoint
         b = {"scorer": ck["best_scorer"] if ck.get("best_scorer") is not None else ck["scorer"]}
+    head = None
+    if cfg.objective == "lp-ft":  # any head of the right shape: the weights below replace it
+        head = (b["scorer"]["head.weight"].numpy(), b["scorer"]["head.bias"].numpy())
+    scorer = build_scorer(model, tokenizer, labels, cfg, head).to(device)
     scorer.load_state_dict(b["scorer"])
     return scorer.eval()

@@ -68,8 +68,8 @@ def geometry_with_ci(emb: np.ndarray | Sequence[np.ndarray], y: np.ndarray, grou
     """Overall inter, intra, ratio with report-level bootstrap 95% CIs, plus per-label values.
 
     ``emb`` is one embedding matrix (n, d) or a list of them, one per training seed: then the
-    point values are means over seeds and every replicate also draws a seed
-    (:func:`metrics.bootstrap_runs`). Returns ``{"inter", "intra", "ratio", "inter_ci",
+    point values are means over seeds and every replicate also resamples the seeds and
+    averages over them (:func:`metrics.bootstrap_runs`: an interval for the mean). Returns ``{"inter", "intra", "ratio", "inter_ci",
     "intra_ci", "ratio_ci", "per_label", "classes", "dropped", "n_boot"}``; ``per_label`` maps
     label -> {inter, intra, ratio, n} (point values, first seed).
     """
@@ -79,11 +79,13 @@ def geometry_with_ci(emb: np.ndarray | Sequence[np.ndarray], y: np.ndarray, grou
     y = np.asarray(y).astype(bool)
     classes = y.sum(0) >= min_count  # fixed once, on the whole split
     keys = ("inter_all", "intra_all", "ratio_all")
-    dropped = [0]
+    dropped, last = [0], [None]
 
     def overall(idx: np.ndarray, r: tuple[int, ...]) -> list[float]:
         if not spread_measurable(y, idx, classes):
-            dropped[0] += 1
+            if idx is not last[0]:  # one replicate may call once per drawn seed
+                dropped[0] += 1
+                last[0] = idx
             return [np.nan] * 3
         g = class_geometry(runs[r[0]][idx], y[idx], classes=classes)
         return [g[k] for k in keys]

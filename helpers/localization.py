@@ -7,15 +7,26 @@ label) pair:
 * **hit rate** (CheXlocalize's name for the pointing game): the map's most representative point
   is its maximum. Where several pixels share the maximum (within :data:`PEAK_TOL`), the hit is the
   fraction of them inside the region: the expected hit of a tie broken uniformly at random,
-  never the first pixel in array order (:func:`pointing_game`). Its **chance level** is the
-  region's area fraction ``|G| / S^2``: what a point drawn uniformly from the image scores.
+  never the first pixel in array order (:func:`pointing_game`). Its **chance level** depends
+  on where a map *can* peak. For a map defined per pixel it is the region's area fraction
+  ``|G| / S^2``. An attribution map is a ``g x g`` patch grid upsampled bilinearly to
+  ``S x S``: it peaks near grid-cell centres or in the clamped edge strips, never uniformly,
+  so its chance is ``sum_p w_p G_p`` with ``w`` the peak distribution of random grids
+  upsampled the same way, found by Monte Carlo (:func:`peak_weights`, :func:`grid_chance`).
 * **degenerate map**: one whose values are all equal (all zero, or constant, or not finite).
-  It has no most representative point: every pixel ties, so its hit is exactly the chance
-  level ``|G| / S^2``. Degenerate maps are counted per setting and method
+  It has no most representative point: it is scored at its chance level (the expected hit of
+  a map that carries no information). Degenerate maps are counted per setting and method
   (:func:`is_degenerate`), and their IoU is that of their (empty) segmentation, 0.
-* **IoU** of the segmentation ``{M >= t}`` with ``G`` (0 when the segmentation is empty, as
-  CheXlocalize's ``true_pos_only=False``), with ``t`` tuned on validation pairs per pathology
-  from CheXlocalize's grid 0.2, 0.3, ..., 0.7 (:func:`tune_thresholds`); **mIoU** is its mean.
+* **IoU** of the segmentation ``{M > t}`` (strictly above, as CheXlocalize) with ``G`` (0
+  when the segmentation is empty, as CheXlocalize's ``true_pos_only=False``), with ``t``
+  tuned on validation pairs per pathology from CheXlocalize's grid 0.2, 0.3, ..., 0.7
+  (:func:`tune_thresholds`); **mIoU** is its mean. Otsu's segmentation is CheXlocalize's
+  (:func:`otsu_segmentation`).
+* **CheXlocalize-literal** scores, a sensitivity check of the two conventions above: the hit
+  of the *first* maximum in row-major order (``np.argmax``, as their ``eval.py``: ties and
+  constant maps then score whatever pixel comes first), and the IoU of Otsu's segmentation
+  with their default ``true_pos_only=True`` (undefined, and left out of the mean, when either
+  mask is empty).
   A pathology with fewer than :data:`MIN_TUNE_PAIRS` validation pairs takes the threshold tuned
   on all validation pairs pooled; with fewer than that in total, Otsu's threshold of each map
   (CheXlocalize's default when no thresholds are given). No threshold is ever tuned on one or
@@ -41,7 +52,9 @@ THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_TUNE_PAIRS = 10
 """Fewest validation pairs a threshold may be tuned on (per pathology, else pooled, else Otsu)."""
 IOU_AT = 0.1
-REFERENCE_MAPS = ("oracle", "uniform", "random", "centre")
+REFERENCE_MAPS = ("oracle", "uniform", "random", "random grid", "centre")
+PEAK_DRAWS = 2000
+"""Random grids behind each Monte-Carlo chance level (:func:`peak_weights`)."""
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:
@@ -63,8 +76,62 @@ def is_degenerate(maps: np.ndarray) -> np.ndarray:
 
 
 def area_fraction(masks: np.ndarray) -> np.ndarray:
-    """The pointing game's chance level per pair (n,): the region's share of the image."""
+    """The chance level per pair (n,) of a map that peaks at a uniformly drawn pixel: the
+    region's share of the image."""
     return np.asarray(masks, dtype=bool).reshape(len(masks), -1).mean(1)
+
+
+def upsample_grid(grids: np.ndarray, size: int) -> np.ndarray:
+    """Native maps (n, g, g) -> (n, size, size) exactly as the attribution methods do it
+    (pytorch-grad-cam's ``scale_cam_image``: min-max scale, ``cv2.resize`` bilinear, min-max
+    again)."""
+    import cv2
+
+    out = []
+    for m in np.asarray(grids, dtype=np.float32):
+        m = m - m.min()
+        m = cv2.resize(m / (1e-7 + m.max()), (size, size))
+        m = m - m.min()
+        out.append(m / (1e-7 + m.max()))
+    return np.asarray(out, dtype=np.float32).reshape(-1, size, size)
+
+
+_PEAKS: dict = {}
+
+
+def peak_weights(grid: int | None, size: int, n_draws: int = PEAK_DRAWS, seed: int = 0) -> np.ndarray:
+    """Where a map that carries no information peaks: (size, size) weights summing to 1.
+
+    ``grid = None``: a map defined per pixel, every pixel alike (weights ``1 / size^2``).
+    ``grid = g``: the mean over ``n_draws`` random ``g x g`` grids (independent uniform
+    values), upsampled as the methods upsample (:func:`upsample_grid`), of each map's tied
+    maxima as a distribution (the tie convention of :func:`pointing_game`). Cached per
+    arguments.
+    """
+    if grid is None or grid == size:
+        return np.full((size, size), 1.0 / size ** 2)
+    key = (int(grid), int(size), int(n_draws), int(seed))
+    if key not in _PEAKS:
+        rng = np.random.default_rng(seed)
+        w = np.zeros(size * size)
+        for start in range(0, n_draws, 250):
+            m = upsample_grid(rng.random((min(250, n_draws - start), grid, grid)), size)
+            flat = m.reshape(len(m), -1)
+            peak = flat >= flat.max(1, keepdims=True) - PEAK_TOL
+            w += (peak / peak.sum(1, keepdims=True)).sum(0)
+        _PEAKS[key] = (w / n_draws).reshape(size, size)
+    return _PEAKS[key]
+
+
+def grid_chance(masks: np.ndarray, grid: int | None, n_draws: int = PEAK_DRAWS) -> np.ndarray:
+    """The pointing game's chance level per pair (n,) for maps on a ``grid x grid`` native
+    grid (``None``: per pixel, the area fraction): the expected hit of a map that carries no
+    information, ``sum_p w_p G_p`` with ``w`` from :func:`peak_weights`."""
+    masks = np.asarray(masks, dtype=bool)
+    if not len(masks):
+        return np.zeros(0)
+    w = peak_weights(grid, masks.shape[-1], n_draws)
+    return (masks.reshape(len(masks), -1) * w.reshape(1, -1)).sum(1)
 
 
 def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -85,53 +152,96 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def iou(maps: np.ndarray, masks: np.ndarray,
         threshold: float | np.ndarray) -> np.ndarray:
-    """IoU (n,) of ``{maps >= threshold}`` with the masks; ``threshold`` scalar or per
-    pair (n,).
+    """IoU (n,) of ``{maps > threshold}`` (strictly, as CheXlocalize's ``mask > threshold``)
+    with the masks; ``threshold`` scalar or per pair (n,).
 
     An empty segmentation scores 0 (a pair whose region is empty too also scores 0).
     """
     t = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(maps),))
-    b = np.asarray(maps) >= t[:, None, None]
-    g = np.asarray(masks, dtype=bool)
+    return _iou(np.asarray(maps) > t[:, None, None], masks)
+
+
+def _iou(seg: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    b, g = np.asarray(seg, dtype=bool), np.asarray(masks, dtype=bool)
     inter = (b & g).sum((1, 2))
     union = (b | g).sum((1, 2))
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def otsu_thresholds(maps: np.ndarray) -> np.ndarray:
-    """Otsu's threshold (n,) of each map on a 0-255 scale, back in [0, 1] (CheXlocalize's
-    default when no tuned thresholds are given). A degenerate map gets 1.1: an empty mask."""
-    import cv2
+def otsu_segmentation(maps: np.ndarray) -> np.ndarray:
+    """CheXlocalize's default segmentation of each map (n, S, S) -> bool (n, S, S).
 
-    out = np.full(len(maps), 1.1)
-    for i, m in enumerate(np.asarray(maps)):
-        u8 = np.uint8(np.clip(m, 0, 1) * 255)
-        if u8.max() > u8.min():
-            out[i] = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0] / 255 + 1e-9
+    As their ``heatmap_to_segmentation.cam_to_segmentation``: min-max scale, ``np.uint8(255 *
+    m)`` (truncating), Otsu's threshold (``cv2.threshold(..., THRESH_OTSU)``: strictly above),
+    then every contour with more than one point drawn filled (PIL polygon, outline 1, fill 1),
+    which fills holes and drops isolated pixels. A degenerate map: an empty segmentation.
+    """
+    import cv2
+    from PIL import Image, ImageDraw
+
+    maps = np.asarray(maps, dtype=np.float64)
+    out = np.zeros(maps.shape, bool)
+    for i, m in enumerate(maps):
+        m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0) - np.nan_to_num(m).min()
+        if not m.max() > PEAK_TOL:
+            continue
+        u8 = np.uint8(255 * (m / m.max()))
+        thresh = cv2.threshold(u8, 0, int(u8.max()), cv2.THRESH_OTSU)[1]
+        cnts = cv2.findContours(thresh, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+        cnts = cnts[0] if len(cnts) == 2 else cnts[1]
+        canvas = Image.new("L", (m.shape[1], m.shape[0]), 0)
+        draw = ImageDraw.Draw(canvas)
+        for c in cnts:
+            if len(c) > 1:
+                draw.polygon([tuple(int(v) for v in pt[0]) for pt in c], outline=1, fill=1)
+        out[i] = np.asarray(canvas, dtype=bool)
     return out
 
 
-def pair_stats(maps: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
+def literal_hit(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """CheXlocalize's hit (n,): the region's value at the *first* maximum in row-major order
+    (``np.unravel_index(np.argmax(m))``, their ``eval.py``); NaN for an empty region."""
+    flat = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
+    g = np.asarray(masks, dtype=bool).reshape(len(flat), -1)
+    first = np.argmax(flat, axis=1)
+    hit = g[np.arange(len(g)), first].astype(float)
+    return np.where(g.any(1), hit, np.nan)
+
+
+def pair_stats(maps: np.ndarray, masks: np.ndarray,
+               chance: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Everything needed to score a batch of pairs, without keeping the maps.
 
-    Returns ``hit`` (n,), ``chance`` (n,), ``degenerate`` (n,) bool, ``iou_grid`` (n, G): the IoU
-    at every threshold of :data:`THRESHOLD_GRID`, and ``iou_otsu`` (n,).
+    ``chance`` (n,): each pair's chance level for these maps (:func:`grid_chance`; default the
+    area fraction, for maps defined per pixel). Returns ``hit`` (n,) (a degenerate map's hit is
+    its chance level), ``chance`` (n,), ``degenerate`` (n,) bool, ``iou_grid`` (n, G): the IoU
+    at every threshold of :data:`THRESHOLD_GRID`, ``iou_otsu`` (n,), and the
+    CheXlocalize-literal ``hit_literal`` and ``iou_literal`` (n,; NaN where undefined).
     """
     maps = np.asarray(maps, dtype=np.float32)
     if maps.shape != np.asarray(masks).shape:
         raise ValueError(f"maps {maps.shape} and masks {np.asarray(masks).shape} differ in shape")
+    chance = area_fraction(masks) if chance is None else np.asarray(chance, dtype=float)
     deg = is_degenerate(maps)
     m = np.where(deg[:, None, None], 0.0, np.nan_to_num(maps, nan=0.0)).astype(np.float32)
-    return {"hit": pointing_game(m, masks), "chance": area_fraction(masks), "degenerate": deg,
-            "iou_grid": np.stack([iou(m, masks, t) for t in THRESHOLD_GRID], 1),
-            "iou_otsu": iou(m, masks, otsu_thresholds(m))}
+    seg = otsu_segmentation(m)
+    g = np.asarray(masks, dtype=bool)
+    both = seg.reshape(len(seg), -1).any(1) & g.reshape(len(g), -1).any(1)
+    return {"hit": np.where(deg, chance, pointing_game(m, masks)), "chance": chance,
+            "degenerate": deg,
+            "iou_grid": np.stack([iou(m, masks, t) for t in THRESHOLD_GRID], 1)
+            if len(m) else np.zeros((0, len(THRESHOLD_GRID))),
+            "iou_otsu": _iou(seg, masks),
+            "hit_literal": literal_hit(np.nan_to_num(maps, nan=0.0), masks),
+            "iou_literal": np.where(both, _iou(seg, masks), np.nan)}
 
 
 def concat_stats(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Join :func:`pair_stats` of consecutive batches."""
     if not parts:
         return {"hit": np.zeros(0), "chance": np.zeros(0), "degenerate": np.zeros(0, bool),
-                "iou_grid": np.zeros((0, len(THRESHOLD_GRID))), "iou_otsu": np.zeros(0)}
+                "iou_grid": np.zeros((0, len(THRESHOLD_GRID))), "iou_otsu": np.zeros(0),
+                "hit_literal": np.zeros(0), "iou_literal": np.zeros(0)}
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -191,15 +301,21 @@ def tuned_iou(stats: dict[str, np.ndarray], thresholds: Thresholds) -> np.ndarra
     return out
 
 
-SUMMARY_KEYS = ("hit_rate", "chance", "hit_minus_chance", "miou", "iou@0.1")
+SUMMARY_KEYS = ("hit_rate", "chance", "hit_minus_chance", "miou", "iou@0.1", "hit_rate_literal",
+                "miou_literal")
+"""The summary's estimates; the last two are CheXlocalize-literal (first maximum; IoU with
+``true_pos_only=True``, the mean over pairs where it is defined)."""
 
 
 def per_pair_scores(stats: dict[str, np.ndarray], thresholds: Thresholds) -> dict[str, np.ndarray]:
     """The per-pair values behind :data:`SUMMARY_KEYS` (n,) each, and ``degenerate``."""
     i = tuned_iou(stats, thresholds)
+    n = len(stats["hit"])
     return {"hit_rate": stats["hit"], "chance": stats["chance"],
             "hit_minus_chance": stats["hit"] - stats["chance"], "miou": i,
-            "iou@0.1": (i >= IOU_AT).astype(float), "degenerate": stats["degenerate"]}
+            "iou@0.1": (i >= IOU_AT).astype(float), "degenerate": stats["degenerate"],
+            "hit_rate_literal": stats.get("hit_literal", np.full(n, np.nan)),
+            "miou_literal": stats.get("iou_literal", np.full(n, np.nan))}
 
 
 def summarise(stats: dict[str, np.ndarray], thresholds: Thresholds, labels: Sequence[str],
@@ -216,8 +332,8 @@ def summarise(stats: dict[str, np.ndarray], thresholds: Thresholds, labels: Sequ
     labels = np.asarray(labels, dtype=object)
     out: dict = {"n_pairs": int(len(labels)), "n_degenerate": int(np.sum(per["degenerate"]))}
     if len(labels):
-        cols = np.stack([per[k] for k in SUMMARY_KEYS], 1)
-        v, lo, hi = bootstrap_values(lambda idx: cols[idx].mean(0), groups, n_boot, seed)
+        cols = np.stack([per[k] for k in SUMMARY_KEYS], 1).astype(float)
+        v, lo, hi = bootstrap_values(lambda idx: _nanmean_cols(cols[idx]), groups, n_boot, seed)
     else:
         v = lo = hi = np.full(len(SUMMARY_KEYS), np.nan)
     for j, k in enumerate(SUMMARY_KEYS):
@@ -232,6 +348,12 @@ def summarise(stats: dict[str, np.ndarray], thresholds: Thresholds, labels: Sequ
         for c in dict.fromkeys(labels)}
     out["per_pair"] = per
     return out
+
+
+def _nanmean_cols(a: np.ndarray) -> np.ndarray:
+    """Column means ignoring NaN (an all-NaN column: NaN, without a warning)."""
+    ok = np.isfinite(a)
+    return np.where(ok.any(0), np.where(ok, a, 0).sum(0) / np.maximum(ok.sum(0), 1), np.nan)
 
 
 def _first(thresholds: Thresholds, sel: np.ndarray) -> str:
@@ -259,12 +381,14 @@ def paired_gain(a: np.ndarray, b: np.ndarray, groups: Sequence, n_boot: int = 20
 # --------------------------------------------------------------------------------------
 
 
-def reference_maps(kind: str, masks: np.ndarray, seed: int = 0) -> np.ndarray:
+def reference_maps(kind: str, masks: np.ndarray, seed: int = 0, grid: int | None = None) -> np.ndarray:
     """Maps (n, S, S) in [0, 1] that validate the scoring on the pairs' own regions.
 
     * ``oracle``: the true region blurred with a Gaussian of sigma ``S/32`` (must score near 1);
     * ``uniform``: the same value everywhere (degenerate: its hit is exactly the chance level);
-    * ``random``: independent uniform noise per pixel (its hit should match the chance level);
+    * ``random``: independent uniform noise per pixel (its hit should match the area fraction);
+    * ``random grid``: independent uniform noise on the models' ``grid x grid`` patch grid,
+      upsampled as their maps are (its hit should match :func:`grid_chance`);
     * ``centre``: a Gaussian bump of sigma ``S/4`` at the image centre (a fixed guess that never
       looks at the image; it scores the share of regions that cover the centre).
     """
@@ -280,6 +404,10 @@ def reference_maps(kind: str, masks: np.ndarray, seed: int = 0) -> np.ndarray:
         return np.zeros((n, S, S), np.float32)
     if kind == "random":
         return np.random.default_rng(seed).random((n, S, S), dtype=np.float32)
+    if kind == "random grid":
+        g = grid or S
+        return upsample_grid(np.random.default_rng(seed).random((n, g, g)), S) if n else \
+            np.zeros((0, S, S), np.float32)
     if kind == "centre":
         yy, xx = np.mgrid[:S, :S] - (S - 1) / 2
         bump = np.exp(-(xx ** 2 + yy ** 2) / (2 * (S / 4) ** 2)).astype(np.float32)

@@ -118,6 +118,8 @@ def calibration(y: np.ndarray, p: np.ndarray, n_bins: int = ECE_BINS) -> dict[st
     p = np.asarray(p, dtype=float)
     if y.shape != p.shape:
         raise ValueError(f"targets {y.shape} and probabilities {p.shape} differ in shape")
+    if not len(y):
+        raise ValueError("calibration of no images: the targets and probabilities are empty")
     if not np.all((p >= 0) & (p <= 1)):
         raise ValueError("calibration needs probabilities in [0, 1]; apply a sigmoid to logits first")
     brier = ((p - y) ** 2).mean(0)
@@ -145,31 +147,81 @@ def logit(p: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def fit_platt(z: np.ndarray, y: np.ndarray, slope: bool = True, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Per-label Platt scaling ``p = sigmoid(a_j z + b_j)`` by maximum likelihood (Newton's method).
+def platt_targets(y: np.ndarray) -> np.ndarray:
+    """Platt's smoothed targets (n,) for 0/1 labels (n,): ``(N+ + 1) / (N+ + 2)`` for a
+    positive, ``1 / (N- + 2)`` for a negative (Platt 1999, sec. 2.2; sklearn's
+    ``CalibratedClassifierCV(method="sigmoid")`` uses the same). They keep the fit finite on
+    separable or one-class data, where the plain maximum-likelihood slope is infinite."""
+    y = np.asarray(y) > 0
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    return np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
 
-    ``z`` (n, k) logits and ``y`` (n, k) targets, from the *validation* split. With
-    ``slope=False`` only the intercept ``b_j`` is fitted (``a_j = 1``): it moves each label's scores
-    by a constant, which changes the ranking *across* labels (LRAP, coverage) but not within a
-    label (AUROC). A label with one class only keeps ``a = 1, b = 0``. Returns ``(a, b)``, each (k,).
+
+def _logistic_newton(X: np.ndarray, t: np.ndarray, offset: np.ndarray | float = 0.0,
+                     w0: np.ndarray | None = None, iters: int = 200) -> np.ndarray:
+    """Minimise ``sum_i log(1 + e^{eta_i}) - t_i eta_i`` with ``eta = X w + offset`` (soft
+    targets ``t`` in (0, 1): strictly convex with a finite minimum) by Newton's method with
+    a backtracking line search, so every step lowers the loss, from ``w0`` (zeros by
+    default). Returns ``w`` (d,)."""
+    def loss(w):
+        eta = X @ w + offset
+        return float(np.sum(np.logaddexp(0.0, eta) - t * eta))
+
+    w = np.zeros(X.shape[1]) if w0 is None else np.asarray(w0, dtype=float).copy()
+    f = loss(w)
+    for _ in range(iters):
+        p = sigmoid(X @ w + offset)
+        grad = X.T @ (p - t)
+        hess = (X * (p * (1 - p))[:, None]).T @ X + 1e-12 * np.eye(X.shape[1])
+        step = np.linalg.lstsq(hess, grad, rcond=None)[0]
+        lam = 1.0
+        while lam > 1e-10:
+            f_new = loss(w - lam * step)
+            if f_new <= f:
+                break
+            lam /= 2
+        else:
+            break
+        w, f_old, f = w - lam * step, f, f_new
+        if np.abs(lam * step).max() < 1e-12 or f_old - f < 1e-14 * max(1.0, abs(f)):
+            break
+    return w
+
+
+def fit_platt(z: np.ndarray, y: np.ndarray, slope: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label Platt scaling ``p = sigmoid(a_j z + b_j)`` fitted on the *validation* split.
+
+    ``z`` (n, k) logits and ``y`` (n, k) 0/1 targets. Maximum likelihood on Platt's smoothed
+    targets (:func:`platt_targets`), by a damped Newton iteration on the standardised logits,
+    so shifted (``z + 1e4``), tiny-spread, separable and one-class inputs all give the
+    finite optimum (the tests compare it with sklearn's sigmoid calibration). A label whose
+    logits are constant gets ``a = 0`` and only an intercept. With ``slope=False`` only the
+    intercept ``b_j`` is fitted (``a_j = 1``): it moves each label's scores by a constant,
+    which changes the ranking *across* labels (LRAP, coverage) but not within a label
+    (AUROC). Returns ``(a, b)``, each (k,).
     """
     z, y = np.asarray(z, dtype=float), np.asarray(y, dtype=float)
+    if z.ndim != 2 or z.shape != y.shape:
+        raise ValueError(f"fit_platt needs logits and targets of one (n, k) shape, got "
+                         f"{z.shape} and {y.shape}")
     n, k = z.shape
     a, b = np.ones(k), np.zeros(k)
+    if n == 0:
+        return a, b
     for j in range(k):
-        if y[:, j].min() == y[:, j].max():
+        t, zj = platt_targets(y[:, j]), z[:, j]
+        prior = float(logit(t.mean()))
+        if not slope:  # start where the mean probability matches the targets' mean
+            b0 = prior - float(np.median(zj))
+            b[j] = _logistic_newton(np.ones((n, 1)), t, offset=zj, w0=np.array([b0]))[0]
             continue
-        X = np.stack([z[:, j], np.ones(n)], 1) if slope else np.ones((n, 1))
-        offset = 0.0 if slope else z[:, j]
-        w = np.array([1.0, 0.0]) if slope else np.zeros(1)
-        for _ in range(iters):
-            p = sigmoid(X @ w + offset)
-            hess = (X * (p * (1 - p))[:, None]).T @ X + 1e-6 * np.eye(X.shape[1])
-            step = np.linalg.solve(hess, X.T @ (p - y[:, j]) + 1e-6 * w)
-            w = w - step
-            if np.abs(step).max() < 1e-10:
-                break
-        a[j], b[j] = (w[0], w[1]) if slope else (1.0, w[0])
+        mu, sd = zj.mean(), zj.std()
+        if not sd > 1e-12 * max(1.0, abs(mu)):  # constant logits: no slope to fit
+            a[j], b[j] = 0.0, _logistic_newton(np.ones((n, 1)), t)[0]
+            continue
+        w = _logistic_newton(np.stack([(zj - mu) / sd, np.ones(n)], 1), t,
+                             w0=np.array([0.0, prior]))
+        a[j], b[j] = w[0] / sd, w[1] - w[0] * mu / sd
     return a, b
 
 
@@ -232,30 +284,83 @@ def _resamples(groups: Sequence, n_boot: int, seed: int):
         yield np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
 
 
+def _run_draws(n_runs: Sequence[int], rng: np.random.Generator) -> list[tuple[tuple[int, ...], int]]:
+    """One replicate's training runs: every source with several runs resamples them with
+    replacement (as many as it has); returns the distinct run combinations to average over,
+    each with its weight (multiplicity).
+
+    When every multi-run source has the same number of runs ``K`` (the usual case: one
+    ``n_seeds`` for every trained side), the draws are paired into ``K`` combinations; for
+    a statistic that is a sum of per-source terms (a paired difference) the average over them
+    is the difference of the resampled means. Otherwise the full product of the draws.
+    """
+    import itertools
+    from collections import Counter
+
+    draws = [rng.integers(n, size=n) if n > 1 else np.zeros(1, int) for n in n_runs]
+    sizes = {len(d) for d in draws if len(d) > 1}
+    if len(sizes) <= 1:
+        k = sizes.pop() if sizes else 1
+        combos = [tuple(int(d[i % len(d)]) for d in draws) for i in range(k)]
+    else:
+        combos = [tuple(int(v) for v in c) for c in itertools.product(*draws)]
+    return list(Counter(combos).items())
+
+
+def bootstrap_replicates(fn, groups: Sequence, n_runs: Sequence[int] = (1,), n_boot: int = 500,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Point value and the ``n_boot`` bootstrap replicates of ``fn(idx, runs)``.
+
+    ``n_runs[s]`` is the number of training runs (seeds, random draws) of source ``s``;
+    ``runs`` is a tuple with one run index per source. Each replicate resamples the reports
+    (``groups``) with replacement and, for each source, its runs with replacement, and
+    averages ``fn`` over the drawn runs (:func:`_run_draws`): the spread is that of the
+    **mean over runs**, the value printed as the point, which is the mean of
+    ``fn(all rows, runs)`` over every combination of runs. ``fn`` may return a float or a
+    vector. The report resamples depend only on ``(groups, n_boot, seed)``, so two calls with
+    the same arguments are paired (the same resamples), whatever their ``fn``.
+    Returns ``(point, replicates)``, shapes ``fn``'s and ``(n_boot, *fn's)``.
+    """
+    import itertools
+
+    rng = np.random.default_rng([seed, 7919])  # its own stream: report resamples unchanged
+    reps = []
+    for idx in _resamples(groups, n_boot, seed):
+        combos = _run_draws(n_runs, rng)
+        total = sum(w for _, w in combos)
+        reps.append(sum(w * np.asarray(fn(idx, c), dtype=float) for c, w in combos) / total)
+    everything = np.arange(len(groups))
+    point = np.mean([np.asarray(fn(everything, r), dtype=float)
+                     for r in itertools.product(*(range(n) for n in n_runs))], axis=0)
+    return point, np.array(reps, dtype=float)
+
+
+def percentile_ci(replicates: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval ``(low, high)`` of bootstrap replicates (n_boot, ...); NaN
+    replicates are ignored (all NaN: NaN)."""
+    reps = np.asarray(replicates, dtype=float)
+    if not len(reps) or not np.isfinite(reps).any():
+        shape = reps.shape[1:]
+        return np.full(shape, np.nan), np.full(shape, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN
+        lo, hi = np.nanpercentile(reps, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    return lo, hi
+
+
 def bootstrap_runs(fn, groups: Sequence, n_runs: Sequence[int] = (1,),
                    n_boot: int = 500, seed: int = 0, alpha: float = 0.05
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point value and 95% CI of ``fn(idx, runs)`` over reports *and* training runs.
 
-    ``n_runs[s]`` is the number of training runs (seeds, random draws) of source ``s``;
-    ``runs`` is a tuple with one run index per source. Each bootstrap replicate
-    resamples the reports (``groups``) with replacement and, independently for each
-    source, one of its runs uniformly at random (a two-level bootstrap): the interval
-    covers test-set sampling and training-seed variance together. The point value is
-    the mean of ``fn(all rows, runs)`` over every combination of runs. ``fn`` may return
-    a float or a vector; NaN replicates are ignored.
+    A two-level bootstrap (:func:`bootstrap_replicates`): each replicate resamples the test
+    reports and, per source, its training runs with replacement, and averages over the drawn
+    runs, so the interval is for the **mean over runs** printed as the point value (with 3
+    seeds a sensitivity check of the seed's effect, not an estimate of its variance).
+    Returns ``(point, low, high)``.
     """
-    import itertools
-
-    # its own stream: the report resamples do not change
-    rng = np.random.default_rng([seed, 7919])
-    vals = [fn(idx, tuple(int(rng.integers(n)) for n in n_runs))
-            for idx in _resamples(groups, n_boot, seed)]
-    vals = np.array(vals, dtype=float)
-    lo, hi = np.nanpercentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
-    everything = np.arange(len(groups))
-    point = np.mean([np.asarray(fn(everything, r), dtype=float)
-                     for r in itertools.product(*(range(n) for n in n_runs))], axis=0)
+    point, reps = bootstrap_replicates(fn, groups, n_runs, n_boot, seed)
+    lo, hi = percentile_ci(reps, alpha)
     return point, lo, hi
 
 
@@ -320,6 +425,9 @@ def evaluate(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | float,
     s, t = _stack_runs(scores, thresholds, y.shape[1])
     if y.shape != s.shape[1:]:
         raise ValueError(f"targets {y.shape} and scores {s.shape[1:]} differ in shape")
+    if not len(y):
+        raise ValueError("no images to evaluate: the targets and scores are empty (a split "
+                         "or a `limit` that leaves no test image?)")
     pred = (s >= t[:, None, :]).astype(int)
     out = _mean_runs([point_metrics(y, s[r], pred[r], label_names) for r in range(len(s))])
     out["thresholds"] = {n: float(v) for n, v in zip(label_names, t.mean(0))}

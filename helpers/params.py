@@ -40,7 +40,7 @@ CHOICES: dict[str, Any] = {
     "on_error": "images:ON_ERROR",
     "style": "phantoms:STYLES",
     "uncertain_policy": "labels:UNCERTAIN_POLICIES",
-    "objective": "finetune:OBJECTIVES",
+    "objective": "finetune:OBJECTIVE_PARAMETER",
     "class_weight": ("balanced", "none"),
     "views": "data:VIEW_ALIASES+data:VIEW_VALUES",
     "highlight": "labels:CHEXPERT_LABELS",
@@ -58,6 +58,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "seed_threshold": (0.0, 1.0, True, True),      # a threshold on sigmoid scores
     "epochs": (0, 1_000, True, True),              # 0 = the profile's default
     "lr": (0.0, 1.0, True, True),                  # 0 = the profile's default
+    "lp_ft_lr": (0.0, 1.0, True, True),            # 0 = the sweep's best for LP-FT
     "batch_size": (0, 4_096, True, True),          # 0 = the profile's default
     "patience": (0, 1_000, True, True),            # 0 = the profile's default
     "temperature": (1e-3, 100.0, True, True),      # logits / T: a tiny T overflows them

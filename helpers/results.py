@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .artefacts import GEOMETRY_FILE, METRICS_FILES, REFERENCE_FILE, all_pairs
-from .display import fmt_ci
+from .display import fmt_ci, floor_status
 
 # The seed study's test-set values (Sadman et al. 2025, as listed in DESIGN.md): BiomedCLIP on
 # IU-Xray, on the seed's own split. Reference values to compare against, not our results.
@@ -39,8 +39,13 @@ HEADERS = {"inter": "inter-class dist.", "intra": "intra-class dist.", "ratio": 
            "auprc_macro": "AUPRC (macro)", "time_min": "time (min)"}
 ROW_KINDS = {"zs": "zero-shot (validation-tuned prompts and thresholds)",
              "zs-seed": "zero-shot, seed protocol (one prompt per label, threshold 0.5)",
-             "lp": "linear probe", "ft": "fine-tune (mean over seeds)"}
-SETTING_ORDER = {"zs": 0, "zs-seed": 1, "lp": 2, "ft": 3}
+             "lp": "linear probe", "ft": "fine-tune (mean over seeds)",
+             "ft-lpft": "LP-FT: probe head, then every weight (mean over seeds)",
+             "ft-seed": "fine-tune at the seed's learning rate (1e-6)"}
+SETTING_ORDER = {"zs": 0, "zs-seed": 1, "lp": 2, "ft": 3, "ft-lpft": 4, "ft-seed": 5}
+EXTRA_ROWS = {"zs": {"seed_protocol": "zs-seed"},
+              "ft": {"lp_ft": "ft-lpft", "seed_protocol": "ft-seed"}}
+"""Rows a setting's metrics file carries beside its own: JSON key -> row setting."""
 
 
 def output_root() -> Path:
@@ -81,8 +86,11 @@ def _pair_rows(profile: str, model: str, folder: Path) -> list[dict]:
         geo_cols.update({f"{k}_ci": g.get(f"{k}_ci") for k in ("inter", "intra", "ratio")})
         rows.append(_row(profile, model, setting, d["metrics"], d.get("stamp", {}),
                          time_min=d.get("time_min"), runs=d["metrics"].get("runs", 1), **geo_cols))
-        if setting == "zs" and d.get("seed_protocol"):
-            rows.append(_row(profile, model, "zs-seed", d["seed_protocol"], d.get("stamp", {})))
+        for key, row_setting in EXTRA_ROWS.get(setting, {}).items():
+            if d.get(key):
+                rows.append(_row(profile, model, row_setting, d[key], d.get("stamp", {}),
+                                 time_min=d.get(f"{key}_time_min"),
+                                 runs=d[key].get("runs", 1)))
     return rows
 
 
@@ -109,8 +117,47 @@ def gather_references(root: str | os.PathLike | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _cells(r) -> dict[str, str]:
-    return {HEADERS[c]: fmt_ci(r.get(c), r.get(f"{c}_ci")) for c in COLUMNS}
+def _as_result(r) -> dict:
+    """A table row as a :func:`metrics.evaluate`-like result (value and ``ci95``)."""
+    return {**{m: r.get(m) for m in METRICS},
+            "ci95": {m: r.get(f"{m}_ci") for m in METRICS if r.get(f"{m}_ci") is not None}}
+
+
+def _floors_of(refs: pd.DataFrame | None, profile: str, model_id: str) -> dict[str, dict]:
+    if refs is None or not len(refs):
+        return {}
+    sub = refs[(refs.profile == profile) & (refs.model_id == model_id)]
+    return {r.setting: {m: r.get(m) for m in METRICS} for _, r in sub.iterrows()}
+
+
+def _cells(r, floors: dict[str, dict] | None = None) -> dict[str, str]:
+    out = {}
+    for c in COLUMNS:
+        cell = fmt_ci(r.get(c), r.get(f"{c}_ci"))
+        if floors and c in METRICS and floor_status(_as_result(r), floors, c) == "at or below":
+            cell += " ▼"
+        out[HEADERS[c]] = cell
+    return out
+
+
+def floor_sentence(df: pd.DataFrame, refs: pd.DataFrame | None) -> str:
+    """Every result of ``df`` at or below the best image-independent scorer of its own run,
+    one clause per row (setting code and run), listing its metrics with the floor beside
+    (computed, so the page stays true on a rerun)."""
+    from .display import NAMES, best_floor
+
+    clauses = []
+    for _, r in (df.iterrows() if len(df) else []):
+        floors = _floors_of(refs, r.profile, r.model_id)
+        items = []
+        for m in METRICS:
+            if floors and floor_status(_as_result(r), floors, m) == "at or below":
+                name, v = best_floor(floors, m)
+                items.append(f"{NAMES.get(m, m)} {fmt_ci(r[m])} (floor: {name} {fmt_ci(v)})")
+        if items:
+            clauses.append(f"`{r.setting}` ({r.profile}): " + ", ".join(items))
+    return ("no result is at or below its floor" if not clauses else
+            "at or below its floor, " + "; ".join(clauses))
 
 
 def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -124,7 +171,7 @@ def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None) -> pd.Data
                         **_cells(ref)})
         for _, r in (df[df.setting == setting].iterrows() if len(df) else []):
             out.append({"setting": ROW_KINDS[setting], "source": f"`{r.profile}` · {r.model_id}",
-                        **_cells(r)})
+                        **_cells(r, _floors_of(refs, r.profile, r.model_id))})
     for _, r in (refs.iterrows() if refs is not None and len(refs) else []):
         out.append({"setting": f"image-independent: {r.setting}",
                     "source": f"`{r.profile}` · {r.model_id}", **_cells(r)})

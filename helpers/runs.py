@@ -54,10 +54,13 @@ def control_targets(study, seed: int) -> np.ndarray:
     return y
 
 
-def finetune_runs(study, cfg, seeds: Sequence[int], variant: str = "", progress: bool = True) -> list:
+def finetune_runs(study, cfg, seeds: Sequence[int], variant: str = "", progress: bool = True,
+                  probe=None) -> list:
     """Fine-tune one run per seed (``cfg.seed`` replaced); resumed or reloaded when already done.
 
-    ``variant="permuted"`` trains on :func:`control_targets` of the same seed. The run folders
+    ``variant="permuted"`` trains on :func:`control_targets` of the same seed. ``probe``: the
+    head's start for ``cfg.objective == "lp-ft"`` (chapter 3's probe; for the permuted variant,
+    the probe fitted on the same permuted labels). The run folders
     are recorded in the (profile, model) index (:meth:`Artefacts.finetune_index`). Returns the
     :class:`finetune.FinetuneResult` of every seed, in order.
     """
@@ -70,7 +73,7 @@ def finetune_runs(study, cfg, seeds: Sequence[int], variant: str = "", progress:
         out.append(finetune(study.model, study.tokenizer, study.pixels, y, study.rows("train"),
                             study.rows("val"), study.labels, study.info.mean, study.info.std,
                             study.info.weights_sha256, replace(cfg, seed=s), arts.finetune_runs(variant),
-                            device=study.device, progress=progress))
+                            device=study.device, progress=progress, probe=probe))
     _record(arts, variant, {s: r.run_dir for s, r in zip(seeds, out)})
     return out
 

@@ -76,7 +76,8 @@ from IPython.display import HTML, display
 from myst_nb import glue
 from sklearn.metrics import roc_auc_score
 
-from helpers import data, label_rules, labels, models, phantom_findings, phantoms
+from helpers import data, findings, label_rules, labels, models, phantom_findings
+from helpers import phantoms
 from helpers.config import get_profile
 from helpers.plots import show_with_mask
 from helpers.stamp import make_stamp, show_stamp
@@ -556,9 +557,9 @@ families.style.set_table_attributes('class="text-table"')
 hedge = phantoms.HEDGE_FACTOR
 glue("hedge_factor", f"{hedge:g}", display=False)
 gallery_seed = phantoms.seed_for("gallery", style)
-findings = list(phantom_findings.FINDING_DRAWERS)
+finding_names = list(phantom_findings.FINDING_DRAWERS)
 fig, axes = plt.subplots(7, 4, figsize=(9.6, 17.5))
-for k, label in enumerate(findings):
+for k, label in enumerate(finding_names):
     for j, (value, c, name) in enumerate([(1, 1.0, "full"), (-1, hedge, "hedged")]):
         img, bits = phantoms.render({label: value}, gallery_seed, style,
                                     conspicuity={label: c})
@@ -566,7 +567,8 @@ for k, label in enumerate(findings):
                        f"{label}\n{name} (c = {c:g})")
 for j, st in enumerate(["source", style]):
     img, _ = phantoms.render({}, gallery_seed, st)
-    show_with_mask(axes.flat[2 * len(findings) + j], img, None, f"No Finding\n({st})")
+    show_with_mask(axes.flat[2 * len(finding_names) + j], img, None,
+                   f"No Finding\n({st})")
 fig.suptitle(f"Each finding at full strength and hedged ({style} style)", y=1.0)
 fig.tight_layout()
 plt.show()
@@ -580,7 +582,7 @@ plt.show()
 hedge_ok = [
     np.isclose(phantoms.finding_plan({lab: -1}, s, style=style)[lab],
                hedge * phantoms.finding_plan({lab: 1}, s, style=style)[lab])
-    for lab in findings for s in range(5)]
+    for lab in finding_names for s in range(5)]
 glue("hedge_checks", f"{sum(hedge_ok)} of {len(hedge_ok)}", display=False)
 
 # %% [markdown]
@@ -633,7 +635,7 @@ plt.show()
 
 # %%
 rows = []
-for lab in findings:
+for lab in finding_names:
     a, b, m = phantoms.render_counterfactual(cf_labels, cf_seed, lab, style=style,
                                              noise=noise)
     d = np.abs(a.astype(int) - b.astype(int))
@@ -704,8 +706,8 @@ for iid, values in zip(split.image_id, split[text_cols].to_numpy(float)):
     plans.append(plan)
     ctr.append(r)
 ctr = np.array(ctr)
-drawn = pd.DataFrame([{lab: lab in p for lab in findings} for p in plans])
-labelled = split[findings].reset_index(drop=True).astype(bool)
+drawn = pd.DataFrame([{lab: lab in p for lab in finding_names} for p in plans])
+labelled = split[finding_names].reset_index(drop=True).astype(bool)
 realised = pd.DataFrame({
     "labelled positive": labelled.sum(),
     "drawn": drawn.sum(),
@@ -896,6 +898,29 @@ st
 # Split hash: {glue:text}`split_hash`. Label/split pairs with no positive example:
 # {glue:text}`split_missing`. Thresholds, prompts and any other choice in later chapters are
 # tuned on **val** and applied once to **test**.
+#
+# ## The findings, declared
+#
+# Before any model is scored, the claims this book tests are declared here, each with the
+# statistic that measures it, the rule its 95% interval must clear, the **margin** by which it
+# must beat its negative control (in the statistic's units), and the control itself
+# ({mod}`helpers.findings`). A finding holds when its interval clears the rule, its paired
+# difference from the control clears the margin, and the control is powered: its own
+# interval is narrower than the margin, so it could have shown an effect that large. The
+# rows of kind `finding` are the family over which the {doc}`07_results` page applies Holm's
+# adjustment; rows of kind `validation` check the machinery and are never counted. Chapter
+# 6's per-setting findings stand for one finding per setting (zero-shot with the selected
+# prompts and with the positive prompt only, linear probe, fine-tuned):
+
+# %%
+glue("n_declared", len(findings.family()), display=False)
+findings.styled(findings.registry_table())
+
+# %% [markdown]
+# That makes {glue:text}`n_declared` declared findings. Each margin is the smallest effect a
+# reader would care about in its statistic's units; they live in code
+# (`helpers.findings.REGISTRY`), are read by every chapter from there, and are never tuned on
+# a result.
 #
 # ## Summary
 #

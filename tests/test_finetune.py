@@ -202,7 +202,8 @@ def test_default_run_key_is_unchanged_by_the_new_settings(setup):
 
     cfg = F.FinetuneConfig(epochs=3).resolved("cpu")
     old_fields = {k: v for k, v in asdict(cfg).items()
-                  if k not in ("cpu_bf16", "augment_noise", "compile", "device_pixels", "checkpoint_every", "cpu_threads")}
+                  if k not in ("cpu_bf16", "augment_noise", "head_init", "compile", "device_pixels",
+                                 "checkpoint_every", "cpu_threads")}
     rows, y = np.arange(5), np.zeros((5, 2), np.float32)
     old = sha256_bytes("|".join([F.VERSION, json.dumps(old_fields, sort_keys=True), "w", "px",
                                  sha256_bytes(rows.tobytes()), sha256_bytes(rows.tobytes()),
@@ -266,3 +267,42 @@ def test_step_falls_back_when_the_compiled_backward_fails(setup):
     assert tr.step_loss.state == "eager"
     torch.testing.assert_close(loss, ref.step(x, yb))
     _weights_equal(ref.scorer, tr.scorer)
+
+
+# ---------------------------------------------------------------- LP-FT (Kumar et al. 2022)
+
+
+def test_lp_ft_head_starts_at_the_probe(setup):
+    """Before any update, the LP-FT scorer's logits are the probe's logits."""
+    from helpers.embeddings import compute_image_embeddings
+    from helpers.probe import fit_probe
+
+    model, tok, info, cache, y, _ = setup
+    emb = compute_image_embeddings(model, cache, info.mean, info.std, progress=False)
+    probe = fit_probe(emb[16:], y[16:], emb[:16], y[:16], Cs=(1.0,))
+    scorer = F.build_scorer(model, tok, CHEXPERT_LABELS, F.FinetuneConfig(objective="lp-ft"),
+                            F.probe_head(probe)).eval()
+    logits = F.predict_logits(scorer, cache, np.arange(6), info.mean, info.std)
+    np.testing.assert_allclose(logits, probe.decision_function(emb[:6]), rtol=1e-4, atol=1e-4)
+
+
+def test_lp_ft_trains_reloads_and_needs_its_probe(setup, tmp_path):
+    from helpers.embeddings import compute_image_embeddings
+    from helpers.probe import fit_probe
+
+    model, tok, info, cache, y, _ = setup
+    emb = compute_image_embeddings(model, cache, info.mean, info.std, progress=False)
+    probe = fit_probe(emb[16:], y[16:], emb[:16], y[:16], Cs=(1.0,))
+    with pytest.raises(ValueError, match="probe"):
+        _run(setup, tmp_path / "x", objective="lp-ft", epochs=1, max_steps_per_epoch=1)
+    model, tok, info, cache, y, _ = setup
+    cfg = F.FinetuneConfig(objective="lp-ft", epochs=1, batch_size=8, lr=1e-4, patience=5,
+                           max_steps_per_epoch=2, cpu_threads=1)
+    r = F.finetune(model, tok, cache, y, np.arange(16, 48), np.arange(16), list(CHEXPERT_LABELS),
+                   info.mean, info.std, info.weights_sha256, cfg, tmp_path, progress=False,
+                   probe=probe)
+    assert r.config["head_init"] and r.config["objective"] == "lp-ft"
+    back = F.load_finetuned(model, tok, list(CHEXPERT_LABELS), r.run_dir)
+    a = F.predict_logits(back, cache, np.arange(4), info.mean, info.std)
+    b = F.predict_logits(r.scorer, cache, np.arange(4), info.mean, info.std)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -1,12 +1,11 @@
-"""Chance-level scorers, AUPRC / Brier / ECE / Platt, seed-aware bootstrap, finding records,
-artefact names: each against sklearn or a hand computation."""
-
-import json
+"""Chance-level scorers, AUPRC / Brier / ECE / Platt, seed-aware bootstrap, artefact names:
+each against sklearn or a hand computation. (Finding records and their verdicts: the
+referee suite, tests/referee/.)"""
 
 import numpy as np
 import pytest
 
-from helpers import artefacts, chance, findings, metrics
+from helpers import artefacts, chance, metrics
 
 LABELS = ["A", "B", "No Finding"]
 
@@ -113,37 +112,6 @@ def test_evaluate_over_runs_averages_point_metrics():
     assert r["per_run"]["auroc_macro"] == pytest.approx(singles)
 
 
-def _rec(ci, cci):
-    return findings.record("f", "04_x", "claim", 0.1, ci, {"above": 0.0}, "ctrl", 0.0, cci)
-
-
-def test_finding_record_schema_and_verdicts():
-    r = _rec([0.05, 0.2], [-0.1, 0.1])
-    assert r["holds"] and not r["control"]["holds"]
-    assert r["verdict"] == "holds; its control fails, as it should"
-    assert _rec([0.05, 0.2], [0.01, 0.1])["verdict"].startswith("not established")
-    assert not _rec([-0.05, 0.2], [-0.1, 0.1])["holds"]
-    assert not _rec([float("nan"), 0.2], [-0.1, 0.1])["holds"]  # a broken interval never holds
-    below = findings.record("g", "c", "claim", -1, [-2, -0.5], {"below": 0.0}, "ctrl", 0, [-1, 1])
-    assert below["holds"]
-    with pytest.raises(ValueError, match="rule"):
-        findings.record("f", "c", "claim", 0, [0, 1], {"over": 0}, "ctrl", 0, [0, 1])
-    forged = dict(r, holds=False)
-    with pytest.raises(ValueError, match="does not follow"):
-        findings.validate(forged)
-
-
-def test_findings_round_trip(tmp_path, monkeypatch):
-    monkeypatch.setenv("IUXRAY_OUTPUT_DIR", str(tmp_path))
-    arts = artefacts.Artefacts("demo", "tiny")
-    findings.write_findings(arts.findings("04_x"), [_rec([0.05, 0.2], [-0.1, 0.1])], {"model_id": "tiny@abc"})
-    df = findings.gather_findings()
-    assert len(df) == 1 and df.profile[0] == "demo" and df.model[0] == "tiny@abc"
-    table = findings.findings_table(df)
-    assert table["verdict"][0].startswith("holds") and "negative control" in table
-    json.loads(arts.findings("04_x").read_text())  # strict JSON
-
-
 def test_artefact_names_per_model(tmp_path, monkeypatch):
     monkeypatch.setenv("IUXRAY_OUTPUT_DIR", str(tmp_path))
     a = artefacts.Artefacts("full", "local-dir:/models/clip")
@@ -156,3 +124,19 @@ def test_artefact_names_per_model(tmp_path, monkeypatch):
         a.scores("ft", "shuffled")
     with pytest.raises(ValueError, match="unknown setting"):
         a.metrics("xx")
+
+
+def test_label_prior_loss_equals_torch_bce_of_the_prevalence():
+    import torch
+
+    rng = np.random.default_rng(5)
+    ytr = (rng.random((300, 4)) < [0.05, 0.2, 0.5, 0.9]).astype(int)
+    yv = (rng.random((80, 4)) < [0.05, 0.2, 0.5, 0.9]).astype(int)
+    p = torch.tensor(ytr.mean(0), dtype=torch.float64).expand(80, 4)
+    ref = torch.nn.functional.binary_cross_entropy(p, torch.tensor(yv, dtype=torch.float64))
+    assert chance.label_prior_loss(ytr, yv) == pytest.approx(float(ref))
+    # the best constant predictor on its own data: no constant does better
+    best = chance.label_prior_loss(yv, yv)
+    for q in (0.1, 0.3, 0.7):
+        other = -(yv * np.log(q) + (1 - yv) * np.log(1 - q)).mean()
+        assert best <= other + 1e-12

@@ -75,7 +75,7 @@ from helpers import params as P  # noqa: E402
     ("02_zero_shot", "on_error", "ignore", r"'on_error': value 'ignore' is not allowed; valid: one of stop, skip"),
     ("02_zero_shot", "style", "nonsense", r"one of source, target"),
     ("01_data", "uncertain_policy", "maybe", r"one of positive, negative"),
-    ("04_fine_tune", "objective", "mse", r"one of contrastive, bce"),
+    ("04_fine_tune", "objective", "mse", r"one of sweep, contrastive, bce, lp-ft"),
     ("01_data", "split_fractions", "[0.5, 0.6, -0.1]", r"'split_fractions'"),
     ("01_data", "split_fractions", "0.5,0.5", r"2 element"),
     ("01_data", "views", "sideways", r"'sideways' is not allowed"),
@@ -164,7 +164,7 @@ def test_list_params_shows_valid_values(capsys):
     out = capsys.readouterr().out
     assert "on_error = 'stop'  (str; one of stop, skip)" in out
     assert "limit = 0  (int; in [0, 100000])" in out and "seed_threshold = 0.5  (float; in [0, 1])" in out
-    assert "objective = 'contrastive'  (str; one of contrastive, bce" in out
+    assert "(str; one of sweep, contrastive, bce, lp-ft" in out
 
 
 def test_hints_name_only_parameters_that_exist():
