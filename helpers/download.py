@@ -229,8 +229,8 @@ def _check_answer(resp, start: int, part: _Part, size: int | None, url: str,
     else:  # 200: the whole file (no range asked, ranges unsupported, or If-Range says it changed)
         offset, total = 0, int(length) if length is not None else None
     if size is not None and total is not None and total != size:
-        raise DownloadError(f"{url} is {total} bytes, expected {size}: not the {what} file; check the URL "
-                            f"(--url NAME=URL or IUXRAY_URL_<NAME>)"
+        raise DownloadError(f"{url} is {total} bytes, expected {size} ({what}): not the same file; check the "
+                            f"URL (--url NAME=URL or IUXRAY_URL_<NAME>)"
                             + ("" if what == "pinned" else ", or accept the changed file with --refresh NAME"))
     if offset == 0:
         part.begin(resp.headers.get("ETag"), resp.headers.get("Last-Modified"), total)

@@ -257,7 +257,7 @@ def test_18_recorded_hash_is_enforced_unless_refreshed(server, tmp_path, capsys)
         D.download(["config"], tmp_path, urls, progress=False, backoff=0.01)
     assert (tmp_path / "downloads.json").read_bytes() == record and dest.read_bytes() == b"corrupted locally"
     st["body"] = NEW + b"longer"  # another size: refused from the announced length, before the body
-    with pytest.raises(D.DownloadError, match=r"expected 200000: not the recorded in .*--refresh"):
+    with pytest.raises(D.DownloadError, match=r"expected 200000 \(recorded in .*downloads\.json\): not the same file.*--refresh"):
         D.download(["config"], tmp_path, urls, progress=False, backoff=0.01)
     st["body"] = NEW
     assert D.main(["config", "--data-dir", str(tmp_path), "--url", f"config={urls['config']}",
