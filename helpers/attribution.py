@@ -331,7 +331,7 @@ def iter_maps(scorer: nn.Module, pixels, rows: Sequence[int], label_idx: Sequenc
     Yields ``(slice into rows, {method: (b, S, S)})``; ``scorecam`` in ``methods`` runs it too.
     ``layer``: the CAM target (index into :func:`layer_positions`; default :func:`default_layer`).
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     from .images import to_model_input
 

@@ -7,7 +7,7 @@ that goes through the ViT image tower, so every attribution method of
 * zero-shot, chapter 2's selected classifier: the paired-prompt decision
   ``cos(e, v+) - cos(e, v-)`` with ``v+``, ``v-`` the (ensembled) prompt embeddings of the
   template chapter 2 selected on validation (:func:`zero_shot_classifier`);
-* zero-shot, the seed's positive prompt only: ``cos(e, v+)`` of the bare label name;
+* zero-shot, the original study's positive prompt only: ``cos(e, v+)`` of the bare label name;
 * linear probe: the probe's logit (:meth:`probe.Probe.torch_logits`) through the frozen tower;
 * fine-tuned: the fine-tuned :class:`finetune.LabelScorer`'s logit;
 * positive control: :class:`localising.LocalisingNet` (its evidence is local by construction).
@@ -63,7 +63,7 @@ def zero_shot_head(pos_emb: np.ndarray, neg_emb: np.ndarray | None = None
 def parse_classifier(name: str) -> tuple[str, bool, str | None]:
     """Chapter 2's classifier name -> (template, ensemble, probability mode).
 
-    Paired prompts: ``"sentence+ensemble"`` -> ``("sentence", True, None)``; the seed's single
+    Paired prompts: ``"sentence+ensemble"`` -> ``("sentence", True, None)``; the original study's single
     prompt: ``"single prompt (minmax)"`` -> ``("bare", False, "minmax")``.
     """
     from .zeroshot import PROB_MODES, SINGLE_PROMPT, TEMPLATES
@@ -84,7 +84,7 @@ def zero_shot_classifier(study, name: str) -> tuple[np.ndarray, np.ndarray | Non
     """Positive and negative text embeddings (k, d) of the classifier ``name`` (chapter 2's
     ``params.selected``): each side the renormalised mean of its prompts' embeddings.
 
-    For the seed's single prompt (any probability mode) the negative side is ``None``: the
+    For the original study's single prompt (any probability mode) the negative side is ``None``: the
     explained score of label ``j`` is the cosine with its one prompt, the label's own logit
     before the mode's scaling across labels (sigmoid is monotone in it; softmax and min-max
     also depend on the other labels' logits, which a per-label map cannot show).

@@ -122,7 +122,7 @@ def compute_image_embeddings(model: torch.nn.Module, cache: PixelCache, mean: Se
     only when the process embeds many images. ``num_workers`` is accepted for compatibility (the
     cache needs no decoding workers).
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     from .training import normalize01
 

@@ -93,7 +93,7 @@ REGISTRY: tuple[Declared, ...] = (
     # 0.25 (a quarter more positive labels than exist) is the smallest over-prediction worth
     # the claim. The revision is recorded here rather than hidden.
     Declared("over-prediction", "02_zero_shot",
-             "predicted / true positive labels under the seed's rule (ratio)", {"above": 1.0},
+             "predicted / true positive labels under the original study's rule (ratio)", {"above": 1.0},
              0.25, "same cosines, per-label thresholds matching validation prevalence",
              note="margin raised from 0.10 after the first run: the control's own noise "
                   "(half-width 0.11) exceeded it, so no result could have passed"),

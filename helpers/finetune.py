@@ -430,7 +430,7 @@ def _validate(tr: _Trainer, px: DevicePixels, val_rows: np.ndarray, y: np.ndarra
 
 def _train_epoch(tr: _Trainer, batches: _Batches, ep: int, progress: bool) -> torch.Tensor:
     """One epoch of optimiser steps; the mean training loss (a device scalar: no host sync per step)."""
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     tr.scorer.train()
     losses = []

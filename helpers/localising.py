@@ -149,7 +149,7 @@ def training_targets(study, rows: np.ndarray, cover: float, progress: bool = Tru
     The weight is 0 for No Finding and for a present finding whose region is empty at the input
     size (nothing to point at); 1 otherwise.
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     from .cam import load_masks
 
@@ -196,7 +196,7 @@ def marked_pixels(study, rows: np.ndarray, cfg: "ControlConfig", progress: bool 
     """A copy of the pixel cache in which each of ``rows`` carries, inside the region of every
     finding it has, that finding's grating (:func:`grating`) of amplitude ``cfg.mark_amplitude``
     grey levels. The finding's evidence is then where its mask is, and nowhere else."""
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     from .cam import load_masks
 
@@ -265,7 +265,7 @@ def _save(obj, path: Path) -> None:
 def _frozen_tokens(net: LocalisingNet, study, pixels: np.ndarray, rows: np.ndarray, start: int,
                    progress: bool) -> torch.Tensor:
     """Tokens (n, N, C) entering block ``start`` for every training row (frozen blocks, once)."""
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     from .images import to_model_input
 
@@ -281,7 +281,7 @@ def _frozen_tokens(net: LocalisingNet, study, pixels: np.ndarray, rows: np.ndarr
 def _train(net: LocalisingNet, study, pixels: np.ndarray, rows: np.ndarray, cfg: ControlConfig,
            progress: bool) -> list[dict]:
     """The training loop (AdamW, cosine schedule with warm-up); returns the per-epoch history."""
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     from .images import to_model_input
     from .training import cosine_lr

@@ -152,8 +152,8 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def iou(maps: np.ndarray, masks: np.ndarray,
         threshold: float | np.ndarray) -> np.ndarray:
-    """IoU (n,) of ``{maps > threshold}`` (strictly, as CheXlocalize's ``mask > threshold``)
-    with the masks; ``threshold`` scalar or per pair (n,).
+    """IoU (n,) of ``{maps > threshold}`` with the masks (strictly above, as
+    CheXlocalize's ``mask > threshold``); ``threshold`` scalar or per pair (n,).
 
     An empty segmentation scores 0 (a pair whose region is empty too also scores 0).
     """

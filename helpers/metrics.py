@@ -353,10 +353,10 @@ def bootstrap_runs(fn, groups: Sequence, n_runs: Sequence[int] = (1,),
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point value and 95% CI of ``fn(idx, runs)`` over reports *and* training runs.
 
-    A two-level bootstrap (:func:`bootstrap_replicates`): each replicate resamples the test
-    reports and, per source, its training runs with replacement, and averages over the drawn
-    runs, so the interval is for the **mean over runs** printed as the point value (with 3
-    seeds a sensitivity check of the seed's effect, not an estimate of its variance).
+    A two-level bootstrap (:func:`bootstrap_replicates`): each replicate resamples the
+    test reports and, per source, its training runs with replacement, and averages over
+    the drawn runs, so the interval is for the **mean over runs** printed as the point
+    value (with 3 seeds a sensitivity check, not an estimate of the seed variance).
     Returns ``(point, low, high)``.
     """
     point, reps = bootstrap_replicates(fn, groups, n_runs, n_boot, seed)

@@ -152,10 +152,10 @@ def _pretrain_into(out: Path, n_samples: int, epochs: int, batch_size: int, lr: 
                    augmentation: bool) -> dict:
     """:func:`pretrain`'s work, writing the checkpoint into the (temporary) folder ``out``."""
     from open_clip.loss import ClipLoss
-    from tqdm.auto import tqdm
 
     from . import images as I
     from .models import TinyConfig, build_tiny, load_model, save_weights
+    from .progress import bar as tqdm
 
     t0 = time.perf_counter()
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else

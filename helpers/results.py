@@ -1,4 +1,4 @@
-"""Gather every run's metrics JSON into the study's results table, the seed's values beside.
+"""Gather every run's metrics JSON into the study's results table, the original study's values beside.
 
 Chapters write their files through :mod:`helpers.artefacts`, one folder per (profile, model):
 ``zero_shot.json``, ``linear_probe.json``, ``fine_tune.json`` (chapters 2-4),
@@ -18,8 +18,8 @@ import pandas as pd
 from .artefacts import GEOMETRY_FILE, METRICS_FILES, REFERENCE_FILE, all_pairs
 from .display import fmt_ci, floor_status
 
-# The seed study's test-set values (Sadman et al. 2025, as listed in DESIGN.md): BiomedCLIP on
-# IU-Xray, on the seed's own split. Reference values to compare against, not our results.
+# The original study's test-set values (Sadman et al. 2025, as listed in DESIGN.md): BiomedCLIP on
+# IU-Xray, on the original study's own split. Reference values to compare against, not our results.
 SEED_REFERENCE: dict[str, dict[str, float | None]] = {
     "zs": {"inter": 31.890, "intra": 21.160, "ratio": 1.506, "f1_macro": 0.105, "exact_match": 0.000,
            "lrap": 0.250, "coverage_error": 7.70, "time_min": None},
@@ -28,6 +28,8 @@ SEED_REFERENCE: dict[str, dict[str, float | None]] = {
     "lp": {"inter": 31.894, "intra": 21.160, "ratio": 1.507, "f1_macro": 0.183, "exact_match": 0.143,
            "lrap": 0.741, "coverage_error": 3.077, "time_min": 6.10},
 }
+PAPER = "paper: BiomedCLIP, its own split"
+"""How the original study's rows are labelled, apart from this run's (``profile · model``)."""
 METRICS = ["f1_macro", "f1_micro", "exact_match", "lrap", "coverage_error", "auroc_macro", "auprc_macro"]
 COLUMNS = ["inter", "intra", "ratio", *METRICS]
 """The compared columns of :func:`results_table`. Training time depends on the machine and its
@@ -38,10 +40,10 @@ HEADERS = {"inter": "inter-class dist.", "intra": "intra-class dist.", "ratio": 
            "lrap": "LRAP", "coverage_error": "coverage error", "auroc_macro": "AUROC (macro)",
            "auprc_macro": "AUPRC (macro)", "time_min": "time (min)"}
 ROW_KINDS = {"zs": "zero-shot (validation-tuned prompts and thresholds)",
-             "zs-seed": "zero-shot, seed protocol (one prompt per label, threshold 0.5)",
+             "zs-seed": "zero-shot, original protocol (one prompt per label, threshold 0.5)",
              "lp": "linear probe", "ft": "fine-tune (mean over seeds)",
              "ft-lpft": "LP-FT: probe head, then every weight (mean over seeds)",
-             "ft-seed": "fine-tune at the seed's learning rate (1e-6)"}
+             "ft-seed": "fine-tune at the original learning rate (1e-6)"}
 SETTING_ORDER = {"zs": 0, "zs-seed": 1, "lp": 2, "ft": 3, "ft-lpft": 4, "ft-seed": 5}
 EXTRA_ROWS = {"zs": {"seed_protocol": "zs-seed"},
               "ft": {"lp_ft": "ft-lpft", "seed_protocol": "ft-seed"}}
@@ -161,13 +163,13 @@ def floor_sentence(df: pd.DataFrame, refs: pd.DataFrame | None) -> str:
 
 
 def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The display table: per setting, the seed paper's row, then ours (value [95% CI]) for
+    """The display table: per setting, the original paper's row, then ours (value [95% CI]) for
     every (profile, model), then the image-independent reference scorers (marked as such)."""
     out = []
     for setting in sorted(ROW_KINDS, key=SETTING_ORDER.get):
         ref = SEED_REFERENCE.get(setting)
         if ref:
-            out.append({"setting": ROW_KINDS[setting], "source": "seed paper (BiomedCLIP, its own split)",
+            out.append({"setting": ROW_KINDS[setting], "source": PAPER,
                         **_cells(ref)})
         for _, r in (df[df.setting == setting].iterrows() if len(df) else []):
             out.append({"setting": ROW_KINDS[setting], "source": f"`{r.profile}` · {r.model_id}",
@@ -180,12 +182,12 @@ def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None) -> pd.Data
 
 def training_times(df: pd.DataFrame) -> pd.DataFrame:
     """Training time in minutes (linear-probe fit; mean fine-tuning time per seed) of every
-    (profile, model) and setting that records one, the seed paper's beside.
+    (profile, model) and setting that records one, the original paper's beside.
 
     Wall-clock figures depend on the machine and its load: they are shown apart from
     :func:`results_table`, and compared only between rows run on the same machine.
     """
-    out = [{"setting": ROW_KINDS[s], "source": "seed paper (BiomedCLIP, its own split)",
+    out = [{"setting": ROW_KINDS[s], "source": PAPER,
             "time (min)": fmt_ci(SEED_REFERENCE[s]["time_min"], None, 2)}
            for s in sorted(SEED_REFERENCE, key=SETTING_ORDER.get) if SEED_REFERENCE[s]["time_min"]]
     for _, r in (df.iterrows() if len(df) else []):

@@ -77,7 +77,7 @@ def run_sweep(profile: str = "demo", grid: dict[str, Sequence] = GRID, rungs: Se
     sweep, for its reproduction test); ``max_steps_per_epoch`` and ``limit`` shrink it for
     tests, and the record says so (``quick``).
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     from .finetune import FinetuneConfig, finetune
     from .config import data_dir, get_profile

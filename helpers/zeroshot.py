@@ -3,7 +3,7 @@
 Two approaches, both on L2-normalised embeddings, cosine similarity ``c = <u, v>`` and the
 model's temperature ``tau = exp(logit_scale)``:
 
-* **single prompt per label** (the seed study): ``z_ij = tau * c(image_i, prompt_j)``, turned
+* **single prompt per label** (the original study): ``z_ij = tau * c(image_i, prompt_j)``, turned
   into probabilities by one of :data:`PROB_MODES`: ``sigmoid`` (``sigma(z_ij)``), ``softmax``
   (over the labels of image ``i``) or ``minmax`` (row-wise min-max scaling of ``z_i``);
 * **paired prompts** (CheXzero): for each label a positive prompt ("cardiomegaly") and a
@@ -22,7 +22,7 @@ from .labels import CHEXPERT_LABELS
 
 PROB_MODES = ("sigmoid", "softmax", "minmax")
 SINGLE_PROMPT = "single prompt ({mode})"
-"""Name of the seed's one-prompt-per-label classifier under a probability mode, among the
+"""Name of the original study's one-prompt-per-label classifier under a probability mode, among the
 candidates chapter 2 selects from (and chapter 6 explains)."""
 
 # Per label: phrases naming the finding (used by every template).
@@ -138,5 +138,5 @@ def candidate_scores(img: np.ndarray, embed_texts, logit_scale: float,
 
 
 def single_prompt_texts(template: str = "bare", labels: Sequence[str] = CHEXPERT_LABELS) -> list[str]:
-    """The seed study's one prompt per label (the positive prompt of ``template``)."""
+    """The original study's one prompt per label (the positive prompt of ``template``)."""
     return [prompts(c, template)[0][0] for c in labels]

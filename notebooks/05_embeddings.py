@@ -20,7 +20,7 @@
 #
 # **The question.** Chapters 2-4 measured *what* each protocol achieves. Here we look at
 # *why*, in the geometry of the image embeddings: are the classes further apart, relative to
-# their spread, after fine-tuning? The seed study {cite}`sadman2025interpreting` reports the
+# their spread, after fine-tuning? The original study {cite}`sadman2025interpreting` reports the
 # inter-/intra-class distance ratio rising from zero-shot to fine-tuned (its values are in
 # the {doc}`07_results` table).
 #
@@ -62,7 +62,7 @@
 #
 # Distances carry each model's scale; the ratio is scale-free and is the number to compare.
 # The linear probe does not change the encoder, so its embedding space *is* the zero-shot
-# one: its distances are identical by construction (the seed's 31.894 vs 31.890 can only be
+# one: its distances are identical by construction (the original study's 31.894 vs 31.890 can only be
 # numerical noise). In a bootstrap replicate an image drawn twice counts twice in a centroid
 # but once toward a class's size; a replicate in which a class of the set has fewer than two
 # distinct images is dropped (the table reports how many).
@@ -140,7 +140,7 @@ tab = pd.DataFrame({names[s]: {**{m: display.fmt_ci(g[m], g[m + "_ci"])
                                   for m in ("inter", "intra", "ratio")},
                                "replicates dropped": f"{g['dropped']} of {g['n_boot']}"}
                     for s, g in geo.items()}).T
-ref = pd.DataFrame({f"{names[s]} (seed paper, BiomedCLIP)":
+ref = pd.DataFrame({f"{names[s]} (original paper, BiomedCLIP)":
                     {m: f"{results.SEED_REFERENCE[s][m]:.3f}"
                      for m in ("inter", "intra", "ratio")}
                     for s in ("zs", "lp", "ft")}).T
@@ -285,7 +285,7 @@ print(findings.write_findings(arts.findings("05_embeddings"), [rec4], stamp))
 #   ratio is {glue:text}`ratio_zs` for the frozen encoder (zero-shot and linear probe alike)
 #   and {glue:text}`ratio_ft` after fine-tuning.
 # - Finding 4 (the ratio rises) {glue:text}`ratio_verdict`.
-# - The results page puts these distances beside the seed's.
+# - The results page puts these distances beside the original study's.
 #
 # ## What's next
 #

@@ -18,7 +18,7 @@
 #
 # ## Overview
 #
-# **The question.** The seed study {cite}`sadman2025interpreting` shows Grad-CAM maps and
+# **The question.** The original study {cite}`sadman2025interpreting` shows Grad-CAM maps and
 # judges them by eye. A map is an explanation only if it points at the finding, and a score
 # of "points at the finding" means something only if we know what it gives when nothing
 # localises (a map that never looks at the image) and when something certainly does (a model
@@ -60,7 +60,7 @@
 # through the ViT image tower, so one set of methods explains them all: zero-shot with the
 # classifier chapter 2 selected on validation (the paired-prompt decision
 # $\cos(u, v_j^+) - \cos(u, v_j^-)$ of its template and prompt ensemble), zero-shot with the
-# seed's positive prompt alone ($\cos(u, v_j^+)$), the linear probe's logit through the frozen
+# original study's positive prompt alone ($\cos(u, v_j^+)$), the linear probe's logit through the frozen
 # tower, the fine-tuned model's logit, and a positive control (§ The positive control).
 #
 # **Methods.** Grad-CAM {cite}`selvaraju2017gradcam` weights the activations $A^c$ of a
@@ -451,8 +451,7 @@ method_table
 #
 # Maps that peak *outside* the findings significantly more often than chance (the whole
 # interval of hit − chance below 0): {glue:text}`below_chance`. Such a map is not merely
-# uninformative: it points away from the finding, typically at what the model reads
-# instead (the heart border, the edge of the film).
+# uninformative: it points away from the finding, at something else in the image.
 #
 # **Conventions, checked.** The tie rule and the grid-aware chance level are this book's
 # choices. CheXlocalize's own evaluation code takes the *first* maximum in row-major order
@@ -814,7 +813,7 @@ plt.close(fig)
 # 95% CI, a rule on the CI, and a negative control on the same report resamples. A finding
 # holds when its own CI clears the rule *and* its paired difference from the control clears
 # the margin declared in chapter 1, with a control powered to show that margin. All are read
-# on Grad-CAM (the seed's method) and the hit rate; the scoring validation and the positive
+# on Grad-CAM (the original study's method) and the hit rate; the scoring validation and the positive
 # control's checks are validation checks, not findings (the results page leaves them out of
 # the family that Holm's adjustment counts).
 
@@ -876,23 +875,23 @@ for key in ("zs", "zs+", "lp", "ft"):
     glue(f"v_{key}_prior", say(f"{key}: beats the location prior"), display=False)
     glue(f"v_{key}_rand", say(f"{key}: model randomisation"), display=False)
 ctrl_rec = by_id.get("control: beats the location prior")
-if ctrl_rec is None:
-    glue("control_reading", "no positive control in this profile: a failing setting "
-         "cannot be told apart from a method that cannot show localisation", display=False)
-elif ctrl_rec["holds"]:
-    glue("control_reading", "the positive control's Grad-CAM maps beat the location prior "
-         "at this layer, so the method can show localisation here, and a setting that "
-         "fails is a statement about the setting", display=False)
-else:
-    prior_hit = ref["location prior"]["hit_rate"]
-    passing = [f"{attribution.NAMES[m]} ({r['hit_rate']:.3f})"
-               for (k, m), r in res.items() if k == "control" and r["hit_rate"] > prior_hit]
-    glue("control_reading", "the positive control's own Grad-CAM maps do not beat the "
-         "location prior at this layer: here Grad-CAM cannot show localisation even where "
-         "it certainly exists, so the settings' Grad-CAM verdicts say nothing about where "
-         "they look. Methods whose control maps hit more often than the prior's "
-         f"{prior_hit:.3f} (point values, on the control's own pairs): "
-         + (", ".join(passing) if passing else "none"), display=False)
+prior_hit = ref["location prior"]["hit_rate"] if prior is not None else np.nan
+passing = [f"{attribution.NAMES[m]} ({r['hit_rate']:.3f})" for (k, m), r in res.items()
+           if k == "control" and r["hit_rate"] > prior_hit]
+READINGS = {
+    None: "no positive control in this profile: a failing setting cannot be told apart "
+          "from a method that cannot show localisation",
+    True: "the positive control's Grad-CAM maps beat the location prior at this layer, "
+          "so the method can show localisation here, and a setting that fails is a "
+          "statement about the setting",
+    False: "the positive control's own Grad-CAM maps do not beat the location prior "
+           "at this layer: here Grad-CAM cannot show localisation even where it "
+           "certainly exists, so the settings' Grad-CAM verdicts say nothing about "
+           "where they look. Methods whose control maps hit more often than the "
+           f"prior's {prior_hit:.3f} (point values, on the control's own pairs): "
+           + (", ".join(passing) or "none")}
+glue("control_reading", READINGS[None if ctrl_rec is None else ctrl_rec["holds"]],
+     display=False)
 verdicts = findings.findings_table(findings.as_frame(recs, profile, study.info.id),
                                    with_model=False).drop(columns="after Holm")
 findings.styled(verdicts)
@@ -966,7 +965,7 @@ print(findings.write_findings(arts.findings(CHAPTER), recs, stamp))
 #
 # ## What's next
 #
-# The {doc}`07_results` page gathers every chapter's numbers and findings beside the seed's.
+# The {doc}`07_results` page gathers every chapter's numbers and findings beside the original study's.
 #
 # ## Exercises
 #
@@ -1043,21 +1042,28 @@ for m in ("gradcam", "eigencam", "rollout"):
 # ```
 
 # %%
+small_gain = {}
 for key in [k for k in ("ft", "control") if k in scorers]:
     area = localization.area_fraction(scored[key].masks)
     small = area < np.median(area)
     h = res[(key, "gradcam")]["per_pair"]["hit_rate"]
+    hp = (ref["location prior"]["per_pair"]["hit_rate"] if prior is not None
+          else np.zeros_like(h))
     for name, sel in (("small", small), ("large", ~small)):
-        line = f"{NAMES[key]:>18} · {name} regions: hit {h[sel].mean():.3f}"
-        if prior is not None:
-            hp = ref["location prior"]["per_pair"]["hit_rate"]
-            line += f", prior {hp[sel].mean():.3f}"
-        print(line + f", chance {area[sel].mean():.3f}")
+        print(f"{NAMES[key]:>18} · {name} regions: hit {h[sel].mean():.3f}, "
+              f"prior {hp[sel].mean():.3f}, area {area[sel].mean():.3f}")
+    small_gain[key] = float(h[small].mean() - hp[small].mean())
+glue("small_gain", "; ".join(f"{NAMES[k]} {v:+.3f}" for k, v in small_gain.items())
+     or "no setting to compare", display=False)
+glue("small_winner", NAMES[max(small_gain, key=small_gain.get)] if small_gain
+     else "neither", display=False)
 
 # %% [markdown]
 # On small regions the chance level and the prior are low, so any gain there comes from
-# looking at the image. The control, trained with the regions, should gain most there; a
-# model that only learned where findings usually are gains nothing on small ones.
+# looking at the image. Hit rate minus the prior's on the small half, Grad-CAM:
+# {glue:text}`small_gain`; the larger gain is the {glue:text}`small_winner`'s. A model that
+# only learned where findings usually are gains nothing on small regions; a negative gain
+# means its maps do worse there than knowing the usual place.
 #
 # ```{solution-end}
 # ```

@@ -17,9 +17,9 @@
 # # Results
 #
 # Every metrics file that the chapters wrote, for every profile and model that has been
-# executed, gathered into the seed study's table {cite}`sadman2025interpreting`. Our rows
+# executed, gathered into the original study's table {cite}`sadman2025interpreting`. Our rows
 # show the test value and its 95% bootstrap interval (resampling reports; for the
-# fine-tuned model also its training seeds); the seed's rows are the values the paper
+# fine-tuned model also its training seeds); the original study's rows are the values the paper
 # reports for BiomedCLIP on its own split, which differs from ours, so they compare only
 # roughly. Below them stand the image-independent reference scorers of chapter 2, computed
 # on our split: a row that does not beat them has learned nothing from the images for that
@@ -60,7 +60,7 @@ results.results_table(table, references)
 # Profiles and models found: {glue:text}`pairs_found`. A value marked ▼ is no better than the
 # best image-independent scorer of its run; by name, {glue:text}`below_floors`. Inter- and intra-class distances and
 # their ratio come from chapter 5; the other metrics from chapters 2-4. F1 (macro) is the
-# column to compare with the seed's "F1".
+# column to compare with the original study's "F1".
 #
 # Training time (linear-probe fit, mean fine-tuning time per seed) depends on the machine and
 # on what else ran beside it, so it stands in its own table, comparable only between rows run
@@ -100,9 +100,9 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ## The seed's findings, each beside its negative control
+# ## The original study's findings, each beside its negative control
 #
-# Every chapter tests one of the seed's claims and writes a record through
+# Every chapter tests one of the original study's claims and writes a record through
 # {mod}`helpers.findings`: the estimate with its 95% interval and the rule it must clear, a
 # negative control bootstrapped on the same report resamples, and their paired difference.
 # A finding **holds** when its own interval clears the rule, the difference from its control

@@ -16,9 +16,9 @@
 # %% [markdown]
 # # Benchmarks
 #
-# The seed study reports 6.10 min for linear probing and 15.47 min for fine-tuning
+# The original study reports 6.10 min for linear probing and 15.47 min for fine-tuning
 # {cite}`sadman2025interpreting`. This page shows how fast this project's paths are, measured
-# side by side with the seed's way of doing the same work, **in one run, on the same images and
+# side by side with the original study's way of doing the same work, **in one run, on the same images and
 # the same machine** (`make bench`, which writes `benchmarks/results.json`). The file keeps one
 # entry per device (a CPU and, when a session had one, a GPU), and this page shows every entry
 # under its device's name. The benchmark sizes itself to the device: a CPU runs small sizes, a GPU
@@ -58,8 +58,8 @@ bench_report.machines(devices).style.format(precision=2)
 # `torch.inference_mode`. Variants: `auto` (fp32 on a CPU, bf16 autocast on a GPU), `autocast`
 # (bf16 autocast; on a CPU only where it has bf16 instructions), `bf16` (a bf16 copy of the
 # weights), `+compile` (`torch.compile`, timed warm). *Cold* includes building the cache; *warm*
-# is every later run. Speed-ups are per image against the seed's loop; "max rel. diff" is the
-# largest deviation from the seed's fp32 embeddings, relative to their largest value.
+# is every later run. Speed-ups are per image against the original study's loop; "max rel. diff" is the
+# largest deviation from the original study's fp32 embeddings, relative to their largest value.
 
 # %% tags=["hide-input"]
 emb = bench_report.embedding(devices)
@@ -71,7 +71,7 @@ emb.style.format({"images": "{:.0f}", "batch": "{:.0f}", "max rel. diff": "{:.1e
                  precision=2, na_rep="–")
 
 # %% [markdown]
-# Best warm rate at BiomedCLIP's size: {glue:text}`emb_vitb_best`. At the small size the seed's
+# Best warm rate at BiomedCLIP's size: {glue:text}`emb_vitb_best`. At the small size the original study's
 # loop is dominated by decoding and per-call overhead, which the cache and batching remove. At
 # ViT-B/16 size a CPU is compute-bound in both paths (FLOPs per image below): a batch of one
 # already keeps its cores busy, so only lower precision buys a real factor there. On a GPU the
@@ -106,12 +106,12 @@ probe.style.format(precision=3, na_rep="–")
 
 # %% [markdown]
 # At BiomedCLIP's embedding size (512) the whole grid fits in {glue:text}`probe_s_512`. The
-# seed's 6.10 min for linear probing was spent mostly re-extracting embeddings, which the cache
+# original study's 6.10 min for linear probing was spent mostly re-extracting embeddings, which the cache
 # does once.
 #
 # ## Fine-tuning steps
 #
-# Seconds per optimisation step of the demo model (contrastive objective, Adam): the seed's
+# Seconds per optimisation step of the demo model (contrastive objective, Adam): the original study's
 # DataLoader decodes and preprocesses PNGs at every step and synchronises with the host to log the
 # loss at every step; ours reads the uint8 cache and keeps the losses on the device until the
 # epoch ends. On a CPU, ours is also timed at each thread count: on a shared machine, OpenMP
@@ -127,7 +127,7 @@ bench_report.finetune_steps(devices).style.format(precision=3, na_rep="–")
 #
 # `finetune()` as chapter 4 calls it (data, augmentation, validation every epoch, checkpoints) for
 # 30 epochs over IU-Xray's split sizes with a BiomedCLIP-size model (random weights), per batch
-# size, next to the seed's reported 15.47 min. The step variants show which part of the fast path
+# size, next to the original study's reported 15.47 min. The step variants show which part of the fast path
 # pays: fused Adam, `torch.compile`, augmentation on the host or on the GPU, and the cost of one
 # checkpoint of model and optimiser.
 

@@ -107,3 +107,32 @@ def test_papermill_parses_every_declared_parameter(path):
         c.metadata.setdefault("tags", [])
     seen = {p.name for p in _infer_parameters(nb)}
     assert set(R.declared_parameters(nb)) <= seen
+
+
+def _shown_helpers():
+    """(notebook, helpers file, object) of every ``literalinclude`` with ``:pyobject:``."""
+    import re
+
+    for nb in NOTEBOOKS:
+        text = nb.read_text()
+        for m in re.finditer(r"literalinclude\}\s+\.\./\.\./(helpers/\S+\.py)\s*\n#?\s*:pyobject:\s*(\S+)",
+                             text):
+            yield nb.name, m.group(1), m.group(2)
+
+
+def _object_source(path: Path, dotted: str) -> list[str]:
+    lines = path.read_text().splitlines()
+    nodes = ast.parse(path.read_text()).body
+    node = None
+    for part in dotted.split("."):
+        node = next(n for n in nodes if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                    and n.name == part)
+        nodes = node.body
+    return lines[node.lineno - 1:node.end_lineno]
+
+
+@pytest.mark.parametrize("nb, path, obj", list(_shown_helpers()))
+def test_helpers_shown_in_pages_fit_the_page(nb, path, obj):
+    """Code a page includes from helpers scrolls sideways above 88 columns, like its cells."""
+    long = [ln for ln in _object_source(REPO_ROOT / path, obj) if len(ln) > MAX_CODE_LINE]
+    assert not long, f"{nb} shows {path}:{obj} with lines over {MAX_CODE_LINE} characters: {long}"
