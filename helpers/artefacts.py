@@ -38,7 +38,7 @@ from pathlib import Path
 
 SETTINGS = {"zs": "zero-shot", "lp": "linear probe", "ft": "fine-tune"}
 """Setting key -> name used on the pages."""
-VARIANTS = ("", "permuted", "localising", "lp-ft", "seed-lr")
+VARIANTS = ("", "permuted", "localising", "plain", "lp-ft", "seed-lr")
 METRICS_FILES = {"zs": "zero_shot.json", "lp": "linear_probe.json", "ft": "fine_tune.json"}
 GEOMETRY_FILE = "embedding_geometry.json"
 GRAD_CAM_FILE = "grad_cam.json"

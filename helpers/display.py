@@ -36,6 +36,13 @@ def fmt_ci(value: float | None, ci: Sequence[float | None] | None = None, digits
     return s
 
 
+def run_label(profile: str, model_id: str, quick_run: str | None = None) -> str:
+    """How a run is named in a table cell: ``demo · tiny@abc``, with ``· quick run (why)`` for a
+    quick run (plain text: table cells render no markup)."""
+    label = f"{profile} · {model_id}"
+    return f"{label} · quick run ({quick_run})" if quick_run else label
+
+
 def beats(result: Mapping[str, Any], floor: float, metric: str) -> bool:
     """Whether a result's 95% CI lies entirely on the better side of ``floor`` for ``metric``."""
     ci = result.get("ci95", {}).get(metric)

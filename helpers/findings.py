@@ -421,7 +421,9 @@ def gather_findings(root: str | Path | None = None) -> pd.DataFrame:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{f} is not valid JSON ({e}); delete it and re-run its chapter") from e
             model = d.get("stamp", {}).get("model_id", slug)
-            pair += [{"profile": profile, "model": model, **r} for r in d.get("findings", [])
+            quick = d.get("stamp", {}).get("quick_run")
+            pair += [{"profile": profile, "model": model, "quick_run": quick, **r}
+                     for r in d.get("findings", [])
                      if "difference" in r]  # records from before verdicts by difference: re-run
         rows += holm(pair)
     return pd.DataFrame(rows)
@@ -459,7 +461,10 @@ def findings_table(df: pd.DataFrame, with_model: bool = True) -> pd.DataFrame:
         "after Holm": df.get("verdict_holm", pd.Series(["–"] * len(df))),
     })
     if with_model:
-        out.insert(0, "run", [f"{p} · {m}" for p, m in zip(df.profile, df.model)])
+        from .display import run_label
+
+        quick = df.get("quick_run", pd.Series([None] * len(df)))
+        out.insert(0, "run", [run_label(p, m, q) for p, m, q in zip(df.profile, df.model, quick)])
     return out.reset_index(drop=True)
 
 

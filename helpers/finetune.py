@@ -126,9 +126,9 @@ class FinetuneConfig:
             raise ValueError(f"cpu_threads must be >= 0 (0: chosen from the load), got {self.cpu_threads!r}")
         if self.augment_noise not in ("auto", "host", "device"):
             raise ValueError(f"augment_noise must be 'auto', 'host' or 'device', got {self.augment_noise!r}")
-        if (self.objective == "lp-ft") != bool(self.head_init):
-            raise ValueError("objective 'lp-ft' needs head_init (the probe's hash, set by "
-                             "finetune() from its probe argument), and only it")
+        if self.head_init and self.objective != "lp-ft":
+            raise ValueError(f"head_init (a probe's hash) belongs to objective 'lp-ft' only, "
+                             f"not {self.objective!r}")
 
     def resolved(self, device: torch.device | str) -> "FinetuneConfig":
         """A copy with every ``auto`` replaced by what runs on ``device``."""
@@ -198,15 +198,16 @@ class FinetuneResult:
 
 
 def probe_head(probe) -> tuple[np.ndarray, np.ndarray]:
-    """Chapter 3's probe as a head on the normalised embedding ``u``: ``(W (k, d), b (k,))``.
+    """Chapter 3's probe as a head ``W`` (k, d), ``b`` (k,) on the normalised embedding.
 
     The probe scores ``((u - mean) / scale) @ coef.T + intercept``, which is
     ``u @ (coef / scale).T + (intercept - coef @ (mean / scale))``.
     """
     coef = np.asarray(probe.coef, dtype=np.float64)
-    scale, mean = np.asarray(probe.scale, np.float64), np.asarray(probe.mean, np.float64)
-    return (coef / scale).astype(np.float32), (np.asarray(probe.intercept, np.float64)
-                                               - coef @ (mean / scale)).astype(np.float32)
+    scale = np.asarray(probe.scale, np.float64)
+    shift = np.asarray(probe.mean, np.float64) / scale
+    bias = np.asarray(probe.intercept, np.float64) - coef @ shift
+    return (coef / scale).astype(np.float32), bias.astype(np.float32)
 
 
 def head_hash(head: tuple[np.ndarray, np.ndarray]) -> str:

@@ -58,7 +58,6 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "seed_threshold": (0.0, 1.0, True, True),      # a threshold on sigmoid scores
     "epochs": (0, 1_000, True, True),              # 0 = the profile's default
     "lr": (0.0, 1.0, True, True),                  # 0 = the profile's default
-    "lp_ft_lr": (0.0, 1.0, True, True),            # 0 = the sweep's best for LP-FT
     "batch_size": (0, 4_096, True, True),          # 0 = the profile's default
     "patience": (0, 1_000, True, True),            # 0 = the profile's default
     "temperature": (1e-3, 100.0, True, True),      # logits / T: a tiny T overflows them
@@ -75,6 +74,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "control_epochs": (1, 1_000, True, True),
     "control_images": (1, 100_000, True, True),
     "n_seeds": (1, 100, True, True),               # training seeds (and control permutations)
+    "control_seeds": (1, 100, True, True),         # seeds of chapter 4's permuted-label control
     "causal_pairs": (1, 100, True, True),
     "causal_images": (1, 10_000, True, True),
 }

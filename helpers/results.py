@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .artefacts import GEOMETRY_FILE, METRICS_FILES, REFERENCE_FILE, all_pairs
-from .display import fmt_ci, floor_status
+from .display import fmt_ci, floor_status, run_label
 
 # The original study's test-set values (Sadman et al. 2025, as listed in DESIGN.md): BiomedCLIP on
 # IU-Xray, on the original study's own split. Reference values to compare against, not our results.
@@ -41,12 +41,15 @@ HEADERS = {"inter": "inter-class dist.", "intra": "intra-class dist.", "ratio": 
            "auprc_macro": "AUPRC (macro)", "time_min": "time (min)"}
 ROW_KINDS = {"zs": "zero-shot (validation-tuned prompts and thresholds)",
              "zs-seed": "zero-shot, original protocol (one prompt per label, threshold 0.5)",
-             "lp": "linear probe", "ft": "fine-tune (mean over seeds)",
-             "ft-lpft": "LP-FT: probe head, then every weight (mean over seeds)",
-             "ft-seed": "fine-tune at the original learning rate (1e-6)"}
-SETTING_ORDER = {"zs": 0, "zs-seed": 1, "lp": 2, "ft": 3, "ft-lpft": 4, "ft-seed": 5}
+             "lp": "linear probe",
+             "ft": "fine-tune, the budget sweep's choice (mean over seeds)",
+             "ft-plain": "plain fine-tune, its best budget (one seed)",
+             "ft-lpft": "LP-FT, its best budget (one seed)",
+             "ft-seed": "fine-tune at the original learning rate, 1e-6 (one seed)"}
+SETTING_ORDER = {"zs": 0, "zs-seed": 1, "lp": 2, "ft": 3, "ft-plain": 4, "ft-lpft": 5,
+                 "ft-seed": 6}
 EXTRA_ROWS = {"zs": {"seed_protocol": "zs-seed"},
-              "ft": {"lp_ft": "ft-lpft", "seed_protocol": "ft-seed"}}
+              "ft": {"plain": "ft-plain", "lp_ft": "ft-lpft", "seed_protocol": "ft-seed"}}
 """Rows a setting's metrics file carries beside its own: JSON key -> row setting."""
 
 
@@ -70,7 +73,8 @@ def _read(path: Path) -> dict | None:
 def _row(profile: str, model: str, setting: str, metrics: dict, stamp: dict, **extra) -> dict:
     ci = metrics.get("ci95", {})
     row = {"profile": profile, "model_id": stamp.get("model_id", model), "setting": setting,
-           "data_hash": stamp.get("data_hash"), "executed": stamp.get("date"), **extra}
+           "data_hash": stamp.get("data_hash"), "executed": stamp.get("date"),
+           "quick_run": stamp.get("quick_run"), **extra}
     for k in METRICS:
         row[k], row[f"{k}_ci"] = metrics.get(k), ci.get(k)
     return row
@@ -117,6 +121,10 @@ def gather_references(root: str | os.PathLike | None = None) -> pd.DataFrame:
         for name, m in d["scorers"].items():
             rows.append(_row(profile, model, name, m, d.get("stamp", {})))
     return pd.DataFrame(rows)
+
+
+def _label(r) -> str:
+    return run_label(r.profile, r.model_id, r.get("quick_run"))
 
 
 def _as_result(r) -> dict:
@@ -172,11 +180,11 @@ def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None) -> pd.Data
             out.append({"setting": ROW_KINDS[setting], "source": PAPER,
                         **_cells(ref)})
         for _, r in (df[df.setting == setting].iterrows() if len(df) else []):
-            out.append({"setting": ROW_KINDS[setting], "source": f"`{r.profile}` · {r.model_id}",
+            out.append({"setting": ROW_KINDS[setting], "source": _label(r),
                         **_cells(r, _floors_of(refs, r.profile, r.model_id))})
     for _, r in (refs.iterrows() if refs is not None and len(refs) else []):
         out.append({"setting": f"image-independent: {r.setting}",
-                    "source": f"`{r.profile}` · {r.model_id}", **_cells(r)})
+                    "source": _label(r), **_cells(r)})
     return pd.DataFrame(out).set_index(["setting", "source"])
 
 
@@ -192,16 +200,18 @@ def training_times(df: pd.DataFrame) -> pd.DataFrame:
            for s in sorted(SEED_REFERENCE, key=SETTING_ORDER.get) if SEED_REFERENCE[s]["time_min"]]
     for _, r in (df.iterrows() if len(df) else []):
         if r.get("time_min") is not None and r.get("time_min") == r.get("time_min"):
-            out.append({"setting": ROW_KINDS[r.setting], "source": f"`{r.profile}` · {r.model_id}",
+            out.append({"setting": ROW_KINDS[r.setting], "source": _label(r),
                         "time (min)": fmt_ci(r.time_min, None, 2)})
     return pd.DataFrame(out).set_index(["setting", "source"])
 
 
 def models_side_by_side(df: pd.DataFrame, metric: str = "auroc_macro") -> pd.DataFrame:
-    """One row per (profile, model), one column per setting: ``metric`` as value [95% CI]."""
+    """One row per run (profile, model; a quick run says so), one column per setting:
+    ``metric`` as value [95% CI]."""
     if df.empty:
         return pd.DataFrame()
-    t = df.assign(cell=[fmt_ci(v, c) for v, c in zip(df[metric], df[f"{metric}_ci"])])
-    wide = t.pivot_table(index=["profile", "model_id"], columns="setting", values="cell", aggfunc="first")
+    t = df.assign(cell=[fmt_ci(v, c) for v, c in zip(df[metric], df[f"{metric}_ci"])],
+                  run=[_label(r) for _, r in df.iterrows()])
+    wide = t.pivot_table(index="run", columns="setting", values="cell", aggfunc="first")
     cols = [s for s in sorted(ROW_KINDS, key=SETTING_ORDER.get) if s in wide.columns]
     return wide[cols].rename(columns=ROW_KINDS).fillna("–")

@@ -332,6 +332,11 @@ def chapter_warnings(path: Path) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+KERNEL_ARGUMENTS = ["--IPKernelApp.capture_fd_output=False"]
+"""How the runner starts a chapter's kernel: what is written to the kernel process's own stderr
+(progress bars, :mod:`helpers.progress`) reaches this console and is not copied into the page."""
+
+
 def ensure_kernel(name: str = KERNEL_NAME) -> str:
     """Register a Jupyter kernel for this Python (``sys.prefix``) if none of that name exists."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -364,7 +369,8 @@ def execute(chapter: str, parameters: dict[str, Any], out_dir: Path = EXECUTED_D
     try:
         pm.execute_notebook(str(tmp_in), str(tmp_out), parameters=parameters,
                             kernel_name=kernel or ensure_kernel(), progress_bar=progress,
-                            cwd=str(REPO_ROOT), log_output=False)
+                            cwd=str(REPO_ROOT), log_output=False,
+                            extra_arguments=KERNEL_ARGUMENTS)
     except BaseException:
         if tmp_out.exists():
             os.replace(tmp_out, out_dir / f"{src.stem}.failed.ipynb")

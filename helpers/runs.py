@@ -59,8 +59,9 @@ def finetune_runs(study, cfg, seeds: Sequence[int], variant: str = "", progress:
     """Fine-tune one run per seed (``cfg.seed`` replaced); resumed or reloaded when already done.
 
     ``variant="permuted"`` trains on :func:`control_targets` of the same seed. ``probe``: the
-    head's start for ``cfg.objective == "lp-ft"`` (chapter 3's probe; for the permuted variant,
-    the probe fitted on the same permuted labels). The run folders
+    head's start for ``cfg.objective == "lp-ft"``: chapter 3's probe, or a function of
+    ``(seed, targets)`` returning one (for the permuted variant, a probe fitted on the same
+    permuted labels). The run folders
     are recorded in the (profile, model) index (:meth:`Artefacts.finetune_index`). Returns the
     :class:`finetune.FinetuneResult` of every seed, in order.
     """
@@ -70,10 +71,13 @@ def finetune_runs(study, cfg, seeds: Sequence[int], variant: str = "", progress:
     out = []
     for s in seeds:
         y = control_targets(study, s) if variant == "permuted" else study.y()
+        head = None
+        if cfg.objective == "lp-ft":
+            head = probe(s, y) if callable(probe) else probe
         out.append(finetune(study.model, study.tokenizer, study.pixels, y, study.rows("train"),
                             study.rows("val"), study.labels, study.info.mean, study.info.std,
                             study.info.weights_sha256, replace(cfg, seed=s), arts.finetune_runs(variant),
-                            device=study.device, progress=progress, probe=probe))
+                            device=study.device, progress=progress, probe=head))
     _record(arts, variant, {s: r.run_dir for s, r in zip(seeds, out)})
     return out
 

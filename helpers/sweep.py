@@ -180,16 +180,23 @@ def read_record(profile: str = "demo", path: str | Path | None = None) -> dict[s
                          f"python -m helpers.sweep") from e
 
 
-def best_lr(record: dict[str, Any] | None, objective: str) -> float | None:
-    """The learning rate with the best validation AUROC for ``objective`` in a sweep record
-    (over the rungs each configuration reached), or ``None``."""
+def best_config(record: dict[str, Any] | None, objectives: Sequence[str]) -> dict[str, Any] | None:
+    """The configuration of one of ``objectives`` that did best on validation in a sweep record:
+    the furthest rung first (it was compared with more training), then the best validation
+    AUROC; ``None`` when the record has none. Returns the record's configuration dict."""
     if not record:
         return None
     confs = [c for c in record["configurations"]
-             if c["objective"] == objective and c.get("best_val_auroc") is not None]
+             if c["objective"] in objectives and c.get("best_val_auroc") is not None]
     if not confs:
         return None
-    return float(max(confs, key=lambda c: (c["rung_reached"], c["best_val_auroc"]))["lr"])
+    return max(confs, key=lambda c: (c["rung_reached"], c["best_val_auroc"]))
+
+
+def best_lr(record: dict[str, Any] | None, objective: str) -> float | None:
+    """The learning rate of :func:`best_config` for one objective, or ``None``."""
+    c = best_config(record, (objective,))
+    return None if c is None else float(c["lr"])
 
 
 def selected_defaults(profile: str, fallback: dict[str, Any]) -> dict[str, Any]:

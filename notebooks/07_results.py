@@ -36,7 +36,7 @@ import json
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
-from helpers import artefacts, findings, results
+from helpers import artefacts, display, findings, results
 from helpers.config import get_profile
 from helpers.stamp import show_stamp
 
@@ -52,7 +52,7 @@ stamps = [json.loads(f.read_text())["stamp"] for d in mine
 if stamps:
     show_stamp(stamps[0])
 pairs = sorted({(p, m) for p, m in zip(table.profile, table.model_id)})
-glue("pairs_found", ", ".join(f"`{p}` · {m}" for p, m in pairs), display=False)
+glue("pairs_found", ", ".join(display.run_label(p, m) for p, m in pairs), display=False)
 glue("below_floors", results.floor_sentence(table, references), display=False)
 results.results_table(table, references)
 
