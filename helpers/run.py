@@ -297,6 +297,90 @@ def hold_outputs(plan: OutputPlan, profile: str, stack: contextlib.ExitStack) ->
         stack.enter_context(folder_lock(folder, f"{', '.join(chapters)} (profile {profile})"))
 
 
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "03_linear_probe": ("02_zero_shot",),
+    "04_fine_tune": ("02_zero_shot", "03_linear_probe"),
+    "05_embeddings": ("04_fine_tune",),
+    "06_grad_cam": ("02_zero_shot", "03_linear_probe", "04_fine_tune"),
+}
+"""The chapters whose outputs a chapter reads (test scores, probes, fine-tuned runs)."""
+MATCHING = ("uncertain_policy", "split_seed", "split_fractions", "views", "reports_path",
+            "image_dir", "limit", "model", "style", "on_error")
+"""Parameters an upstream chapter must have run with for its outputs to be read: the data."""
+MANIFEST = "chapter_parameters.json"
+"""In each output folder: the parameters every chapter last ran with there (written by the
+runner after a chapter succeeds)."""
+
+
+class UpstreamError(ValueError):
+    """A chapter would read outputs that an earlier chapter made with other data parameters (or
+    never made); the message gives the exact command that runs both."""
+
+
+def _resolved(chapter: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A chapter's :data:`MATCHING` parameters: given values over its declared defaults."""
+    decl = declared_parameters(read_notebook(notebook_path(chapter)))
+    return {k: given.get(k, decl[k].default) for k in MATCHING if k in decl}
+
+
+def _pair_folder(chapter: str, params: dict[str, Any], plan: OutputPlan, profile: str) -> Path:
+    from .artefacts import Artefacts
+
+    return Artefacts.of(profile, params.get("model") or None, quick=bool(plan.quick[chapter])).dir
+
+
+def check_upstream(chapters: Sequence[str], params: dict[str, dict[str, Any]], plan: OutputPlan,
+                   profile: str, raw: Sequence[tuple[str, str]]) -> None:
+    """Refuse, before anything runs, a chapter whose upstream chapters (:data:`UPSTREAM`) are
+    not in this run and did not last run with the same data parameters in the folder it reads.
+
+    Raises :class:`UpstreamError` naming what differs and the command that runs them together.
+    """
+    from .io import read_json_cache
+
+    missing: list[str] = []
+    why: list[str] = []
+    for i, c in enumerate(chapters):
+        ups = [u for u in UPSTREAM.get(Path(c).stem, ()) if u not in chapters[:i]]
+        if not ups:
+            continue
+        folder = _pair_folder(c, params[c], plan, profile)
+        done = read_json_cache(folder / MANIFEST) or {}
+        want = _resolved(c, params[c])
+        for u in ups:
+            have = done.get(u)
+            diff = {k: v for k, v in want.items() if have is not None and k in have
+                    and have[k] != v}
+            if have is None:
+                why.append(f"{u} has not run in {folder}")
+            elif diff:
+                why.append(f"{u} ran there with " + ", ".join(f"{k}={have[k]!r}" for k in diff)
+                           + " (this run: " + ", ".join(f"{k}={v!r}" for k, v in diff.items())
+                           + ")")
+            else:
+                continue
+            missing.append(u)
+    if missing:
+        order = [c for c in toc_chapters() if c in set(missing) | set(chapters)]
+        order += [c for c in chapters if c not in order]
+        cmd = " ".join(["python -m helpers.run", *order, f"--profile {profile}"]
+                       + [f"-p {n} {v}" for n, v in raw])
+        raise UpstreamError(f"{'; '.join(why)}; the chapters it reads must run with the same "
+                            f"data first: {cmd}")
+
+
+def record_parameters(chapter: str, params: dict[str, Any], plan: OutputPlan, profile: str) -> None:
+    """Note in the chapter's output folder the data parameters it ran with (:data:`MANIFEST`)."""
+    from .io import atomic_write_json, read_json_cache
+
+    if not loads_study(read_notebook(notebook_path(chapter))):
+        return
+    path = _pair_folder(chapter, params, plan, profile) / MANIFEST
+    done = read_json_cache(path) or {}
+    done[Path(chapter).stem] = _resolved(chapter, params)
+    atomic_write_json(path, done)
+
+
 @contextlib.contextmanager
 def _quick_env(reason: str):
     """Tell the chapter's kernel (launched with this process's environment) why its run is quick."""
@@ -444,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         params = resolve_parameters(chapters, [tuple(x) for x in args.parameter], args.profile)
         plan = plan_outputs(chapters, params, args.profile, args.out)
+        check_upstream(chapters, params, plan, args.profile, [tuple(x) for x in args.parameter])
     except (ParameterError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -465,6 +550,10 @@ def _run_chapters(chapters: Sequence[str], params: dict[str, dict[str, Any]], pl
     times_file = output_dir(args.profile) / "run_times.json"
     for c in tqdm(chapters, desc=f"chapters ({args.profile})", unit="chapter"):
         t0 = time.perf_counter()
+        shown = {k: v for k, v in params[c].items() if k != "profile"}
+        tqdm.write(f"{c}: profile {args.profile}, " + (", ".join(
+            f"{k}={v!r}" for k, v in shown.items()) or "every other parameter at its default"),
+            file=sys.stderr)
         try:
             with _quick_env(plan.quick[c]):
                 path = execute(c, params[c], args.out, args.kernel)
@@ -481,6 +570,7 @@ def _run_chapters(chapters: Sequence[str], params: dict[str, dict[str, Any]], pl
         tqdm.write(f"{c}: {dt:.1f} s -> {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}"
                    f"{quick}")
         record_time(times_file, c, dt, params[c])
+        record_parameters(c, params[c], plan, args.profile)
     return 0
 
 

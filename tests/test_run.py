@@ -234,3 +234,40 @@ def test_failing_chapter_is_one_message(tmp_path, capsys, data_env):
     err = capsys.readouterr().err
     assert "99_fails.py failed: ZeroDivisionError: division by zero" in err
     assert "99_fails.failed.ipynb" in err and "Traceback" not in err
+
+
+def test_a_chapter_whose_upstream_ran_with_other_data_is_refused_before_it_runs(
+        tmp_path, monkeypatch, capsys):
+    """The documented cheap re-run, on outputs where chapter 2 did not run with limit 200: refused
+    before anything executes, with the command that runs both chapters with the same data."""
+    monkeypatch.setenv("IUXRAY_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setattr(R, "execute", lambda *a, **k: pytest.fail("a chapter started"))
+    argv = ["03_linear_probe", "-p", "class_weight", "none", "-p", "limit", "200"]
+    assert R.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "02_zero_shot has not run" in err
+    assert ("python -m helpers.run 02_zero_shot 03_linear_probe --profile demo "
+            "-p class_weight none -p limit 200") in err
+
+
+def test_upstream_with_the_same_data_passes_and_other_data_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("IUXRAY_OUTPUT_DIR", str(tmp_path / "outputs"))
+    chapters = ["03_linear_probe"]
+    raw = [("limit", "200")]
+    params = R.resolve_parameters(chapters, raw, "demo")
+    plan = R.plan_outputs(chapters, params, "demo", tmp_path / "book")
+    up = R.resolve_parameters(["02_zero_shot"], raw, "demo")
+    up_plan = R.plan_outputs(["02_zero_shot"], up, "demo", tmp_path / "book")
+    up_plan_folder = R._pair_folder("02_zero_shot", up["02_zero_shot"], up_plan, "demo")
+    up_plan_folder.mkdir(parents=True)
+    R.record_parameters("02_zero_shot", up["02_zero_shot"], up_plan, "demo")
+    R.check_upstream(chapters, params, plan, "demo", raw)  # same data: no error
+    other = R.resolve_parameters(chapters, [("limit", "200"), ("split_seed", "3")], "demo")
+    with pytest.raises(R.UpstreamError, match=r"split_seed=0.*split_seed=3"):
+        R.check_upstream(chapters, other, R.plan_outputs(chapters, other, "demo", tmp_path),
+                         "demo", [("limit", "200"), ("split_seed", "3")])
+    # running both together needs nothing recorded
+    both = R.resolve_parameters(["02_zero_shot", "03_linear_probe"], raw, "demo")
+    R.check_upstream(["02_zero_shot", "03_linear_probe"], both,
+                     R.plan_outputs(["02_zero_shot", "03_linear_probe"], both, "demo", tmp_path),
+                     "demo", raw)
