@@ -89,19 +89,6 @@ def reference_results(y_train: np.ndarray, y_val: np.ndarray, y_test: np.ndarray
             for s in scorers}
 
 
-def floor_table(results: dict[str, dict[str, Any]], metrics: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """For each metric, the best value any reference scorer reaches and which scorer reaches it.
-
-    "Best" is the highest value, or the lowest for :data:`LOWER_IS_BETTER` metrics. Returns
-    metric -> {"value", "ci95", "scorer"}: the floor a real setting must beat.
-    """
-    out = {}
-    for m in metrics:
-        pick = (min if m in LOWER_IS_BETTER else max)(results, key=lambda s: results[s][m])
-        out[m] = {"value": results[pick][m], "ci95": results[pick].get("ci95", {}).get(m), "scorer": pick}
-    return out
-
-
 LOWER_IS_BETTER = ("coverage_error", "ranking_loss", "brier", "ece")
 
 

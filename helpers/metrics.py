@@ -483,14 +483,6 @@ def bootstrap_stat(fn, groups: Sequence, n_boot: int = 500, seed: int = 0,
     return float(v), float(lo), float(hi)
 
 
-def headline_table(result: dict[str, Any]):
-    """The headline metrics of :func:`evaluate` output as a table: metric x (test, CI low, CI high)."""
-    import pandas as pd
-
-    return pd.DataFrame({k: [result[k], *result["ci95"][k]] for k in HEADLINE},
-                        index=["test", "CI low", "CI high"]).T
-
-
 def write_metrics(path, setting: str, metrics: dict[str, Any], params: dict[str, Any],
                   stamp: dict[str, Any], **extra: Any):
     """Write one run's metrics JSON atomically: setting, metrics (with CIs), params, stamp."""

@@ -53,13 +53,6 @@ EXTRA_ROWS = {"zs": {"seed_protocol": "zs-seed"},
 """Rows a setting's metrics file carries beside its own: JSON key -> row setting."""
 
 
-def output_root() -> Path:
-    """The folder holding one sub-folder per profile (``IUXRAY_OUTPUT_DIR``)."""
-    from .artefacts import output_root as root
-
-    return root()
-
-
 def _read(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -140,9 +133,10 @@ def _floors_of(refs: pd.DataFrame | None, profile: str, model_id: str) -> dict[s
     return {r.setting: {m: r.get(m) for m in METRICS} for _, r in sub.iterrows()}
 
 
-def _cells(r, floors: dict[str, dict] | None = None) -> dict[str, str]:
+def _cells(r, floors: dict[str, dict] | None = None,
+           columns: list[str] | None = None) -> dict[str, str]:
     out = {}
-    for c in COLUMNS:
+    for c in COLUMNS if columns is None else columns:
         cell = fmt_ci(r.get(c), r.get(f"{c}_ci"))
         if floors and c in METRICS and floor_status(_as_result(r), floors, c) == "at or below":
             cell += " ▼"
@@ -170,22 +164,50 @@ def floor_sentence(df: pd.DataFrame, refs: pd.DataFrame | None) -> str:
             "at or below its floor, " + "; ".join(clauses))
 
 
-def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None) -> pd.DataFrame:
+GROUPS = {"classification": ["f1_macro", "exact_match", "lrap", "coverage_error"],
+          "geometry": ["inter", "intra", "ratio"],
+          "beyond": ["auroc_macro", "auprc_macro", "f1_micro"]}
+"""The results page's three tables, each narrow enough for the page: the original study's
+classification metrics, its embedding geometry (chapter 5), and metrics it does not report."""
+THIS_RUN = "this run"
+"""How this book's rows are labelled, apart from the original study's (:data:`PAPER`)."""
+
+
+def _ours(r) -> str:
+    return f"{THIS_RUN}: {_label(r)}"
+
+
+def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None,
+                  columns: list[str] | None = None) -> pd.DataFrame:
     """The display table: per setting, the original paper's row, then ours (value [95% CI]) for
-    every (profile, model), then the image-independent reference scorers (marked as such)."""
+    every (profile, model), then the image-independent reference scorers (marked as such).
+    ``columns`` (default: every one of :data:`COLUMNS`) picks the metrics; a row with none of
+    them is left out."""
+    columns = COLUMNS if columns is None else columns
     out = []
     for setting in sorted(ROW_KINDS, key=SETTING_ORDER.get):
         ref = SEED_REFERENCE.get(setting)
         if ref:
             out.append({"setting": ROW_KINDS[setting], "source": PAPER,
-                        **_cells(ref)})
+                        **_cells(ref, columns=columns)})
         for _, r in (df[df.setting == setting].iterrows() if len(df) else []):
-            out.append({"setting": ROW_KINDS[setting], "source": _label(r),
-                        **_cells(r, _floors_of(refs, r.profile, r.model_id))})
+            out.append({"setting": ROW_KINDS[setting], "source": _ours(r),
+                        **_cells(r, _floors_of(refs, r.profile, r.model_id), columns)})
     for _, r in (refs.iterrows() if refs is not None and len(refs) else []):
         out.append({"setting": f"image-independent: {r.setting}",
-                    "source": _label(r), **_cells(r)})
-    return pd.DataFrame(out).set_index(["setting", "source"])
+                    "source": _ours(r), **_cells(r, columns=columns)})
+    heads = [HEADERS[c] for c in columns]
+    out = [row for row in out if any(row[h] != "–" for h in heads)]
+    return pd.DataFrame(out, columns=["setting", "source", *heads]).set_index(
+        ["setting", "source"])
+
+
+def styled(table: pd.DataFrame):
+    """A :func:`results_table` (or :func:`training_times`) for the page: one group of rows per
+    setting, the original study's rows set apart (shaded, italic) from this run's."""
+    from .display import table as show
+
+    return show(table, row_classes=["paper" if src == PAPER else "" for _, src in table.index])
 
 
 def training_times(df: pd.DataFrame) -> pd.DataFrame:
@@ -200,7 +222,7 @@ def training_times(df: pd.DataFrame) -> pd.DataFrame:
            for s in sorted(SEED_REFERENCE, key=SETTING_ORDER.get) if SEED_REFERENCE[s]["time_min"]]
     for _, r in (df.iterrows() if len(df) else []):
         if r.get("time_min") is not None and r.get("time_min") == r.get("time_min"):
-            out.append({"setting": ROW_KINDS[r.setting], "source": _label(r),
+            out.append({"setting": ROW_KINDS[r.setting], "source": _ours(r),
                         "time (min)": fmt_ci(r.time_min, None, 2)})
     return pd.DataFrame(out).set_index(["setting", "source"])
 
