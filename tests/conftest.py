@@ -117,3 +117,14 @@ def built_book(tmp_path_factory, data_env):
     return root
 
 
+
+
+BOOK_FIXTURES = {"built_book", "site"}
+"""Fixtures that execute the chapters: a test that uses one is in the ``book`` tier, whatever
+its own markers say, so ``pytest -m "not book"`` never builds the book."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BOOK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.book)
