@@ -348,7 +348,9 @@ def check_upstream(chapters: Sequence[str], params: dict[str, dict[str, Any]], p
         done = read_json_cache(folder / MANIFEST) or {}
         want = _resolved(c, params[c])
         for u in ups:
-            have = done.get(u)
+            if u in missing:
+                continue
+            have = done.get(u, _recorded_params(folder, u))
             diff = {k: v for k, v in want.items() if have is not None and k in have
                     and have[k] != v}
             if have is None:
@@ -367,6 +369,25 @@ def check_upstream(chapters: Sequence[str], params: dict[str, dict[str, Any]], p
                        + [f"-p {n} {v}" for n, v in raw])
         raise UpstreamError(f"{'; '.join(why)}; the chapters it reads must run with the same "
                             f"data first: {cmd}")
+
+
+UPSTREAM_FILES = {"02_zero_shot": "zero_shot.json", "03_linear_probe": "linear_probe.json",
+                  "04_fine_tune": "fine_tune.json"}
+"""The metrics file each upstream chapter writes (outputs made before the runner kept
+:data:`MANIFEST` are checked on the parameters that file recorded)."""
+
+
+def _recorded_params(folder: Path, chapter: str) -> dict[str, Any] | None:
+    """The parameters an upstream chapter's metrics file recorded, or ``None`` (never ran)."""
+    from .io import read_json_cache
+
+    name = UPSTREAM_FILES.get(chapter)
+    rec = read_json_cache(folder / name) if name else None
+    if rec is None:
+        return None
+    p = dict(rec.get("params", {}))
+    p.setdefault("model", "")
+    return {k: v for k, v in p.items() if k in MATCHING and k != "model"}
 
 
 def record_parameters(chapter: str, params: dict[str, Any], plan: OutputPlan, profile: str) -> None:
@@ -549,7 +570,7 @@ def _run_chapters(chapters: Sequence[str], params: dict[str, dict[str, Any]], pl
 
     times_file = output_dir(args.profile) / "run_times.json"
     for c in tqdm(chapters, desc=f"chapters ({args.profile})", unit="chapter"):
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         shown = {k: v for k, v in params[c].items() if k != "profile"}
         tqdm.write(f"{c}: profile {args.profile}, " + (", ".join(
             f"{k}={v!r}" for k, v in shown.items()) or "every other parameter at its default"),
@@ -569,7 +590,7 @@ def _run_chapters(chapters: Sequence[str], params: dict[str, dict[str, Any]], pl
         quick = f" (quick run: {plan.quick[c]})" if plan.quick[c] else ""
         tqdm.write(f"{c}: {dt:.1f} s -> {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}"
                    f"{quick}")
-        record_time(times_file, c, dt, params[c])
+        record_time(times_file, c, dt, params[c], load=(load0, os.getloadavg()[0]))
         record_parameters(c, params[c], plan, args.profile)
     return 0
 
@@ -588,8 +609,10 @@ def _failure_message(chapter: str, e: Exception, out_dir: Path) -> str:
     return f"chapter {chapter} failed: {what.strip()}{where}"
 
 
-def record_time(path: Path, chapter: str, seconds: float, params: dict[str, Any]) -> None:
-    """Add one chapter's execution time to ``run_times.json`` (the benchmark page reads it).
+def record_time(path: Path, chapter: str, seconds: float, params: dict[str, Any],
+                load: tuple[float, float] | None = None) -> None:
+    """Add one chapter's execution time to ``run_times.json`` (the benchmark page reads it), with
+    ``load``: the machine's 1-minute load average when the chapter started and when it ended.
 
     An unreadable ``run_times.json`` is replaced (a warning names it)."""
     import datetime as dt
@@ -599,6 +622,8 @@ def record_time(path: Path, chapter: str, seconds: float, params: dict[str, Any]
     old = read_json_cache(path) or {}
     old[chapter] = {"seconds": seconds, "params": params, "cores": os.cpu_count(),
                     "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    if load is not None:
+        old[chapter].update(load_avg_1min_start=load[0], load_avg_1min_end=load[1])
     atomic_write_json(path, old)
 
 

@@ -1,5 +1,6 @@
 """The papermill runner: parameter checking happens before anything executes."""
 
+import json
 import re
 from pathlib import Path
 
@@ -271,3 +272,21 @@ def test_upstream_with_the_same_data_passes_and_other_data_is_named(tmp_path, mo
     R.check_upstream(["02_zero_shot", "03_linear_probe"], both,
                      R.plan_outputs(["02_zero_shot", "03_linear_probe"], both, "demo", tmp_path),
                      "demo", raw)
+
+
+def test_outputs_from_before_the_manifest_are_checked_on_their_recorded_parameters(
+        tmp_path, monkeypatch):
+    """An upstream metrics file with no manifest beside it (an earlier runner) is accepted when
+    the parameters it recorded match, and named when they do not."""
+    monkeypatch.setenv("IUXRAY_OUTPUT_DIR", str(tmp_path / "outputs"))
+    chapters = ["03_linear_probe"]
+    params = R.resolve_parameters(chapters, [], "demo")
+    plan = R.plan_outputs(chapters, params, "demo", tmp_path / "book")
+    folder = R._pair_folder("03_linear_probe", params["03_linear_probe"], plan, "demo")
+    folder.mkdir(parents=True)
+    (folder / "zero_shot.json").write_text(json.dumps(
+        {"params": {"model": "tiny", "limit": 0, "split_seed": 0, "style": "target"}}))
+    R.check_upstream(chapters, params, plan, "demo", [])
+    (folder / "zero_shot.json").write_text(json.dumps({"params": {"limit": 40}}))
+    with pytest.raises(R.UpstreamError, match="limit=40"):
+        R.check_upstream(chapters, params, plan, "demo", [])
