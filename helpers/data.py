@@ -601,15 +601,139 @@ class StudyData:
     split_hash: str
 
 
-def load_study_data(uncertain_policy: str = "positive", seed: int = 0,
-                    fractions: Sequence[float] = (0.7, 0.1, 0.2),
-                    views: Sequence[str] | str = "frontal",
-                    reports_path: str | os.PathLike | None = None) -> StudyData:
-    """Label table + report-level split, as every chapter uses them (cached, deterministic).
+STUDY_DATA_CACHE_VERSION = "1"
+"""Layout of the cached study data (:func:`load_study_data`); part of its key."""
+_SPLIT_PACKAGES = ("numpy", "pandas", "iterative-stratification", "scikit-learn")
+"""Packages whose versions could change the split or the stored frames; part of the key."""
 
-    The split is saved as ``data_dir()/split-<hash>.csv``; the hash goes into page stamps.
-    """
+
+def study_data_inputs(uncertain_policy: str = "positive", seed: int = 0,
+                      fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                      views: Sequence[str] | str = "frontal",
+                      reports_path: str | os.PathLike | None = None) -> dict:
+    """Everything the label table, views, frontal selection and split depend on: the bytes of
+    the report archive and of the two metadata files (SHA-256), the labeler's rules and version
+    (:meth:`labels.ReportLabeler.fingerprint`), this module's code and layout version, the
+    parameters, and the versions of the packages in :data:`_SPLIT_PACKAGES`. Costs a few
+    milliseconds (three files of about 1 MB hashed); the study-data cache is keyed by it."""
+    from importlib import metadata
+
+    archive = Path(reports_path) if reports_path else package_file("NLMCXR_reports.tgz")
+    files = {"reports": archive, "dicom_metadata": package_file("nlmcxr_dicom_metadata.csv.gz"),
+             "pixel_views": package_file("nlmcxr_tsne_pa.csv.gz")}
+    return {
+        "cache_version": STUDY_DATA_CACHE_VERSION, "label_table_version": LABEL_TABLE_VERSION,
+        "labeler": L.ReportLabeler.fingerprint(), "code": sha256_file(__file__, 16),
+        "files": {k: {"path": str(f.resolve()), "sha256": sha256_file(f) if f.is_file() else "missing"}
+                  for k, f in files.items()},
+        "params": {"uncertain_policy": uncertain_policy, "split_seed": seed,
+                   "split_fractions": [float(x) for x in fractions],
+                   "views": [views] if isinstance(views, str) else list(views),
+                   "reports_path": str(reports_path) if reports_path else None},
+        "packages": {p: metadata.version(p) for p in _SPLIT_PACKAGES},
+    }
+
+
+def study_data_cache_path(inputs: dict, cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache>/study_data-<key>.npz``: the key is the SHA-256 of :func:`study_data_inputs`."""
+    import json
+
+    key = sha256_bytes(json.dumps(inputs, sort_keys=True).encode(), 16)
+    return (Path(cache_dir) if cache_dir is not None else data_dir() / "cache") / f"study_data-{key}.npz"
+
+
+def _build_study_data(uncertain_policy: str, seed: int, fractions: Sequence[float],
+                      views: Sequence[str] | str, reports_path) -> StudyData:
     table = build_label_table(reports_path or None, uncertain_policy=uncertain_policy)
     split = make_split(table.images, fractions=fractions, seed=seed, views=views)
     path, h = save_split(split)
     return StudyData(table=table, split=split, split_path=path, split_hash=h)
+
+
+def _encode_study_data(sd: StudyData, inputs: dict, replay: list[dict]) -> bytes:
+    from dataclasses import asdict
+
+    from .frames import encode
+
+    meta = {"inputs": inputs, "load_report": asdict(sd.table.load_report), "warnings": replay,
+            "uncertain_policy": sd.table.uncertain_policy, "table_hash": sd.table.hash,
+            "split_hash": sd.split_hash}
+    return encode({"images": sd.table.images, "reports": sd.table.reports, "split": sd.split}, meta)
+
+
+def _decode_study_data(data: bytes, inputs: dict) -> tuple[StudyData, list[dict]]:
+    from .frames import decode
+    from .io import CacheIntegrityError
+
+    frames, meta = decode(data)
+    if meta.get("inputs") != inputs:
+        raise CacheIntegrityError("it was built from other inputs")
+    table = LabelTable(images=frames["images"], reports=frames["reports"],
+                       load_report=LoadReport(**meta["load_report"]),
+                       uncertain_policy=meta["uncertain_policy"], hash=meta["table_hash"])
+    h = meta["split_hash"]
+    return StudyData(table, frames["split"], data_dir() / f"split-{h}.csv", h), meta["warnings"]
+
+
+def _keep_split_files(sd: StudyData) -> None:
+    """What :func:`save_split` leaves, for a split served from the cache: ``split-<hash>.csv``
+    (written when missing) and ``split.csv``, the latest split loaded (copied when it differs)."""
+    from .io import atomic_write_bytes
+
+    latest = sd.split_path.parent / "split.csv"
+    if not sd.split_path.is_file():
+        sd.split_path, _ = save_split(sd.split)
+        return
+    data = sd.split_path.read_bytes()
+    if not latest.is_file() or latest.read_bytes() != data:
+        atomic_write_bytes(latest, data)
+
+
+def _replay(recorded: list[dict]) -> None:
+    """Raise again the warnings recorded while the study data was built (a skipped report XML),
+    so a page served from the cache shows what a fresh build showed."""
+    import builtins
+
+    for w in recorded:
+        cat = getattr(builtins, w["category"], UserWarning)
+        warnings.warn(w["message"], cat if isinstance(cat, type) and issubclass(cat, Warning)
+                      else UserWarning, stacklevel=3)
+
+
+def load_study_data(uncertain_policy: str = "positive", seed: int = 0,
+                    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                    views: Sequence[str] | str = "frontal",
+                    reports_path: str | os.PathLike | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> StudyData:
+    """Label table + report-level split, as every chapter uses them (cached, deterministic).
+
+    The split is saved as ``data_dir()/split-<hash>.csv``; the hash goes into page stamps.
+    Label table, views, frontal selection and split are cached together in one file,
+    ``<cache>/study_data-<key>.npz`` (:mod:`helpers.frames`, no pickle; default cache
+    ``data_dir()/cache``), keyed by every input they depend on (:func:`study_data_inputs`), so
+    another archive, labeler, parameter or package version builds anew. The file is written
+    atomically with a SHA-256 beside it and read back only when that hash and its recorded
+    inputs match; any other file is a miss, rebuilt with a warning naming it
+    (:func:`io.read_cache`). Warnings of the build (a skipped report XML) are recorded and
+    raised again on every load served from the cache.
+    """
+    from .io import CacheMissWarning, _verified_bytes, read_cache, write_cache_bytes
+
+    inputs = study_data_inputs(uncertain_policy, seed, fractions, views, reports_path)
+    path = study_data_cache_path(inputs, cache_dir)
+    hit = read_cache(path, lambda p: _decode_study_data(_verified_bytes(p), inputs))
+    if hit is not None:
+        sd, recorded = hit
+        _replay(recorded)
+        _keep_split_files(sd)
+        return sd
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sd = _build_study_data(uncertain_policy, seed, fractions, views, reports_path)
+    replay = [{"category": type(w.message).__name__, "message": str(w.message)} for w in caught
+              if not issubclass(w.category, CacheMissWarning)]
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    write_cache_bytes(path, _encode_study_data(sd, inputs, replay))
+    return sd
+

@@ -20,20 +20,98 @@ from .config import data_dir, get_profile
 from .labels import CHEXPERT_LABELS
 
 
+MODEL_INFO_VERSION = "1"
+"""Layout of the cached model description (:func:`model_loader`); part of its key."""
+_MODEL_PACKAGES = ("torch", "open_clip_torch", "timm", "transformers", "tokenizers", "safetensors",
+                   "torchvision")
+"""Packages whose versions could change what a model folder loads as; part of the key."""
+
+
+class ModelInfoMismatch(RuntimeError):
+    """The model loaded on first use differs from the description cached for its folder."""
+
+
+class ModelLoader:
+    """A study's model, preprocessing and tokenizer, loaded on first use.
+
+    ``info`` (:class:`models.ModelInfo`), ``geometry`` (the pixel cache's view of the
+    preprocessing) and ``logit_scale`` are known without loading: from the model description
+    cached for a ``local-dir:`` folder (:func:`model_loader`). Loading imports open_clip, and
+    with it torchvision, timm and transformers: 3.7 s of a chapter's start on two busy cores,
+    which a chapter that only reads cached embeddings never needs."""
+
+    def __init__(self, spec: str, device: torch.device, info: Any, geometry: str, logit_scale: float,
+                 loaded: tuple | None = None, cache_file: Path | None = None):
+        self.spec, self.device, self.info, self.geometry = spec, device, info, geometry
+        self.logit_scale, self.cache_file, self._loaded = logit_scale, cache_file, loaded
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def get(self) -> tuple:
+        """``(model, preprocess, tokenizer)``, loading them (once) if needed; raises
+        :class:`ModelInfoMismatch` naming the cached description if the model differs from it."""
+        if self._loaded is None:
+            m, pre, tok, info = _load_model(self.spec, self.device)
+            if info != self.info:
+                if self.cache_file is not None:
+                    self.cache_file.unlink(missing_ok=True)
+                raise ModelInfoMismatch(
+                    f"model {self.spec!r} loads with weights {info.weights_sha256[:12]}, but the description "
+                    f"cached in {self.cache_file} says {self.info.weights_sha256[:12]}; the cached file was "
+                    f"removed: run the chapter again")
+            self._loaded = (m, pre, tok)
+        return self._loaded
+
+    def deferred(self, index: int) -> "_Deferred":
+        """A stand-in for item ``index`` of :meth:`get` that loads only when something uses it."""
+        return _Deferred(self, index)
+
+
+def _load_model(spec: str, device: torch.device) -> tuple:
+    """:func:`models.load_model`, leaving torch's global random state as it was: building the
+    model draws initial weights before loading the checkpoint, and a model loaded on first use
+    (in the middle of a chapter) must not shift the random numbers the chapter draws next, nor
+    may a first run (loaded at once) and a later one (loaded on use) differ in them."""
+    from .models import load_model
+
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        return load_model(spec, device=device)
+
+
+class _Deferred:
+    """Forwards attribute access and calls to the model (0), preprocess (1) or tokenizer (2) of a
+    :class:`ModelLoader`, loading it then: a cache hit that never touches it loads nothing."""
+
+    def __init__(self, loader: ModelLoader, index: int):
+        self._loader, self._index = loader, index
+
+    def _target(self):
+        return self._loader.get()[self._index]
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("_loader", "_index"):
+            raise AttributeError(name)
+        return getattr(self._target(), name)
+
+    def __call__(self, *args, **kwargs):
+        return self._target()(*args, **kwargs)
+
+
 @dataclass
 class Study:
-    """The inputs of one profile. ``table`` rows align with ``pixels`` rows."""
+    """The inputs of one profile. ``table`` rows align with ``pixels`` rows. The model, its
+    preprocessing and tokenizer are loaded on first use (:class:`ModelLoader`)."""
 
     profile: str
     table: pd.DataFrame
     pixels: Any
-    model: torch.nn.Module
-    preprocess: Any
-    tokenizer: Any
     info: Any
     split_hash: str
     image_source: str
     device: torch.device
+    loader: ModelLoader
     labels: list[str] = field(default_factory=lambda: list(CHEXPERT_LABELS))
     style: str | None = None
     """``demo``: the phantom style the images were rendered in (``None`` for real images)."""
@@ -45,6 +123,21 @@ class Study:
     all_image_ids: frozenset[str] = frozenset()
     """Every image id of the label table (all views and splits), to tell an annotation of another
     image of the study from one that names no IU-Xray image at all."""
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model (``open_clip.CustomTextCLIP``, eval mode), loaded on first use."""
+        return self.loader.get()[0]
+
+    @property
+    def preprocess(self) -> Any:
+        """open_clip's validation transform, loaded with the model."""
+        return self.loader.get()[1]
+
+    @property
+    def tokenizer(self) -> Any:
+        """open_clip's tokenizer, loaded with the model."""
+        return self.loader.get()[2]
 
     def rows(self, split: str) -> np.ndarray:
         """Row indices of one split (``train``, ``val``, ``test``) among usable images."""
@@ -65,7 +158,7 @@ class Study:
         fastest path (:func:`embeddings.compute_image_embeddings`)."""
         from .embeddings import image_embeddings
 
-        return image_embeddings(self.model, self.info.weights_sha256, self.pixels, self.info.mean,
+        return image_embeddings(self.loader.deferred(0), self.info.weights_sha256, self.pixels, self.info.mean,
                                 self.info.std, batch_size=batch_size, device=self.device,
                                 precision=precision)
 
@@ -73,7 +166,8 @@ class Study:
         """Cached text embeddings (unnormalised): (len(texts), embed_dim)."""
         from .embeddings import text_embeddings
 
-        return text_embeddings(self.model, self.tokenizer, self.info.weights_sha256, texts, device=self.device)
+        return text_embeddings(self.loader.deferred(0), self.loader.deferred(2), self.info.weights_sha256,
+                               texts, device=self.device)
 
     @property
     def artefacts(self):
@@ -84,8 +178,8 @@ class Study:
 
     @property
     def logit_scale(self) -> float:
-        """The model's temperature ``exp(logit_scale)``."""
-        return float(self.model.logit_scale.detach().exp())
+        """The model's temperature ``exp(logit_scale)`` (cached with the model's description)."""
+        return float(self.model.logit_scale.detach().exp()) if self.loader.loaded else self.loader.logit_scale
 
     def stamp(self, **extra: Any) -> dict:
         """The provenance stamp for this study's pages and metrics JSON."""
@@ -132,7 +226,6 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     from . import phantoms
     from .artefacts import QUICK_ENV, quick_reason
     from .data import load_study_data
-    from .models import load_model
 
     prof = get_profile(profile)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -149,12 +242,83 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
         folder = Path(image_dir) if image_dir else data_dir() / "openi" / "images"
         table = I.openi_images(split, folder)
         source = f"Open-I PNGs in {folder}"
-    m, preprocess, tokenizer, info = load_model(model or prof.model, device=dev)
-    pixels = I.build_pixel_cache(table.path, table.image_id, preprocess, on_error=on_error)
-    return Study(profile, table.reset_index(drop=True), pixels, m, preprocess, tokenizer, info,
-                 data.split_hash, source, dev, style=style if noise is not None else None,
+    loader = model_loader(model or prof.model, dev)
+    pixels = I.build_pixel_cache(table.path, table.image_id, loader.deferred(1), on_error=on_error,
+                                 geometry=loader.geometry)
+    return Study(profile, table.reset_index(drop=True), pixels, loader.info, data.split_hash, source,
+                 dev, loader, style=style if noise is not None else None,
                  noise=noise, quick=quick_reason(limit) or os.environ.get(QUICK_ENV, ""),
                  all_image_ids=frozenset(data.table.images.image_id.astype(str)))
+
+
+def _model_inputs(spec: str, folder: Path, device: torch.device) -> dict:
+    """What a ``local-dir:`` model's description depends on: every file of the folder (name,
+    size, modification time), the device type, the code that loads it (:mod:`helpers.models`
+    and :func:`images.geometric_transform`) and the versions of :data:`_MODEL_PACKAGES`."""
+    import inspect
+    from importlib import metadata
+
+    from . import images, models
+    from .io import sha256_bytes, sha256_file
+
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            files[p.relative_to(folder).as_posix()] = [st.st_size, st.st_mtime_ns]
+    return {"version": MODEL_INFO_VERSION, "spec": spec, "folder": str(folder.resolve()),
+            "files": files, "device": device.type,
+            "code": {"models": sha256_file(models.__file__, 16),
+                     "geometric_transform": sha256_bytes(inspect.getsource(images.geometric_transform).encode())},
+            "packages": {p: metadata.version(p) for p in _MODEL_PACKAGES}}
+
+
+def _info_record(info: Any, geometry: str, logit_scale: float) -> dict:
+    from dataclasses import asdict
+
+    return {"info": asdict(info), "geometry": geometry, "logit_scale": logit_scale}
+
+
+def _info_from_record(rec: dict) -> tuple[Any, str, float]:
+    from .models import ModelInfo
+
+    d = rec["info"]
+    info = ModelInfo(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+    return info, str(rec["geometry"]), float(rec["logit_scale"])
+
+
+def model_loader(spec: str, device: torch.device) -> ModelLoader:
+    """A :class:`ModelLoader` for ``spec`` on ``device``.
+
+    For a model in a local folder (``tiny``, ``tiny-random``, ``local-dir:``) its description
+    (``ModelInfo``, the preprocessing's geometry, the temperature) is cached in
+    ``data_dir()/cache/model_info-<key>.json``, keyed by :func:`_model_inputs`; with it the model
+    itself is loaded only when first used. Otherwise (a hub model, or the first time) the model is
+    loaded now and its description written. ``tiny`` is verified against its recorded hashes
+    either way (:func:`models.resolve_spec`)."""
+    import json
+
+    from .io import atomic_write_json, read_json_cache, sha256_bytes
+    from .models import resolve_spec
+
+    _, folder = resolve_spec(spec)
+    inputs = _model_inputs(spec, folder, device) if folder is not None else None
+    path = None
+    if inputs is not None:
+        key = sha256_bytes(json.dumps(inputs, sort_keys=True).encode(), 16)
+        path = data_dir() / "cache" / f"model_info-{key}.json"
+        rec = read_json_cache(path, lambda r: None if r.get("inputs") == inputs else "other inputs")
+        if rec is not None:
+            return ModelLoader(spec, device, *_info_from_record(rec), cache_file=path)
+    from .images import geometric_transform
+
+    m, pre, tok, info = _load_model(spec, device)
+    geometry = repr(geometric_transform(pre))
+    scale = float(m.logit_scale.detach().exp())
+    rec = _info_record(info, geometry, scale)
+    if path is not None and _info_from_record(json.loads(json.dumps(rec))) == (info, geometry, scale):
+        atomic_write_json(path, {"inputs": inputs, **rec})
+    return ModelLoader(spec, device, info, geometry, scale, loaded=(m, pre, tok), cache_file=path)
 
 
 def embeddings_of(study: Study, model: torch.nn.Module) -> np.ndarray:
