@@ -17,13 +17,18 @@ seed study's way of doing the same work:
   validation every epoch, checkpoints) for the issue's 30 epochs, and the step variants that
   decide the fast path (fused Adam, ``torch.compile``, host or device augmentation, checkpoint
   cost);
-* the whole demo book, from the runner's ``run_times.json``; a torch-profiler table of the demo
-  fine-tuning step's hottest operators; FLOPs per image of the BiomedCLIP-size tower.
+* the whole demo book, from the runner's ``run_times.json``: each chapter's time, the machine's
+  load while it ran and its three costliest cells (:mod:`helpers.bench_book`); the warm
+  ``load_study("demo")`` in fresh processes, with the imports the call triggers; a
+  torch-profiler table of the demo fine-tuning step's hottest operators; FLOPs per image of the
+  BiomedCLIP-size tower.
 
 The sizes follow the device (:func:`plan_for`: a CPU runs small sizes, a GPU >= 2,048 images at
 ViT-B). Results are kept per device in ``benchmarks/results.json`` (``devices``, keyed by
 :func:`device_key`), so CPU and GPU results live side by side; the book's benchmark page renders
-every device in the file. ``--smoke`` writes to ``outputs/bench_smoke.json`` instead.
+every device in the file. A new run of a device keeps that device's previous entry beside it
+(``previous``), so the page shows each measurement with the one before. ``--smoke`` writes to
+``outputs/bench_smoke.json`` instead.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bench_book import load_study_time
 from .bench_report import read_results
 from .config import REPO_ROOT
 
@@ -235,18 +241,11 @@ def flops_per_image(tower: nn.Module, size: int = 224) -> float:
 
 
 def book_time(profile: str = "demo") -> dict | None:
-    """The runner's per-chapter times (``run_times.json``) and their total over the book's chapters."""
-    from .config import output_dir
-    from .run import toc_chapters
+    """The runner's per-chapter times (``run_times.json``), their total over the book's chapters,
+    each chapter's load and costliest cells (:func:`bench_book.chapter_costs`)."""
+    from .bench_book import chapter_costs
 
-    f = output_dir(profile) / "run_times.json"
-    if not f.is_file():
-        return None
-    t = json.loads(f.read_text())
-    ch = toc_chapters()
-    got = {c: t[c]["seconds"] for c in ch if c in t}
-    return {"chapters_s": got, "total_s": sum(got.values()), "complete": len(got) == len(ch),
-            "smoke_params": any(t[c]["params"].get("limit") for c in got)}
+    return chapter_costs(profile)
 
 
 def _machine(dev: torch.device, smoke: bool) -> dict:
@@ -272,6 +271,23 @@ def _biomedclip_size(plan: dict, paths: Sequence[str], dev: torch.device, res: d
                                     "note": "forward FLOPs per 224 px image (torch FLOP counter); not a time"}
 
 
+def merge_entry(previous: dict, res: dict) -> dict:
+    """The results file's ``devices`` once this device's new entry ``res`` is in. Other devices'
+    entries stay (an entry of this device type from before the per-device format, whose machine
+    has no ``key``, is replaced); this device's ``full_profile_run`` (:mod:`helpers.bench_full`)
+    is carried over, and its last ``make bench`` entry is kept inside the new one as
+    ``previous`` (without its own ``previous``), so the page shows the two runs side by side."""
+    devices = {k: v for k, v in previous.get("devices", {}).items()
+               if v.get("machine", {}).get("key") or v.get("machine", {}).get("device") != res["machine"]["device"]}
+    before = devices.get(res["machine"]["key"], {})
+    if before.get("full_profile_run") is not None:
+        res["full_profile_run"] = before["full_profile_run"]
+    if "probe_fit" in before:  # a run of make bench, not only a full-profile record
+        res["previous"] = {k: v for k, v in before.items() if k != "previous"}
+    devices[res["machine"]["key"]] = res
+    return devices
+
+
 def run(smoke: bool = False, out: Path | None = None, full_size: bool = True, device: str = "auto",
         e2e: bool = True) -> dict:
     """Run every benchmark sized by :func:`plan_for` and store the results under this device's key
@@ -290,6 +306,7 @@ def run(smoke: bool = False, out: Path | None = None, full_size: bool = True, de
     if dev.type == "cpu" and not cpu_has_bf16():  # bf16 autocast without bf16 instructions is emulated: skip
         plan["precisions"] = tuple(p for p in plan["precisions"] if p not in ("autocast", "bf16"))
     res: dict = {"machine": _machine(dev, smoke), "plan": plan}
+    res["load_study"] = load_study_time("demo", repeats=1 if smoke else 5, limit=4 if smoke else None)
     with tempfile.TemporaryDirectory() as d:
         paths, _ = _images(plan["n_images"], plan["image_px"], Path(d) / "png")
         model, preprocess, tok, info = load_model("tiny", device=dev)
@@ -309,14 +326,7 @@ def run(smoke: bool = False, out: Path | None = None, full_size: bool = True, de
             res["step_variants_biomedclip_size"] = {str(bs): step_variants(big, big_tok, 224, dev, bs) for bs in (32, 128)}
     res["probe_fit"] = bench_probe(plan["probe_dims"], *plan["probe_sizes"])
     res["book"] = book_time()
-    # other devices' entries stay; an entry of this device type from before the per-device format
-    # (its machine has no "key") is replaced by this run
-    devices = {k: v for k, v in previous.get("devices", {}).items()
-               if v.get("machine", {}).get("key") or v.get("machine", {}).get("device") != res["machine"]["device"]}
-    kept = devices.get(res["machine"]["key"], {}).get("full_profile_run")  # helpers.bench_full's record
-    if kept is not None:
-        res["full_profile_run"] = kept
-    devices[res["machine"]["key"]] = res
+    devices = merge_entry(previous, res)
     atomic_write_json(out, {"format": 2, "latest": res["machine"]["key"], "devices": devices})
     return res
 
@@ -347,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError, ImportError) as e:
         print(f"python -m helpers.bench: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in res.items() if k != "profile_tiny_step"}, indent=1, default=str))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("profile_tiny_step", "previous")}, indent=1,
+                     default=str))
     return 0
 
 

@@ -66,7 +66,7 @@ def machines(devices: Devices) -> pd.DataFrame:
 
 
 def embedding(devices: Devices) -> pd.DataFrame:
-    """Embedding extraction, ours against the seed's loop, per (device, model, variant)."""
+    """Embedding extraction, ours against the original study's loop, per (device, model, variant)."""
     rows = []
     for k, r in devices.items():
         for key, name in EMBEDDING_MODELS.items():
@@ -83,7 +83,7 @@ def _embedding_rows(device: str, model: str, e: dict) -> list[dict]:
                                               "max_rel_diff": float("nan")}}
     first = next(iter(variants))
     return [{"device": device, "model": model, "variant": v, "images": e["n_images"],
-             "batch": e.get("batch_size", float("nan")), "seed (img/s)": e["seed_img_per_s"],
+             "batch": e.get("batch_size", float("nan")), "original loop (img/s)": e["seed_img_per_s"],
              "ours warm (img/s)": x["img_per_s"], "speed-up warm": x["speedup_warm"],
              "speed-up cold": e["speedup_cold"] if v == first else float("nan"),
              "max rel. diff": x["max_rel_diff"]}
@@ -120,19 +120,19 @@ def probe_fit(devices: Devices) -> pd.DataFrame:
 
 
 def finetune_steps(devices: Devices) -> pd.DataFrame:
-    """Seconds per demo fine-tuning step, ours against the seed's, one column per device."""
+    """Seconds per demo fine-tuning step, ours against the original study's, one column per device."""
     cols = {}
     for k, r in benched(devices).items():
         f = r["finetune_tiny"]
         by_threads = {f"ours s/step, {t} thread(s)": v
                       for t, v in f.get("ours_step_s_by_threads", {}).items() if t != "auto"}
         cols[k] = {"batch size": f["batch_size"], "steps timed": f["steps"],
-                   "seed s/step": f["seed_step_s"], "ours s/step": f["ours_step_s"],
+                   "original s/step": f["seed_step_s"], "ours s/step": f["ours_step_s"],
                    "speed-up": f["speedup"], **by_threads,
                    "load average": f.get("load_avg_1min", float("nan")),
                    "ours: one epoch (s, extrapolated)": f["ours_epoch_s_extrapolated"],
                    "ours: 30 epochs (min, extrapolated)": f["ours_30_epochs_min_extrapolated"],
-                   "seed: 30 epochs (min, extrapolated)": f["seed_30_epochs_min_extrapolated"]}
+                   "original: 30 epochs (min, extrapolated)": f["seed_30_epochs_min_extrapolated"]}
     return pd.DataFrame(cols)
 
 
@@ -147,7 +147,7 @@ def finetune_end_to_end(devices: Devices) -> pd.DataFrame:
         for bs, x in r["finetune_e2e"]["runs"].items():
             runs[(k, bs)] = {
                 "minutes": x["wall_min"],
-                f"speed-up vs seed's {SEED_FINETUNE_MIN} min": x["speedup_vs_seed_reported"],
+                f"speed-up vs the original study's {SEED_FINETUNE_MIN} min": x["speedup_vs_seed_reported"],
                 "s/epoch (median)": x["epoch_s_median"], "first epoch s": x["first_epoch_s"],
                 "peak GPU memory (GB)": x["peak_mem_GB"],
                 "compile": x["fast_path"].get("compile"), "final val AUROC": x["val_auroc"][-1]}
@@ -175,6 +175,80 @@ def book_times(devices: Devices) -> tuple[pd.DataFrame, float | None, bool]:
         return pd.DataFrame(), None, False
     table = pd.Series(bk["chapters_s"], name="seconds").to_frame()
     return table, bk["total_s"], bool(bk["complete"])
+
+
+def _runs(r: dict) -> list[tuple[str, dict]]:
+    """A device's entry and the one it replaced (``previous``), labelled for the tables."""
+    return [("this run", r)] + ([("previous run", r["previous"])] if r.get("previous") else [])
+
+
+def load_study_times(devices: Devices) -> pd.DataFrame:
+    """Warm ``load_study("demo")`` per (device, run): seconds of the call (median, min, max over
+    fresh processes), of importing :mod:`helpers.study` (torch included), of the first call
+    (which may have built caches), the load average, and the slowest imports the call made."""
+    rows = {}
+    for k, r in devices.items():
+        for run, x in _runs(r):
+            ls = x.get("load_study")
+            if not ls:
+                continue
+            top = ls.get("imports_during_call", {}).get("top", [])
+            rows[(k, run)] = {
+                "date": x.get("machine", {}).get("date"), "call s (median)": ls["call_s_median"],
+                "call s (min)": ls["call_s_min"], "call s (max)": ls["call_s_max"],
+                "processes": ls["repeats"], "import s (median)": ls["import_s_median"],
+                "first call s": ls["first_s"],
+                "load average": max(ls["load_avg_1min"]) if ls["load_avg_1min"] else float("nan"),
+                "model loaded": "yes" if ls["model_loaded"] else "on first use",
+                "imports in the call (s)": ls.get("imports_during_call", {}).get("total_s"),
+                "slowest import": f"{top[0]['module']} ({top[0]['seconds']:.2f} s)" if top else "–"}
+    return pd.DataFrame(rows).T
+
+
+def _book(r: dict) -> dict:
+    return r.get("book") or {}
+
+
+def book_chapters(devices: Devices) -> pd.DataFrame:
+    """Seconds per (device, chapter) of the last recorded book run, the previous run's beside,
+    and the load average when each chapter started and ended; a ``total`` row per device."""
+    rows = {}
+    for k, r in devices.items():
+        now, prev = _book(r), _book(r.get("previous") or {})
+        if not now:
+            continue
+        for c, sec in now["chapters_s"].items():
+            d = now.get("chapters", {}).get(c, {})
+            rows[(k, c)] = {"seconds": sec, "previous run (s)": prev.get("chapters_s", {}).get(c),
+                            "load at start": d.get("load_avg_1min_start"),
+                            "load at end": d.get("load_avg_1min_end"), "date": d.get("date")}
+        rows[(k, "total")] = {"seconds": now["total_s"], "previous run (s)": prev.get("total_s"),
+                              "load at start": None, "load at end": None, "date": None}
+    df = pd.DataFrame(rows).T
+    return df.astype({c: float for c in ("seconds", "previous run (s)", "load at start", "load at end")}) \
+        if len(df) else df
+
+
+def costliest_cells(devices: Devices) -> pd.DataFrame:
+    """The three costliest cells of each chapter per (device, chapter, rank), this run's and the
+    previous run's side by side: the cell's position among the chapter's code cells, its
+    seconds, the heading it stands under and its first statement
+    (:func:`bench_book.cell_label`). ``this run's notebook`` says whether the executed
+    notebook the cells were read from is the one the chapter's time belongs to."""
+    rows = {}
+    for k, r in devices.items():
+        now, prev = _book(r).get("chapters", {}), _book(r.get("previous") or {}).get("chapters", {})
+        for c, d in now.items():
+            before = prev.get(c, {}).get("top_cells", [])
+            for i, cell in enumerate(d.get("top_cells", [])):
+                p = before[i] if i < len(before) else {}
+                rows[(k, c, i + 1)] = {
+                    "cell": cell["cell"], "seconds": cell["seconds"],
+                    "section": cell.get("section") or "–", "code": cell["code"],
+                    "previous run: cell": p.get("cell"), "previous run: seconds": p.get("seconds"),
+                    "previous run: code": p.get("code", "–"),
+                    "this run's notebook": "yes" if d.get("cells_from_this_run") else "no"}
+    return pd.DataFrame(rows).T
 
 
 def full_runs(devices: Devices) -> dict[str, dict]:

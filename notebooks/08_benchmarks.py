@@ -20,12 +20,12 @@
 # {cite}`sadman2025interpreting`. This page shows how fast this project's paths are, measured
 # side by side with the original study's way of doing the same work, **in one run, on the same images and
 # the same machine** (`make bench`, which writes `benchmarks/results.json`). The file keeps one
-# entry per device (a CPU and, when a session had one, a GPU), and this page shows every entry
-# under its device's name. The benchmark sizes itself to the device: a CPU runs small sizes, a GPU
-# runs at least 2,048 images through the BiomedCLIP-size image tower and fine-tunes a
-# BiomedCLIP-size model end to end for 30 epochs. Ratios are comparable across machines; absolute
-# times are not. GPU figures appear only where a GPU measured them: nothing on this page is
-# estimated.
+# entry per device (a CPU and, where one was available, a GPU), and this page shows every entry
+# under its device's name, each beside the run before it on the same device. The benchmark
+# sizes itself to the device: a CPU runs small sizes, a GPU runs at least 2,048 images through
+# the BiomedCLIP-size image tower and fine-tunes a BiomedCLIP-size model end to end for 30
+# epochs. Ratios are comparable across machines; absolute times are not. GPU figures appear
+# only where a GPU measured them: nothing on this page is estimated.
 
 # %% tags=["parameters"]
 results = "benchmarks/results.json"  # the file `make bench` wrote (repository-relative)
@@ -39,8 +39,8 @@ from helpers.config import REPO_ROOT
 
 devices = bench_report.load_devices(REPO_ROOT / results)
 gpus = bench_report.gpu_names(devices)
-no_gpu = ("not measured yet: no GPU was lent to the sessions that ran this benchmark, "
-          "so every GPU figure waits for a session with one")
+no_gpu = ("not measured yet: this benchmark has only run on a CPU so far, "
+          "so every GPU figure waits for a run on a machine with a GPU")
 glue("bench_devices", "; ".join(devices), display=False)
 glue("gpu_status", f"measured on {', '.join(gpus)}" if gpus else no_gpu, display=False)
 bench_report.machines(devices).style.format(precision=2)
@@ -52,7 +52,8 @@ bench_report.machines(devices).style.format(precision=2)
 #
 # ## Embedding extraction
 #
-# *Seed*: one image at a time, PIL decode and open_clip preprocessing inside the loop.
+# *Original loop*: the original study's way, one image at a time, PIL decode and open_clip
+# preprocessing inside the loop.
 # *Ours*: every image decoded and preprocessed once into a uint8 cache; batches of uint8 pixels
 # go to the device (read ahead into pinned memory on a GPU) and are normalised there, under
 # `torch.inference_mode`. Variants: `auto` (fp32 on a CPU, bf16 autocast on a GPU), `autocast`
@@ -136,7 +137,7 @@ e2e = bench_report.finetune_end_to_end(devices)
 e2e_missing = "not measured yet (it runs on a GPU only; no GPU has run this benchmark)"
 glue("e2e_status", "measured, table below" if len(e2e) else e2e_missing, display=False)
 (e2e.style.format(precision=2, na_rep="–") if len(e2e)
- else Markdown("*Fine-tuning at BiomedCLIP size waits for a session with a GPU.*"))
+ else Markdown("*Fine-tuning at BiomedCLIP size waits for a run on a GPU.*"))
 
 # %% [markdown]
 # End-to-end fine-tuning at BiomedCLIP size: {glue:text}`e2e_status`.
@@ -144,7 +145,7 @@ glue("e2e_status", "measured, table below" if len(e2e) else e2e_missing, display
 # %% tags=["hide-input"]
 variants = bench_report.step_variants(devices)
 (variants.style.format(precision=2) if len(variants)
- else Markdown("*The step variants at BiomedCLIP size wait for a session with a GPU.*"))
+ else Markdown("*The step variants at BiomedCLIP size wait for a run on a GPU.*"))
 
 # %% [markdown]
 # ### Where a demo fine-tuning step spends its time
@@ -162,7 +163,11 @@ profile.style.format({"self_cpu_ms": "{:.1f}", "share": "{:.1%}"})
 #
 # ## The whole demo book
 #
-# Execution time of every chapter, from the runner's record of the last `make book` on the CPU:
+# Execution time of every chapter, as the runner recorded it at the last `make book` (or
+# `python -m helpers.run`) on each device, beside the run recorded before it, with the machine's
+# 1-minute load average when the chapter started and when it ended. On two cores a load near 1
+# is the chapter itself; more means other work shared the machine, and the times are read with
+# that in mind.
 
 # %% tags=["hide-input"]
 book, book_s, book_complete = bench_report.book_times(devices)
@@ -174,10 +179,50 @@ else:
     book_text = (f"not recorded in full (only {len(book)} chapters were executed since "
                  "the last `make book`; their times are above)")
 glue("book_min", book_text, display=False)
-book
+chapters = bench_report.book_chapters(devices)
+(chapters.style.format(precision=1, na_rep="–") if len(chapters)
+ else Markdown("*No book run has been recorded yet.*"))
 
 # %% [markdown]
 # Whole book: {glue:text}`book_min`.
+#
+# ### Where each chapter spends its time
+#
+# The three cells of each chapter that took longest (papermill's wall time per cell, kept in the
+# executed notebook), this run's beside the previous run's. *cell* counts the chapter's code
+# cells from the top, *section* is the heading it stands under and *code* its first statement
+# (imports and glue calls passed over). A "no" under *this run's notebook* means
+# the executed notebook was written by another run than the one timed above (a chapter
+# re-executed on its own since).
+
+# %% tags=["hide-input"]
+cells = bench_report.costliest_cells(devices)
+(cells.style.format(precision=1, na_rep="–") if len(cells)
+ else Markdown("*No executed chapter with cell times was found by the benchmark.*"))
+
+# %% [markdown]
+# ### A chapter's start: `load_study`
+#
+# Chapters 2 to 6 start with `load_study(profile)`. It reads the label table, views, frontal
+# selection and split from one cached file, keyed by every input they depend on (the report
+# archive's bytes, the labeler's rules and version, the parameters), and describes the model
+# from a cache, loading the model itself only when a chapter first uses it. It is timed here as
+# a chapter meets it, with its caches present: each time in a fresh process, once to warm up
+# and then several times; the import of the module (torch included) is counted apart. The
+# target is 2 s.
+
+# %% tags=["hide-input"]
+starts = bench_report.load_study_times(devices)
+now = starts.xs("this run", level=1) if len(starts) else starts
+glue("load_study_s", "; ".join(
+    f"{r['call s (median)']:.2f} s on {k} (median of {r['processes']} processes, "
+    f"load average up to {r['load average']:.1f})" for k, r in now.iterrows())
+    or "(not measured yet: run `make bench`)", display=False)
+(starts.style.format(precision=2, na_rep="–") if len(starts)
+ else Markdown("*`load_study` has not been timed yet.*"))
+
+# %% [markdown]
+# Warm `load_study("demo")`: {glue:text}`load_study_s`.
 
 # %% [markdown]
 # ## The full profile at scale
@@ -190,7 +235,7 @@ book
 # PubMedBERT's vocabulary and 256-token context, embed dim 512) but is built from configs with
 # **random weights**, and the images are phantoms written under Open-I's file names, one per image
 # id of the label table. Its numbers say how long the code path takes and how much memory it
-# needs at this model size, never how well anything classifies. Where no GPU was lent, the run
+# needs at this model size, never how well anything classifies. Where no GPU was available, the run
 # is on the CPU with a reduced `limit` (images per split), as its conditions below state; the
 # commands for the real thing are on {doc}`../reproducing`.
 

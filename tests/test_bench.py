@@ -33,6 +33,10 @@ def test_bench_smoke_writes_results_per_device(tmp_path, data_env):
     assert p["fit_s"] > 0 and p["sklearn_loop_s"] > 0 and p["max_logit_diff_vs_sklearn"] < 0.5
     run = r["finetune_e2e"]["runs"]["8"]
     assert run["wall_min"] > 0 and len(run["val_auroc"]) == 1 and run["fast_path"]["compile"] == "eager"
+    ls = r["load_study"]  # timed in fresh processes, warm, with the imports the call triggered
+    assert ls["repeats"] == 1 and ls["call_s_median"] > 0 and ls["import_s_median"] > 0 and ls["limit"] == 4
+    assert len(ls["load_avg_1min"]) == 1 and {"total_s", "top"} <= set(ls["imports_during_call"])
+    assert "previous" not in r  # the earlier entry of this device had no make bench run
 
 
 def test_smoke_never_writes_the_committed_results(tmp_path, monkeypatch):
