@@ -78,8 +78,8 @@ class FinetuneConfig:
     Speed settings: ``compile`` (``torch.compile`` the step), ``device_pixels`` (uint8 pixels
     resident on the device) are ``auto`` / ``on`` / ``off`` (``auto``: on for CUDA only);
     ``checkpoint_every``: epochs between checkpoints (the last epoch is always saved);
-    ``cpu_threads``: torch threads on a CPU (0: chosen before every epoch from the machine's
-    load, at most the process's setting; see :func:`training.cpu_threads_for_load`);
+    ``cpu_threads``: torch threads on a CPU (0: chosen once at the start of a run from the
+    machine's load, at most the process's setting; see :func:`training.cpu_threads_for_load`);
     ``augment_noise``: ``host`` (the noise image drawn on the host, as :func:`training.augment`),
     ``device`` (drawn on the device), ``auto`` (``device`` on CUDA); ``cpu_bf16``: bf16 autocast
     on a CPU (changes the numbers, so it is part of the run key).
@@ -457,12 +457,12 @@ def _run_epochs(tr: _Trainer, batches: _Batches, val: tuple, ckpt: BackgroundWri
     cfg = tr.cfg
     if tr.history and (tr.start >= cfg.epochs or tr.history[-1].get("stop", False)):
         return  # a finished run: loaded, not retrained
-    ran, threads = 0, torch.get_num_threads()
+    ran = 0
+    if tr.dev.type == "cpu":  # once per run: epochs of one run never change thread count
+        torch.set_num_threads(cfg.cpu_threads or cpu_threads_for_load(torch.get_num_threads()))
     for ep in range(tr.start, cfg.epochs):
         if stop_after_epochs is not None and ran >= stop_after_epochs:
             break
-        if tr.dev.type == "cpu":
-            torch.set_num_threads(cfg.cpu_threads or cpu_threads_for_load(threads))
         ep_t0 = time.perf_counter()
         train_loss = _train_epoch(tr, batches, ep, progress and rank == 0)
         if world > 1:
