@@ -281,7 +281,7 @@ print("best epochs: " + "; ".join(f"{k} {[r.best_epoch for r in rs]}"
 prior_loss = {"train": chance.label_prior_loss(Y[train], Y[train]),
               "validation": chance.label_prior_loss(Y[train], Y[val])}
 fig, axes = plt.subplots(1, len(trained), figsize=(2.6 * len(trained), 3.0),
-                         sharey=True, squeeze=False)
+                         squeeze=False)
 for ax, (name, g) in zip(axes[0], hist.groupby("model", sort=False)):
     for s, gs in g.groupby("seed"):
         ax.plot(gs.epoch, gs.train_loss, "-", color="#1b9e77", lw=1,
@@ -290,7 +290,7 @@ for ax, (name, g) in zip(axes[0], hist.groupby("model", sort=False)):
                 label="validation" if s == 0 else None)
     ax.axhline(prior_loss["train"], color="#1b9e77", ls="--", lw=0.8)
     ax.axhline(prior_loss["validation"], color="#d95f02", ls="--", lw=0.8)
-    ax.set_title(name, fontsize=9)
+    ax.set_title(f"{name} ({cfg.objective})" if name == "fine-tune" else name, fontsize=9)
     ax.set_xlabel("epoch")
 axes[0, 0].set_ylabel("BCE loss (dashed: label prior)")
 axes[0, 0].legend(fontsize=7)
@@ -308,7 +308,8 @@ loss_tab.style.format("{:.4f}")
 # :name: fig-ft-curves
 #
 # Training (green) and validation (orange) loss per epoch of every trained model, one line
-# per seed, against the label prior's loss on the same data (dashed).
+# per seed, against the label prior's loss on the same data (dashed); each panel has its own
+# scale.
 # ```
 #
 # Then the ranking. The prevalence scorer has a macro AUROC of exactly 0.5 on any resample
@@ -551,10 +552,10 @@ per_auc = pd.DataFrame({n: metrics.per_label_auroc(yt, s.mean(0))
 ax = per_auc.plot.barh(figsize=(6.5, 5.5),
                        color=["#d95f02", "#7570b3", "#1b9e77", "#66a61e"])
 ax.axvline(0.5, color="k", lw=0.8)
-ax.set_xlabel("test AUROC")
+ax.set_xlim(0.25, 1.0)
+ax.set_xlabel("test AUROC (chance 0.5)")
 ax.invert_yaxis()
-ax.legend(fontsize=7)
-ax.set_title("Per-label separation in each setting")
+ax.legend(fontsize=7, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
 plt.tight_layout()
 glue("fig_three_settings", ax.figure, display=False)
 plt.close(ax.figure)
