@@ -65,6 +65,32 @@ def independent_pairs(y: np.ndarray, labels: Sequence[str]) -> list[tuple[str, s
     return pairs_by_lift(y, labels, lo, hi, min_count=5, min_expected=5)
 
 
+def matched_independent(partners: Sequence[tuple], independent: Sequence[tuple],
+                        family: dict[str, str]) -> list[tuple]:
+    """Control pairs for the causal test, one per partner pair, matched on drawing family.
+
+    Adding partner ``b`` can raise ``a``'s score because the two share drawing code (a blob
+    looks like a blob), whatever co-occurrence taught the probe. For every partner pair the
+    control is an unused independent pair with the same relation between its two findings'
+    drawing families (``family``: label -> family name; same family or not), the first in
+    ``independent``'s order (strongest lift first); a partner pair with no such independent
+    pair gets none. The partner effect minus the control's is then the co-occurrence cue
+    with the shared-drawing effect taken out.
+    """
+    def same(pair):
+        return family.get(pair[0]) == family.get(pair[1])
+
+    used: set[int] = set()
+    out = []
+    for p in partners:
+        pick = next((i for i, q in enumerate(independent) if i not in used and same(q) == same(p)),
+                    None)
+        if pick is not None:
+            used.add(pick)
+            out.append(independent[pick])
+    return out
+
+
 def directed(pairs: Sequence[tuple], labels: Sequence[str]) -> list[tuple[int, int]]:
     """Both directions (a <- b and b <- a) of each pair, as label indices."""
     idx = {c: i for i, c in enumerate(labels)}

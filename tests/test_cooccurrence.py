@@ -45,3 +45,14 @@ def test_percentile_and_causal_effect_by_hand():
     everything = np.arange(3)
     assert cooccurrence.mean_effect(cf, eff, "partner")(everything) == pytest.approx(0.375)
     assert cooccurrence.mean_effect(cf, eff, "independent")(everything) == pytest.approx(0.0)
+
+
+def test_independent_controls_match_the_partners_drawing_families():
+    from helpers import cooccurrence as C
+
+    family = {"A": "blob", "B": "blob", "C": "rim", "D": "disk", "E": "blob", "F": "rim"}
+    partners = [("A", "B", 30, 3.0), ("A", "C", 25, 2.0)]  # same family, then different
+    independent = [("C", "D", 9, 1.1), ("A", "E", 8, 1.0), ("C", "F", 7, 0.9)]
+    got = C.matched_independent(partners, independent, family)
+    assert got == [("A", "E", 8, 1.0), ("C", "D", 9, 1.1)]
+    assert C.matched_independent(partners, [("C", "D", 9, 1.1)], family) == [("C", "D", 9, 1.1)]
