@@ -105,7 +105,11 @@ REGISTRY: tuple[Declared, ...] = (
              0.02, "the same when the added finding does not co-occur"),
     Declared("learned more than the label prior", "04_fine_tune",
              "fine-tune macro AUROC minus the prevalence scorer's (0.5)", {"above": 0.0},
-             0.02, "the same for the model fine-tuned on permuted labels"),
+             0.05, "the same for the model fine-tuned on permuted labels",
+             note="margin raised from 0.02 after the first run: its control's half-width "
+                  "(0.042) showed 0.02 below what the demo's test split resolves; a model "
+                  "adding under 0.05 AUROC to the label prior has not learned the images in "
+                  "any useful sense"),
     Declared("separation: fine-tune > linear probe", "04_fine_tune",
              "paired difference of test macro AUROC", {"above": 0.0}, 0.02,
              "the same difference between the permuted-label models"),
@@ -460,6 +464,9 @@ def findings_table(df: pd.DataFrame, with_model: bool = True) -> pd.DataFrame:
         "verdict": df.verdict,
         "after Holm": df.get("verdict_holm", pd.Series(["–"] * len(df))),
     })
+    # what is claimed and whether it holds first, the evidence after
+    first = ["finding", "verdict", "after Holm"]
+    out = out[first + [c for c in out.columns if c not in first]]
     if with_model:
         from .display import run_label
 
@@ -469,8 +476,15 @@ def findings_table(df: pd.DataFrame, with_model: bool = True) -> pd.DataFrame:
 
 
 def styled(table: pd.DataFrame):
-    """A table of sentences for the page: left-aligned cells (class ``text-table``), no index."""
-    return table.style.hide(axis="index").set_table_attributes('class="text-table"')
+    """A table of findings (or of the registry) for the page (:func:`display.table`): one row
+    per finding, labelled by it, grouped by run where the table has a ``run`` column; on a
+    narrow screen one card per finding, so its verdict is read without scrolling."""
+    from .display import table as show
+
+    if "finding" in table.columns:
+        keys = [c for c in ("run", "finding") if c in table.columns]
+        table = table.set_index(keys)
+    return show(table, cards=True)
 
 
 def as_frame(records: Sequence[dict[str, Any]], profile: str, model: str) -> pd.DataFrame:

@@ -343,7 +343,7 @@ def _remove_stale_builds(folder: Path) -> None:
 
 
 def _imap(jobs, workers, progress):
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     from .workers import pool as worker_pool
 

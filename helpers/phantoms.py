@@ -585,7 +585,7 @@ def _verified_rows(folder: Path, man: Mapping[str, Mapping]) -> dict[str, dict]:
 def _imap(fn, jobs: list, workers: int | None, progress: bool, desc: str):
     """``map`` over a process pool (order kept) with a tqdm bar, yielding as results arrive; the
     pool's workers die with this process (:func:`workers.pool`)."""
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     from .workers import pool
 

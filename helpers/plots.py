@@ -11,7 +11,7 @@ def show_with_mask(ax, image: np.ndarray, mask: np.ndarray | None = None, title:
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     if mask is not None and mask.any():
         ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.9)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=9)
     ax.set_axis_off()
 
 

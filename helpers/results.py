@@ -159,7 +159,7 @@ def floor_sentence(df: pd.DataFrame, refs: pd.DataFrame | None) -> str:
                 name, v = best_floor(floors, m)
                 items.append(f"{NAMES.get(m, m)} {fmt_ci(r[m])} (floor: {name} {fmt_ci(v)})")
         if items:
-            clauses.append(f"`{r.setting}` ({r.profile}): " + ", ".join(items))
+            clauses.append(f"{ROW_KINDS[r.setting]}, {r.profile}: " + ", ".join(items))
     return ("no result is at or below its floor" if not clauses else
             "at or below its floor, " + "; ".join(clauses))
 
@@ -169,6 +169,7 @@ GROUPS = {"classification": ["f1_macro", "exact_match", "lrap", "coverage_error"
           "beyond": ["auroc_macro", "auprc_macro", "f1_micro"]}
 """The results page's three tables, each narrow enough for the page: the original study's
 classification metrics, its embedding geometry (chapter 5), and metrics it does not report."""
+REFERENCE_ROWS = "image-independent reference scorers (chapter 2)"
 THIS_RUN = "this run"
 """How this book's rows are labelled, apart from the original study's (:data:`PAPER`)."""
 
@@ -194,8 +195,8 @@ def results_table(df: pd.DataFrame, refs: pd.DataFrame | None = None,
             out.append({"setting": ROW_KINDS[setting], "source": _ours(r),
                         **_cells(r, _floors_of(refs, r.profile, r.model_id), columns)})
     for _, r in (refs.iterrows() if refs is not None and len(refs) else []):
-        out.append({"setting": f"image-independent: {r.setting}",
-                    "source": _ours(r), **_cells(r, columns=columns)})
+        out.append({"setting": REFERENCE_ROWS, "source": f"{r.setting}, {_ours(r)}",
+                    **_cells(r, columns=columns)})
     heads = [HEADERS[c] for c in columns]
     out = [row for row in out if any(row[h] != "–" for h in heads)]
     return pd.DataFrame(out, columns=["setting", "source", *heads]).set_index(

@@ -64,13 +64,14 @@ def pool(workers: int) -> Iterator:
 def process_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int | None = None,
                 progress: bool = True, desc: str = "", chunksize: int = 16,
                 min_jobs: int = 16) -> list[R]:
-    """``[fn(j) for j in jobs]`` over a process pool (order kept), with a tqdm bar.
+    """``[fn(j) for j in jobs]`` over a process pool (order kept), with a progress bar on the
+    console (:func:`helpers.progress.bar`, never in a page).
 
     ``workers`` defaults to every core; fewer than ``min_jobs`` jobs (or one worker) run in this
     process, where a pool would cost more than it saves. ``fn`` must be a module-level function.
     The pool's workers die with this process (:func:`pool`).
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(jobs) < min_jobs:

@@ -68,16 +68,17 @@ style = "target"  # demo: phantom style of the IU-Xray images (as chapter 2)
 # %%
 import json
 import re
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import HTML, display
+from IPython.display import HTML
 from myst_nb import glue
 from sklearn.metrics import roc_auc_score
 
 from helpers import data, findings, label_rules, labels, models, phantom_findings
-from helpers import phantoms
+from helpers import display, phantoms
 from helpers.config import get_profile
 from helpers.plots import show_with_mask
 from helpers.stamp import make_stamp, show_stamp
@@ -191,8 +192,8 @@ per
 # collection label views differently, so the counts below are a sanity check, not a target:
 #
 # - The Kaggle distribution {cite}`raddar_iuxray_kaggle` ships a projection table
-#   (`indiana_projections.csv`) that labels every image *Frontal* or *Lateral*. We could not
-#   open the file ourselves; independent public analyses of it report the counts in the table.
+#   (`indiana_projections.csv`) that labels every image *Frontal* or *Lateral*. The book does
+#   not download it: the counts in the table are those independent public analyses report.
 # - R2Gen {cite}`chen2020r2gen`, the most reused report-generation split, keeps only reports
 #   with exactly two images (a frontal and a lateral): its released annotation file holds the
 #   study counts below, so one frontal per study.
@@ -336,7 +337,7 @@ for _, r in picks.iterrows():
     pos = [c for c in LABELS if r[c] == 1]
     blocks.append(f"<p><b>{r.report_id}</b> &rarr; {', '.join(pos) or 'none'}<br>"
                   f"{labels.mentions_html(text, labeler.mentions(text))}</p>")
-display(HTML("".join(blocks)))
+HTML("".join(blocks))
 
 # %% [markdown]
 # ## Label prevalence: a heavily imbalanced problem
@@ -353,7 +354,7 @@ glue("prev_no_finding", f"{prev.loc['No Finding', 'text labeler']:.0%}", display
 rarest = prev["text labeler"].idxmin()
 glue("rarest_label", rarest, display=False)
 glue("rarest_prev", f"{prev.loc[rarest, 'text labeler']:.1%}", display=False)
-fig, ax = plt.subplots(figsize=(8, 4.5))
+fig, ax = plt.subplots(figsize=(6.8, 4.6))
 order = prev.sort_values("text labeler").index
 y = np.arange(len(order))
 ax.barh(y - 0.2, prev.loc[order, "text labeler"], 0.4, label="text labeler",
@@ -383,15 +384,15 @@ plt.show()
 # %%
 Y = text_bin.to_numpy(int)
 co = Y.T @ Y
-fig, ax = plt.subplots(figsize=(7.5, 6.5))
+fig, ax = plt.subplots(figsize=(6.8, 6.8))
 im = ax.imshow(np.log10(co + 1), cmap="viridis")
-ax.set_xticks(range(len(LABELS)), LABELS, rotation=70, ha="right", fontsize=8)
-ax.set_yticks(range(len(LABELS)), LABELS, fontsize=8)
+ax.set_xticks(range(len(LABELS)), LABELS, rotation=70, ha="right", fontsize=9)
+ax.set_yticks(range(len(LABELS)), LABELS, fontsize=9)
 for i in range(len(LABELS)):
     for j in range(len(LABELS)):
-        ax.text(j, i, co[i, j], ha="center", va="center", fontsize=6,
+        ax.text(j, i, co[i, j], ha="center", va="center", fontsize=9,
                 color="white" if co[i, j] < co.max() / 3 else "black")
-fig.colorbar(im, ax=ax, label="log10(reports + 1)")
+fig.colorbar(im, ax=ax, label="log10(reports + 1)", fraction=0.04)
 ax.set_title("Label co-occurrence (reports)")
 fig.tight_layout()
 plt.show()
@@ -406,7 +407,7 @@ plt.show()
 n_words = report_text.str.split().str.len()
 glue("median_words", int(n_words.median()), display=False)
 glue("p99_words", int(n_words.quantile(0.99)), display=False)
-fig, ax = plt.subplots(figsize=(7, 3.2))
+fig, ax = plt.subplots(figsize=(6.8, 3.2))
 ax.hist(n_words, bins=60, color="#3366aa")
 ax.set_xlabel("words in FINDINGS + IMPRESSION")
 ax.set_ylabel("reports")
@@ -491,10 +492,10 @@ glue("phantom_style", style, display=False)
 styles = phantoms.style_table()
 glue("subtle_target", f"{styles.loc['target', 'subtle_fraction']:.0%}", display=False)
 glue("subtle_source", f"{styles.loc['source', 'subtle_fraction']:.0%}", display=False)
-styles
+styles.T.rename_axis(index="parameter", columns="style")
 
 # %% [markdown]
-# The last column is the share of drawn findings rendered *subtle*: {glue:text}`subtle_target`
+# The last row is the share of drawn findings rendered *subtle*: {glue:text}`subtle_target`
 # in the `target` style and {glue:text}`subtle_source` in the `source` style, whose corpus
 # stands in for the textbook-clear figures BiomedCLIP was pretrained on.
 #
@@ -522,7 +523,7 @@ glue("n_drawers", len(families), display=False)
 glue("n_families", len(groups), display=False)
 glue("shared_families", "; ".join(f"the {fam} ({', '.join(m)})"
                                   for fam, m in shared.items()), display=False)
-families.style.set_table_attributes('class="text-table"')
+display.table(families)
 
 # %% [markdown]
 # The {glue:text}`n_drawers` findings are drawn by {glue:text}`n_drawers` drawers in
@@ -558,13 +559,13 @@ hedge = phantoms.HEDGE_FACTOR
 glue("hedge_factor", f"{hedge:g}", display=False)
 gallery_seed = phantoms.seed_for("gallery", style)
 finding_names = list(phantom_findings.FINDING_DRAWERS)
-fig, axes = plt.subplots(7, 4, figsize=(9.6, 17.5))
+fig, axes = plt.subplots(7, 4, figsize=(6.8, 15.5))
 for k, label in enumerate(finding_names):
     for j, (value, c, name) in enumerate([(1, 1.0, "full"), (-1, hedge, "hedged")]):
         img, bits = phantoms.render({label: value}, gallery_seed, style,
                                     conspicuity={label: c})
         show_with_mask(axes.flat[2 * k + j], img, phantoms.mask_of(bits, label),
-                       f"{label}\n{name} (c = {c:g})")
+                       f"{textwrap.fill(label, 17)}\n{name} (c = {c:g})")
 for j, st in enumerate(["source", style]):
     img, _ = phantoms.render({}, gallery_seed, st)
     show_with_mask(axes.flat[2 * len(finding_names) + j], img, None,
@@ -616,13 +617,13 @@ glue("cf_image", cf_row.image_id, display=False)
 glue("cf_changed", int((diff > 0).sum()), display=False)
 glue("cf_mask", int(mask.sum()), display=False)
 glue("cf_outside", int(diff[~mask].max()), display=False)
-fig, axes = plt.subplots(1, 3, figsize=(10, 3.9))
-show_with_mask(axes[0], with_, mask, f"{cf_row.image_id}: with {toggle}")
-show_with_mask(axes[1], without, mask, f"without {toggle}")
+fig, axes = plt.subplots(1, 3, figsize=(6.8, 3.0))
+show_with_mask(axes[0], with_, mask, f"{cf_row.image_id}\nwith {toggle}")
+show_with_mask(axes[1], without, mask, f"without\n{toggle}")
 shown = axes[2].imshow(diff, cmap="magma")
 fig.colorbar(shown, ax=axes[2], fraction=0.046, label="grey levels")
 axes[2].contour(mask.astype(float), levels=[0.5], colors=["#30c0ff"], linewidths=0.9)
-axes[2].set_title("|with − without| (blue: the mask)", fontsize=8)
+axes[2].set_title("|with − without|\n(blue: the mask)", fontsize=9)
 axes[2].set_axis_off()
 fig.tight_layout()
 plt.show()
@@ -677,7 +678,8 @@ toggles
 # %%
 (noise.style.format("{:.3f}", subset=list(phantoms.NOISE_COLUMNS))
  .background_gradient(subset=list(phantoms.NOISE_COLUMNS), cmap="Oranges",
-                      vmin=0, vmax=1))
+                      vmin=0, vmax=1)
+ .format_index(display.header, axis=1))
 
 # %% [markdown]
 # What those rates do to the study's {glue:text}`n_phantoms` images: per finding, the
@@ -788,7 +790,7 @@ glue("ctr_neg_above", f"{(ctr[~is_pos] > 0.5).mean():.0%}", display=False)
 glue("ctr_pos_below", f"{(ctr[is_pos] <= 0.5).mean():.0%}", display=False)
 glue("ctr_n_pos", int(is_pos.sum()), display=False)
 glue("ctr_n_neg", int((~is_pos).sum()), display=False)
-fig, ax = plt.subplots(figsize=(7, 3.4))
+fig, ax = plt.subplots(figsize=(6.8, 3.4))
 ax.hist(ctr[~is_pos], bins, density=True, alpha=0.6, color="#3366aa",
         label=f"Cardiomegaly label 0 ({(~is_pos).sum()})")
 ax.hist(ctr[is_pos], bins, density=True, alpha=0.6, color="#dd4444",
@@ -797,7 +799,7 @@ ax.axvline(0.5, color="black", lw=0.8, ls="--", label="CTR 0.5")
 ax.set_xlabel("cardiothoracic ratio drawn")
 ax.set_ylabel("density")
 ax.set_title(f"Overlap of the two histograms: {overlap:.0%}")
-ax.legend(fontsize=8)
+ax.legend(fontsize=9)
 fig.tight_layout()
 plt.show()
 
@@ -841,7 +843,8 @@ glue("borderline", ", ".join(f"{lab} ({r.frac_resolvable:.0%})"
      display=False)
 (resolv.drop(columns=["noise_sd"])
  .style.format({"area_px": "{:.0f}", "area_patches": "{:.2f}", "thickness_px": "{:.1f}",
-                "contrast": "{:.1f}", "cnr": "{:.1f}", "frac_resolvable": "{:.0%}"}))
+                "contrast": "{:.1f}", "cnr": "{:.1f}", "frac_resolvable": "{:.0%}"})
+ .format_index(display.header, axis=1))
 
 # %% [markdown]
 # {glue:text}`n_resolvable` findings pass both tests. Not resolvable:

@@ -221,9 +221,10 @@ candidates.sort_values("val macro AUROC", ascending=False).style.format("{:.3f}"
 
 # %% [markdown]
 # The selected candidate is **{glue:text}`best_method`**. Its test metrics with 95%
-# bootstrap intervals (resampling reports), beside the original study's protocol and every reference
-# scorer; the last columns name the strongest image-independent scorer for each metric and
-# whether zero-shot's whole interval beats it:
+# bootstrap intervals (resampling reports), beside the original study's protocol; the last
+# columns name the strongest image-independent scorer for each metric, with its value (every
+# scorer's is in the table of § Chance levels), and whether zero-shot's whole interval
+# beats it:
 
 # %%
 scores = cands[best]
@@ -362,22 +363,23 @@ glue("over_margin", f"{rec1['margin']:g}", display=False)
 glue("over_verdict", rec1["verdict"], display=False)
 glue("frac_cos_pos", f"{(cos[test] > 0).mean():.2f}", display=False)
 
-fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
-a1.boxplot([cos[test][:, j] for j in range(len(LABELS))], vert=False, showfliers=False)
+fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.6, 8.4))
+a1.boxplot([cos[test][:, j] for j in range(len(LABELS))], orientation="horizontal",
+           showfliers=False)
 a1.axvline(metrics.logit(seed_threshold) / study.logit_scale, color="#d95f02", ls="--",
            label="original rule's cut")
-a1.set_yticks(range(1, len(LABELS) + 1), LABELS, fontsize=7)
+a1.set_yticks(range(1, len(LABELS) + 1), LABELS, fontsize=9)
 a1.invert_yaxis()
 a1.set_xlabel("cosine(image, positive prompt), test")
-a1.legend(fontsize=7)
+a1.legend(fontsize=9)
 x = np.arange(len(LABELS))
 a2.bar(x - 0.25, yt.mean(0), 0.25, label="prevalence", color="#444444")
 a2.bar(x, seed_pred.mean(0), 0.25, label="original rule", color="#d95f02")
 a2.bar(x + 0.25, control_pred.mean(0), 0.25, label="control (prevalence-matched)",
        color="#1b9e77")
-a2.set_xticks(x, LABELS, rotation=60, ha="right", fontsize=7)
-a2.set_ylabel("fraction of test images predicted positive")
-a2.legend(fontsize=7)
+a2.set_xticks(x, LABELS, rotation=60, ha="right", fontsize=9)
+a2.set_ylabel("fraction of test images\npredicted positive")
+a2.legend(fontsize=9, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
 fig.tight_layout()
 glue("fig_overprediction", fig, display=False)
 plt.close(fig)
@@ -386,14 +388,14 @@ plt.close(fig)
 # ```{glue:figure} fig_overprediction
 # :name: fig-overprediction
 #
-# Left: per-label distribution of the cosine between test images and the label's single
-# prompt; the dashed line is the original rule's cut. Right: fraction of test images predicted
+# Top: per-label distribution of the cosine between test images and the label's single
+# prompt; the dashed line is the original rule's cut. Bottom: fraction of test images predicted
 # positive per label, against prevalence (grey), for the original study's rule (orange) and the
 # prevalence-matched control (green).
 # ```
 #
 # A fraction {glue:text}`frac_cos_pos` of all test image-prompt cosines is positive
-# ({numref}`fig-overprediction`, left). The original study's rule predicts {glue:text}`over_ratio`
+# ({numref}`fig-overprediction`, top). The original study's rule predicts {glue:text}`over_ratio`
 # times as many positive labels as there are; the prevalence-matched control
 # {glue:text}`over_ctrl`; their paired difference is {glue:text}`over_diff`. **Finding 1
 # {glue:text}`over_verdict`.** What this cannot tell us: the over-prediction belongs to the
@@ -465,7 +467,8 @@ metrics.write_metrics(
     seed_protocol=seed_result, with_val_intercepts=with_prior,
     calibration={n: {k: list(v) for k, v in c.items()} for n, c in calib.items()},
     time_min=None)
-print(findings.write_findings(arts.findings("02_zero_shot"), [rec1], stamp))
+written = findings.write_findings(arts.findings("02_zero_shot"), [rec1], stamp)
+print("wrote", display.output_name(written), "in the output folder")
 
 # %% [markdown]
 # ## Summary

@@ -126,7 +126,7 @@ print(f"{len(train)} train, {len(val)} val, {len(test)} test images; "
 # %%
 lp = probe.fit_probe(emb[train], Y[train], emb[val], Y[val], Cs=Cs,
                      class_weight=weights)
-glue("lp_fit_s", f"{lp.fit_s:.2f} s", display=False)  # unit inside: nbval sanitises
+glue("lp_fit_s", f"{lp.fit_s:.2f} s", display=False)
 glue("lp_C", lp.C, display=False)
 glue("lp_n_C", len(Cs), display=False)
 fig, ax = plt.subplots(figsize=(4.5, 3))
@@ -155,8 +155,8 @@ plt.close(fig)
 # ## Test metrics
 #
 # Thresholds maximise validation F1 per label. Beside the probe: chapter 2's zero-shot
-# result and the image-independent reference scorers (chapter 2 computed them on this very
-# split).
+# result and, for each metric, the strongest image-independent reference scorer (chapter 2
+# computed them all on this very split).
 
 # %%
 val_logits = lp.decision_function(emb[val])
@@ -339,10 +339,12 @@ shift_tab.style.format({"zero-shot shift": "{:+.3f}", "probe shift": "{:+.3f}"})
 # %%
 glue("n_causal", causal_pairs, display=False)
 if study.style is not None:
-    families = pd.Series(phantoms.DRAWING_FAMILY, name="drawing family").to_frame()
+    drawn = pd.Series(phantoms.DRAWING_FAMILY)
+    families = (drawn.groupby(drawn, sort=False).apply(lambda s: ", ".join(s.index))
+                .rename("findings it draws").rename_axis("drawing family").to_frame())
 else:
     families = pd.DataFrame()
-families.T
+families
 
 # %%
 def causal_test():
@@ -420,7 +422,8 @@ params = {"model": study.info.spec, "style": style, "limit": limit, "n_boot": n_
 metrics.write_metrics(arts.metrics("lp"), "lp", result, params=params, stamp=stamp,
                       time_min=lp.fit_s / 60, permuted_control=ctrl_result)
 records = [obs, rec3] if causal_possible else [obs]
-print(findings.write_findings(arts.findings("03_linear_probe"), records, stamp))
+written = findings.write_findings(arts.findings("03_linear_probe"), records, stamp)
+print("wrote", display.output_name(written), "in the output folder")
 
 # %% [markdown]
 # ## Summary

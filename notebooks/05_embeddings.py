@@ -245,7 +245,7 @@ def project(x):
                 "t-SNE": tsne.fit_transform(x)}
 
 
-fig, axes = plt.subplots(2, 2, figsize=(9, 8))
+fig, axes = plt.subplots(2, 2, figsize=(6.8, 6.6))
 for r, s in enumerate(("zs", "ft")):
     for c, (pname, p) in enumerate(project(emb[s][0][pick]).items()):
         ax = axes[r, c]
@@ -256,7 +256,7 @@ for r, s in enumerate(("zs", "ft")):
         ax.set_title(f"{pname}, {names[s]}")
         ax.set_xticks([])
         ax.set_yticks([])
-axes[0, 0].legend(fontsize=7, markerscale=2)
+axes[0, 0].legend(fontsize=9, markerscale=2)
 fig.tight_layout()
 glue("fig_projections", fig, display=False)
 plt.close(fig)
@@ -276,7 +276,8 @@ plt.close(fig)
 # %%
 params = {"model": study.info.spec, "style": style, "limit": limit, "n_boot": n_boot}
 atomic_write_json(arts.geometry, {"stamp": stamp, "params": params, "settings": geo})
-print(findings.write_findings(arts.findings("05_embeddings"), [rec4], stamp))
+written = findings.write_findings(arts.findings("05_embeddings"), [rec4], stamp)
+print("wrote", display.output_name(written), "in the output folder")
 
 # %% [markdown]
 # ## Summary

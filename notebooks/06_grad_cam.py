@@ -167,6 +167,8 @@ control_epochs = 30  # positive control: training epochs
 control_images = 1200  # positive control: at most this many training images
 
 # %%
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -476,7 +478,7 @@ literal
 # that make the difference.
 
 # %%
-fig, ax = plt.subplots(figsize=(8, 4.6))
+fig, ax = plt.subplots(figsize=(6.8, 4.4))
 methods_shown = [m for m in attribution.METHODS if any(mm == m for _, mm in res)]
 width = 0.8 / max(1, len(scorers))
 for i, key in enumerate(scorers):
@@ -497,8 +499,8 @@ if prior is not None:
 ax.axhline(0, color="grey", lw=0.8)
 ax.set_xticks(range(len(methods_shown)), [attribution.NAMES[m] for m in methods_shown],
               rotation=20)
-ax.set_ylabel("hit rate − chance level (test pairs)")
-ax.legend(fontsize=7, ncol=2)
+ax.set_ylabel("hit rate − chance level\n(test pairs)")
+ax.legend(fontsize=9, ncol=2)
 fig.tight_layout()
 glue("fig_methods", fig, display=False)
 plt.close(fig)
@@ -583,9 +585,12 @@ glue("failed_steps", ", ".join(failed_steps) if failed_steps else
      display=False)
 
 n_panels = max(1, len(casc_keys))
-fig, axes = plt.subplots(1, n_panels, figsize=(3.2 * n_panels, 3.6), sharey=True,
+n_rows = (n_panels + 1) // 2
+fig, axes = plt.subplots(n_rows, 2, figsize=(6.8, 3.3 * n_rows), sharey=True,
                          squeeze=False)
-for ax, key in zip(axes[0], casc_keys):
+for ax in axes.flat[len(casc_keys):]:
+    ax.set_visible(False)
+for ax, key in zip(axes.flat, casc_keys):
     names = list(dict.fromkeys(s for k, s, _ in casc if k == key))
     for m in attribution.ONE_PASS:
         v = [casc[(key, s, m)]["spearman"] for s in names]
@@ -596,12 +601,14 @@ for ax, key in zip(axes[0], casc_keys):
         none = [i for i, s in enumerate(names) if casc[(key, s, m)]["n_defined"] == 0
                 or casc[(key, s, m)]["failed_step"]]
         ax.plot(none, [0] * len(none), ls="", marker="x", color=line.get_color())
-    ax.set_xticks(range(len(names)), names, rotation=70, fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=70, fontsize=9)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_title(NAMES[key], fontsize=9)
-axes[0, 0].set_ylabel("Spearman ρ with the trained model's maps")
-axes[0, -1].legend(fontsize=6)
+    ax.set_title(NAMES[key], fontsize=10)
+for ax in axes[:, 0]:
+    ax.set_ylabel("Spearman ρ with\nthe trained model's maps")
 fig.tight_layout()
+fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=3,
+           fontsize=9, bbox_to_anchor=(0.5, 0.0), frameon=False)
 glue("fig_cascade", fig, display=False)
 plt.close(fig)
 
@@ -704,7 +711,7 @@ sanity_table
 # last block's input; the control pools its patches and is read at the final norm.
 
 # %%
-fig, ax = plt.subplots(figsize=(6.5, 3.8))
+fig, ax = plt.subplots(figsize=(6.8, 3.8))
 positions = attribution.layer_positions(scorers["zs"])
 for key in [k for k in ("zs", "lp", "ft", "control") if k in scorers]:
     rs = [layer_res[(key, str(b))] for b in range(len(positions))]
@@ -720,7 +727,7 @@ if prior is not None:
 ax.set_xticks(range(len(positions)), positions)
 ax.set_xlabel("Grad-CAM target layer (a block's norm1 input, or the final norm)")
 ax.set_ylabel("hit rate (test pairs)")
-ax.legend(fontsize=7)
+ax.legend(fontsize=9)
 fig.tight_layout()
 glue("fig_layers", fig, display=False)
 plt.close(fig)
@@ -777,22 +784,21 @@ cols = [(k, m) for k in ("ft", "control") for m in ("gradcam", "chefer")
         if k in ex_maps]
 tb = ex_pairs.table
 fig, axes = plt.subplots(max(1, len(show)), 1 + len(cols),
-                         figsize=(2.3 * (1 + len(cols)), 2.4 * max(1, len(show))),
-                         squeeze=False)
+                         figsize=(6.8, 0.5 + 1.75 * max(1, len(show))), squeeze=False)
 for r, i in enumerate(show):
     img = np.asarray(study.pixels.pixels[tb.row.iloc[i]])
     axes[r, 0].imshow(img, cmap="gray")
     axes[r, 0].contour(ex_pairs.masks[i], levels=[0.5], colors="#1b9e77", linewidths=1)
-    axes[r, 0].set_title(tb.label.iloc[i], fontsize=8)
+    axes[r, 0].set_title(textwrap.fill(tb.label.iloc[i], 16), fontsize=9)
     for c, (k, m) in enumerate(cols, start=1):
         seen = PIX[k].pixels[tb.row.iloc[i]] if k in PIX else img
         axes[r, c].imshow(seen, cmap="gray")
-        axes[r, c].imshow(ex_maps[k][m][r], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        axes[r, c].imshow(ex_maps[k][m][r], cmap="inferno", alpha=0.5, vmin=0, vmax=1)
         axes[r, c].contour(ex_pairs.masks[i], levels=[0.5], colors="white",
                            linewidths=0.8)
         hit = res[(k, m)]["per_pair"]["hit_rate"][i]
-        axes[r, c].set_title(f"{NAMES[k]}\n{attribution.NAMES[m]}: hit {hit:.2f}",
-                             fontsize=7)
+        head = f"{NAMES[k]}\n{attribution.NAMES[m]}\n" if r == 0 else ""
+        axes[r, c].set_title(f"{head}hit {hit:.2f}", fontsize=9)
 for a in axes.ravel():
     a.set_axis_off()
 fig.tight_layout()
@@ -804,7 +810,8 @@ plt.close(fig)
 # :name: fig-cam-examples
 #
 # Test pairs: the image with its true region (left), then maps of the fine-tuned model and
-# of the positive control, each with its hit.
+# of the positive control (colour map *inferno*: dark low, bright high; white outline: the
+# true region), each with its hit.
 # ```
 #
 # ## Verdicts
@@ -926,8 +933,9 @@ out = atomic_write_json(arts.grad_cam, {
     "native_grid": GRID, "cam_layer": LAYER,
     "control": None if control is None else control.record,
     "human_reference": human})
-print(out)
-print(findings.write_findings(arts.findings(CHAPTER), recs, stamp))
+written = findings.write_findings(arts.findings(CHAPTER), recs, stamp)
+print("wrote", display.output_name(out), "and", display.output_name(written),
+      "in the output folder")
 
 # %% [markdown]
 # ## What it means, and what it cannot mean

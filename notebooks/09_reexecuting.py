@@ -50,11 +50,11 @@
 # %% tags=["hide-input"]
 import pandas as pd
 
-from helpers import run
+from helpers import display, run
 
 rows = []
 for c in run.toc_chapters():
     for p in run.declared_parameters(run.read_notebook(run.notebook_path(c))).values():
         rows.append({"chapter": c, "parameter": p.name, "default": repr(p.default),
-                     "type": p.type_name, "meaning": p.comment})
-pd.DataFrame(rows).set_index(["chapter", "parameter"])
+                     "type": p.type_name, "meaning": p.comment.replace("`", "")})
+display.table(pd.DataFrame(rows).set_index(["chapter", "parameter"]))  # every row
