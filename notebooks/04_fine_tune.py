@@ -290,7 +290,8 @@ for ax, (name, g) in zip(axes[0], hist.groupby("model", sort=False)):
                 label="validation" if s == 0 else None)
     ax.axhline(prior_loss["train"], color="#1b9e77", ls="--", lw=0.8)
     ax.axhline(prior_loss["validation"], color="#d95f02", ls="--", lw=0.8)
-    ax.set_title(f"{name} ({cfg.objective})" if name == "fine-tune" else name, fontsize=9)
+    title = f"{name} ({cfg.objective})" if name == "fine-tune" else name
+    ax.set_title(title, fontsize=9)
     ax.set_xlabel("epoch")
 axes[0, 0].set_ylabel("BCE loss (dashed: label prior)")
 axes[0, 0].legend(fontsize=7)
