@@ -49,7 +49,7 @@ lock: $(STAMP)
 	$(PY) tools/lock.py --uv $(UV)
 
 run: $(STAMP)
-	$(PY) -m helpers.run --profile $(PROFILE) $(ARGS)
+	$(PY) -m helpers.book.runner --profile $(PROFILE) $(ARGS)
 
 book: run
 	$(VENV)/bin/jupyter-book build . -W --keep-going
@@ -59,11 +59,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m helpers.bench
-	@echo "Wrote benchmarks/results.json; re-run the benchmark page with: $(PY) -m helpers.run 08_benchmarks"
+	$(PY) -m helpers.bench.timing
+	@echo "Wrote benchmarks/results.json; re-run the benchmark page with: $(PY) -m helpers.book.runner 08_benchmarks"
 
 preflight: $(STAMP)
-	$(PY) -m helpers.preflight --profile $(PROFILE) $(ARGS)
+	$(PY) -m helpers.bench.preflight --profile $(PROFILE) $(ARGS)
 
 # Serves the built site on this machine only; `make serve HOST=0.0.0.0` opens it to the network.
 serve:

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from typing import Callable, Iterator, Sequence, TypeVar
+from helpers.book.progress import bar as tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -65,13 +66,12 @@ def process_map(fn: Callable[[T], R], jobs: Sequence[T], workers: int | None = N
                 progress: bool = True, desc: str = "", chunksize: int = 16,
                 min_jobs: int = 16) -> list[R]:
     """``[fn(j) for j in jobs]`` over a process pool (order kept), with a progress bar on the
-    console (:func:`helpers.progress.bar`, never in a page).
+    console (:func:`helpers.book.progress.bar`, never in a page).
 
     ``workers`` defaults to every core; fewer than ``min_jobs`` jobs (or one worker) run in this
     process, where a pool would cost more than it saves. ``fn`` must be a module-level function.
     The pool's workers die with this process (:func:`pool`).
     """
-    from .progress import bar as tqdm
 
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(jobs) < min_jobs:

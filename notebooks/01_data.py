@@ -77,15 +77,18 @@ from IPython.display import HTML
 from myst_nb import glue
 from sklearn.metrics import roc_auc_score
 
-from helpers import data, findings, label_rules, labels, models, phantom_findings
-from helpers import display, phantoms
+from helpers.analysis import findings
+from helpers.book import display
+from helpers.book.plots import show_with_mask
+from helpers.book.stamp import make_stamp, show_stamp
 from helpers.config import get_profile
-from helpers.plots import show_with_mask
-from helpers.stamp import make_stamp, show_stamp
+from helpers.data import iuxray, label_rules, labels
+from helpers.phantoms import drawers, rendering
+from helpers.protocols import models
 
 get_profile(profile)
-study_data = data.load_study_data(uncertain_policy, split_seed, split_fractions, views,
-                                  reports_path)
+study_data = iuxray.load_study_data(uncertain_policy, split_seed, split_fractions,
+                                    views, reports_path)
 table, split = study_data.table, study_data.split
 images, reports = table.images, table.reports
 LABELS = list(labels.CHEXPERT_LABELS)
@@ -125,7 +128,7 @@ table.load_report.summary().style.hide(axis="index")
 # that decided it (columns):
 
 # %%
-audit = data.view_audit(images)
+audit = iuxray.view_audit(images)
 glue("n_unknown_view", int((images.view == "UNKNOWN").sum()), display=False)
 audit["by_source"]
 
@@ -146,9 +149,9 @@ audit["by_source"]
 #    (the evidence then says the exam had two frontals); this happens in
 #    {glue:text}`n_several_px` reports.
 #
-# In code, the rule for one report's candidates (from `helpers/data.py`):
+# In code, the rule for one report's candidates (from `helpers/data/iuxray.py`):
 #
-# ```{literalinclude} ../../helpers/data.py
+# ```{literalinclude} ../../helpers/data/iuxray.py
 # :pyobject: _select_in_report
 # ```
 #
@@ -160,7 +163,7 @@ px_reports = images[is_px & images.view.ne("LATERAL")].report_id
 multi = (images[images.report_id.isin(px_reports)]
          .groupby("report_id").filter(lambda g: len(g) > 1))
 first_is_px = multi.groupby("report_id").apply(
-    lambda g: g.sort_values("image_id", key=lambda c: c.map(data._natural_key))
+    lambda g: g.sort_values("image_id", key=lambda c: c.map(iuxray._natural_key))
     .iloc[0].view_source == "pixels")
 glue("first_id_agree",
      f"{first_is_px.mean():.1%} ({first_is_px.sum()} of {len(first_is_px)})",
@@ -256,7 +259,7 @@ counts
 # ## The labeler
 #
 # The labeler follows the rules of the CheXpert labeler {cite}`irvin2019chexpert`, restated
-# for a parser-free spaCy pipeline (the rules are data, in `helpers/label_rules.py`):
+# for a parser-free spaCy pipeline (the rules are data, in `helpers/data/label_rules.py`):
 #
 # 1. **Mentions.** An entity ruler finds mentions of each observation in FINDINGS +
 #    IMPRESSION from CheXpert's phrase lists, matched as whole words with their inflections
@@ -435,9 +438,9 @@ plt.show()
 # the observed agreement $p_o$ (the fraction of reports on which the two schemes agree)
 # corrected for the agreement $p_e$ expected by chance from the two prevalences $\pi_t$
 # (text) and $\pi_m$ (MeSH). $\kappa = 0$ is chance agreement, 1 perfect agreement. In code,
-# from `helpers/labels.py` (scikit-learn computes eq. {eq}`eq-kappa`):
+# from `helpers/data/labels.py` (scikit-learn computes eq. {eq}`eq-kappa`):
 #
-# ```{literalinclude} ../../helpers/labels.py
+# ```{literalinclude} ../../helpers/data/labels.py
 # :pyobject: agreement
 # ```
 
@@ -489,7 +492,7 @@ pol.style.format({"positive": "{:.3f}", "negative": "{:.3f}"})
 # %%
 glue("n_phantoms", len(split), display=False)
 glue("phantom_style", style, display=False)
-styles = phantoms.style_table()
+styles = rendering.style_table()
 glue("subtle_target", f"{styles.loc['target', 'subtle_fraction']:.0%}", display=False)
 glue("subtle_source", f"{styles.loc['source', 'subtle_fraction']:.0%}", display=False)
 styles.T.rename_axis(index="parameter", columns="style")
@@ -508,9 +511,9 @@ styles.T.rename_axis(index="parameter", columns="style")
 
 # %%
 families = pd.DataFrame({
-    "drawing family": phantom_findings.DRAWING_FAMILY,
-    "drawer": {k: f.__name__ for k, f in phantom_findings.FINDING_DRAWERS.items()},
-    "compositing stage": phantom_findings.FINDING_STAGE,
+    "drawing family": drawers.DRAWING_FAMILY,
+    "drawer": {k: f.__name__ for k, f in drawers.FINDING_DRAWERS.items()},
+    "compositing stage": drawers.FINDING_STAGE,
 })
 families.index.name = "finding"
 core = families["drawing family"].str.replace(r" \(.*\)$", "", regex=True)
@@ -544,7 +547,7 @@ display.table(families)
 #    c_0 \sim \begin{cases} U(\text{subtle range}) & \text{with probability } f \\
 #                           U(\text{clear range}) & \text{otherwise,} \end{cases} $$ (eq-conspicuity)
 #
-# with $f$ the style's subtle fraction and $h$ = `phantoms.HEDGE_FACTOR`
+# with $f$ the style's subtle fraction and $h$ = `rendering.HEDGE_FACTOR`
 # ({glue:text}`hedge_factor`) for a finding the report mentions with uncertainty (label
 # $-1$); Cardiomegaly and Support Devices (metal) always have $c_0 = 1$. The renderer reads
 # the report's three-valued labels, never the binarised ones, so the uncertainty policy
@@ -555,19 +558,19 @@ display.table(families)
 # finding's exact mask. The last pair is the same normal patient in both styles.
 
 # %%
-hedge = phantoms.HEDGE_FACTOR
+hedge = rendering.HEDGE_FACTOR
 glue("hedge_factor", f"{hedge:g}", display=False)
-gallery_seed = phantoms.seed_for("gallery", style)
-finding_names = list(phantom_findings.FINDING_DRAWERS)
+gallery_seed = rendering.seed_for("gallery", style)
+finding_names = list(drawers.FINDING_DRAWERS)
 fig, axes = plt.subplots(7, 4, figsize=(6.8, 15.5))
 for k, label in enumerate(finding_names):
     for j, (value, c, name) in enumerate([(1, 1.0, "full"), (-1, hedge, "hedged")]):
-        img, bits = phantoms.render({label: value}, gallery_seed, style,
+        img, bits = rendering.render({label: value}, gallery_seed, style,
                                     conspicuity={label: c})
-        show_with_mask(axes.flat[2 * k + j], img, phantoms.mask_of(bits, label),
+        show_with_mask(axes.flat[2 * k + j], img, rendering.mask_of(bits, label),
                        f"{textwrap.fill(label, 17)}\n{name} (c = {c:g})")
 for j, st in enumerate(["source", style]):
-    img, _ = phantoms.render({}, gallery_seed, st)
+    img, _ = rendering.render({}, gallery_seed, st)
     show_with_mask(axes.flat[2 * len(finding_names) + j], img, None,
                    f"No Finding\n({st})")
 fig.suptitle(f"Each finding at full strength and hedged ({style} style)", y=1.0)
@@ -581,8 +584,8 @@ plt.show()
 
 # %%
 hedge_ok = [
-    np.isclose(phantoms.finding_plan({lab: -1}, s, style=style)[lab],
-               hedge * phantoms.finding_plan({lab: 1}, s, style=style)[lab])
+    np.isclose(rendering.finding_plan({lab: -1}, s, style=style)[lab],
+               hedge * rendering.finding_plan({lab: 1}, s, style=style)[lab])
     for lab in finding_names for s in range(5)]
 glue("hedge_checks", f"{sum(hedge_ok)} of {len(hedge_ok)}", display=False)
 
@@ -594,7 +597,7 @@ glue("hedge_checks", f"{sum(hedge_ok)} of {len(hedge_ok)}", display=False)
 #
 # Because every finding draws from its own stream and changes pixels only inside its
 # support, an image can be re-rendered with one finding forced present and forced absent
-# (`phantoms.render_counterfactual`). The mask of a finding is every output pixel whose value
+# (`rendering.render_counterfactual`). The mask of a finding is every output pixel whose value
 # can depend on it (its support, widened by the blur kernel and carried through the
 # positioning warp), so the two images must be identical outside it. Here the first test
 # image (in natural order) whose report names Cardiomegaly and a pleural effusion,
@@ -602,15 +605,15 @@ glue("hedge_checks", f"{sum(hedge_ok)} of {len(hedge_ok)}", display=False)
 # label-noise rates of § Label noise), with Pleural Effusion toggled:
 
 # %%
-noise = phantoms.noise_rates(reports)
+noise = rendering.noise_rates(reports)
 test_rows = split[split.split == "test"]
 has = lambda c: test_rows[f"text:{c}"] == 1  # noqa: E731
 cf_row = (test_rows[has("Cardiomegaly") & has("Pleural Effusion")]
-          .sort_values("image_id", key=lambda s: s.map(data._natural_key)).iloc[0])
+          .sort_values("image_id", key=lambda s: s.map(iuxray._natural_key)).iloc[0])
 cf_labels = [cf_row[f"text:{c}"] for c in LABELS]
-cf_seed = phantoms.seed_for(cf_row.image_id, style)
+cf_seed = rendering.seed_for(cf_row.image_id, style)
 toggle = "Pleural Effusion"
-with_, without, mask = phantoms.render_counterfactual(
+with_, without, mask = rendering.render_counterfactual(
     cf_labels, cf_seed, toggle, style=style, noise=noise)
 diff = np.abs(with_.astype(int) - without.astype(int))
 glue("cf_image", cf_row.image_id, display=False)
@@ -637,7 +640,7 @@ plt.show()
 # %%
 rows = []
 for lab in finding_names:
-    a, b, m = phantoms.render_counterfactual(cf_labels, cf_seed, lab, style=style,
+    a, b, m = rendering.render_counterfactual(cf_labels, cf_seed, lab, style=style,
                                              noise=noise)
     d = np.abs(a.astype(int) - b.astype(int))
     rows.append({"toggled": lab, "mask (px)": int(m.sum()),
@@ -669,15 +672,15 @@ toggles
 #
 # and a positive finding is left out of the image with probability $m^{+}_j$, an uncertain
 # one with $m^{?}_j$, and an unlabelled one is drawn with probability $e_j$, each from the
-# finding's own stream. In code, from `helpers/phantoms.py`:
+# finding's own stream. In code, from `helpers/phantoms/rendering.py`:
 #
-# ```{literalinclude} ../../helpers/phantoms.py
+# ```{literalinclude} ../../helpers/phantoms/rendering.py
 # :pyobject: noise_rates
 # ```
 
 # %%
-(noise.style.format("{:.3f}", subset=list(phantoms.NOISE_COLUMNS))
- .background_gradient(subset=list(phantoms.NOISE_COLUMNS), cmap="Oranges",
+(noise.style.format("{:.3f}", subset=list(rendering.NOISE_COLUMNS))
+ .background_gradient(subset=list(rendering.NOISE_COLUMNS), cmap="Oranges",
                       vmin=0, vmax=1)
  .format_index(display.header, axis=1))
 
@@ -689,14 +692,14 @@ toggles
 
 # %%
 glue("policy", uncertain_policy, display=False)
-ctr_normal = phantom_findings.CTR_NORMAL
-ctr_big = phantom_findings.CTR_CARDIOMEGALY
+ctr_normal = drawers.CTR_NORMAL
+ctr_big = drawers.CTR_CARDIOMEGALY
 
 
 def drawn_ctr(three_valued, seed):
     """(drawn findings with their conspicuity, the cardiothoracic ratio drawn)."""
-    plan = phantoms.finding_plan(three_valued, seed, noise=noise, style=style)
-    z = phantom_findings.anatomy(phantoms.stream(seed, "anatomy"), 224).ctr_z
+    plan = rendering.finding_plan(three_valued, seed, noise=noise, style=style)
+    z = drawers.anatomy(rendering.stream(seed, "anatomy"), 224).ctr_z
     normal, big = ctr_normal[0] + ctr_normal[1] * z, ctr_big[0] + ctr_big[1] * z
     return plan, normal + plan.get("Cardiomegaly", 0.0) * (big - normal)
 
@@ -704,7 +707,7 @@ def drawn_ctr(three_valued, seed):
 text_cols = [f"text:{c}" for c in LABELS]
 plans, ctr = [], []
 for iid, values in zip(split.image_id, split[text_cols].to_numpy(float)):
-    plan, r = drawn_ctr(values, phantoms.seed_for(iid, style))
+    plan, r = drawn_ctr(values, rendering.seed_for(iid, style))
     plans.append(plan)
     ctr.append(r)
 ctr = np.array(ctr)
@@ -766,9 +769,9 @@ realised.style.format({"disagree (of labelled or drawn)": "{:.0%}"})
 # with $(\mu_n, \sigma_n)$ = ({glue:text}`ctr_n`) (`CTR_NORMAL`) and $(\mu_c, \sigma_c)$ =
 # ({glue:text}`ctr_c`) (`CTR_CARDIOMEGALY`), $z$ clipped to $\pm 3$.
 #
-# In code, from `helpers/phantom_findings.py`:
+# In code, from `helpers/phantoms/drawers.py`:
 #
-# ```{literalinclude} ../../helpers/phantom_findings.py
+# ```{literalinclude} ../../helpers/phantoms/drawers.py
 # :pyobject: draw_cardiomegaly
 # ```
 #
@@ -816,7 +819,7 @@ plt.show()
 #
 # The demo model reads a {glue:text}`input_px`-pixel image cut into
 # {glue:text}`patch_px`-pixel patches. A finding smaller than one patch, or fainter than the
-# acquisition noise, may be invisible to it whatever it learns. `phantoms.resolvability`
+# acquisition noise, may be invisible to it whatever it learns. `rendering.resolvability`
 # renders each finding alone (natural conspicuity draws) with and without it, resizes both
 # to the model's input and measures the mask's area and the difference's contrast against
 # the noise (CNR: the 95th percentile of the difference inside the mask over the noise's
@@ -829,7 +832,7 @@ input_px = int(tiny_cfg["tiny_config"]["image_size"])
 patch_px = int(tiny_cfg["tiny_config"]["patch_size"])
 glue("input_px", input_px, display=False)
 glue("patch_px", patch_px, display=False)
-resolv = phantoms.resolvability(style, input_size=input_px, patch=patch_px)
+resolv = rendering.resolvability(style, input_size=input_px, patch=patch_px)
 not_res = resolv[~resolv.resolvable]
 glue("n_resolvable", f"{int(resolv.resolvable.sum())} of {len(resolv)}", display=False)
 glue("not_resolvable", "; ".join(
@@ -876,7 +879,7 @@ glue("borderline", ", ".join(f"{lab} ({r.frac_resolvable:.0%})"
 # - how good the real labels are: label noise is MeSH disagreement taken as truth, an
 #   upper-end assumption ({glue:text}`n_not_drawn` positive labels without a finding);
 # - how hard real findings are: conspicuity, subtlety and the CTR overlap are choices written
-#   in `helpers/phantoms.py`, grounded in real boxes and masks but not measured on IU-Xray's
+#   in `helpers/phantoms/rendering.py`, grounded in real boxes and masks but not measured on IU-Xray's
 #   films. For Cardiomegaly, a perfect reader of heart size would reach AUROC
 #   {glue:text}`ctr_auroc` on these images.
 
@@ -890,7 +893,7 @@ glue("borderline", ", ".join(f"{lab} ({r.frac_resolvable:.0%})"
 # split is saved with its content hash, which every later page shows in its stamp.
 
 # %%
-st = data.split_table(split)
+st = iuxray.split_table(split)
 glue("split_hash", study_data.split_hash, display=False)
 missing = [(c, s) for c in LABELS for s in st.columns if st.loc[c, s] == 0]
 glue("split_missing", ", ".join(f"{c} in {s}" for c, s in missing) or "none",
@@ -907,7 +910,7 @@ st
 # Before any model is scored, the claims this book tests are declared here, each with the
 # statistic that measures it, the rule its 95% interval must clear, the **margin** by which it
 # must beat its negative control (in the statistic's units), and the control itself
-# ({mod}`helpers.findings`). A finding holds when its interval clears the rule, its paired
+# ({mod}`helpers.analysis.findings`). A finding holds when its interval clears the rule, its paired
 # difference from the control clears the margin, and the control is powered: its own
 # interval is narrower than the margin, so it could have shown an effect that large. The
 # rows of kind `finding` are the family over which the {doc}`07_results` page applies Holm's
@@ -922,7 +925,7 @@ findings.styled(findings.registry_table())
 # %% [markdown]
 # That makes {glue:text}`n_declared` declared findings. Each margin is the smallest effect a
 # reader would care about in its statistic's units; they live in code
-# (`helpers.findings.REGISTRY`), are read by every chapter from there, and are never tuned on
+# (`helpers.analysis.findings.REGISTRY`), are read by every chapter from there, and are never tuned on
 # a result.
 #
 # ## Summary

@@ -67,9 +67,9 @@
 #       = \sigma\big(z(x_i, t_j^+) - z(x_i, t_j^-)\big) , $$ (eq-paired)
 #
 #    optionally with prompt *ensembles* (several phrasings, embeddings averaged). In code,
-#    from its one home in `helpers/zeroshot.py`:
+#    from its one home in `helpers/protocols/zeroshot.py`:
 #
-# ```{literalinclude} ../../helpers/zeroshot.py
+# ```{literalinclude} ../../helpers/protocols/zeroshot.py
 # :pyobject: paired_scores
 # ```
 #
@@ -101,10 +101,12 @@ import numpy as np
 import pandas as pd
 from myst_nb import glue
 
-from helpers import chance, display, findings, metrics, zeroshot
-from helpers.io import atomic_write_json
-from helpers.stamp import show_stamp
-from helpers.study import load_study
+from helpers.analysis import baselines, findings, metrics
+from helpers.book import display
+from helpers.book.stamp import show_stamp
+from helpers.book.study import load_study
+from helpers.protocols import zeroshot
+from helpers.storage import atomic_write_json
 
 study = load_study(profile, model, image_dir=image_dir, style=style,
                    uncertain_policy=uncertain_policy, split_seed=split_seed,
@@ -127,7 +129,7 @@ glue("n_test", len(test), display=False)
 # A multi-label metric has no universal chance level: exact match rewards predicting
 # nothing when most images are normal, LRAP rewards ranking frequent labels first, macro F1
 # rewards predicting everything. We therefore score four reference scorers that never look
-# at the image ({mod}`helpers.chance`): uniform **random** scores (the mean of
+# at the image ({mod}`helpers.analysis.baselines`): uniform **random** scores (the mean of
 # {glue:text}`n_draws` draws), the training **prevalence** of each label as every image's
 # score, **no-finding-only** ("No Finding" for every image, nothing else) and
 # **all-positive** (every label for every image). Thresholds are tuned on validation exactly
@@ -141,13 +143,13 @@ glue("n_test", len(test), display=False)
 # computed, vectorised, by
 
 # %% [markdown]
-# ```{literalinclude} ../../helpers/metrics.py
+# ```{literalinclude} ../../helpers/analysis/metrics.py
 # :pyobject: ranking_metrics
 # ```
 
 # %%
-glue("n_draws", chance.N_DRAWS, display=False)
-refs = chance.reference_results(Y[train], Y[val], yt, LABELS, groups, n_boot,
+glue("n_draws", baselines.N_DRAWS, display=False)
+refs = baselines.reference_results(Y[train], Y[val], yt, LABELS, groups, n_boot,
                                 scorers=reference_scorers)
 atomic_write_json(arts.reference, {"stamp": stamp, "scorers": refs})
 ref_table = pd.DataFrame({name: {display.NAMES[m]: r[m] for m in metrics.HEADLINE}
@@ -333,7 +335,7 @@ pd.DataFrame({n: {display.NAMES[k]: display.fmt_ci(v[0], v[1:]) for k, v in c.it
 # embeddings and prompts and cannot over-predict by design. The finding holds if the original
 # rule's CI lies above 1 *and* the paired difference, original rule minus control (the same
 # report resamples), clears the margin declared in chapter 1 ({glue:text}`over_margin`),
-# with a control whose own interval is narrower than that margin ({mod}`helpers.findings`).
+# with a control whose own interval is narrower than that margin ({mod}`helpers.analysis.findings`).
 
 # %%
 cos = zeroshot.cosines(img, single_txt)

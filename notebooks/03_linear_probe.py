@@ -61,7 +61,7 @@
 # macro AUROC, and per-label decision thresholds maximise validation F1. The fitted probe
 # turns embeddings into logits with
 #
-# ```{literalinclude} ../../helpers/probe.py
+# ```{literalinclude} ../../helpers/protocols/probe.py
 # :pyobject: Probe.decision_function
 # ```
 #
@@ -97,11 +97,14 @@ import numpy as np
 import pandas as pd
 from myst_nb import glue
 
-from helpers import cooccurrence, display, findings, images, metrics, phantoms, probe
-from helpers import runs, zeroshot
-from helpers.embeddings import compute_image_embeddings
-from helpers.stamp import show_stamp
-from helpers.study import load_study
+from helpers.analysis import cooccurrence, findings, metrics
+from helpers.book import display
+from helpers.book.stamp import show_stamp
+from helpers.book.study import load_study
+from helpers.data import images
+from helpers.phantoms import rendering
+from helpers.protocols import probe, repeats, zeroshot
+from helpers.protocols.embeddings import compute_image_embeddings
 
 study = load_study(profile, model, image_dir=image_dir, style=style,
                    uncertain_policy=uncertain_policy, split_seed=split_seed,
@@ -223,7 +226,7 @@ per.style.format("{:.3f}")
 
 # %%
 def fit_control(seed):
-    y_perm = runs.control_targets(study, seed)
+    y_perm = repeats.control_targets(study, seed)
     fit = probe.fit_probe(emb[train], y_perm[train], emb[val], y_perm[val], Cs=Cs,
                           class_weight=weights)
     t = metrics.tune_thresholds(y_perm[val], fit.decision_function(emb[val]))
@@ -263,7 +266,7 @@ display.against_floors({"probe, permuted labels": ctrl_result, "linear probe": r
 # $$ \Delta_{a \leftarrow b} = \overline{\mathrm{pct}_a}\,\big|_{a=0,\,b=1}
 #    - \overline{\mathrm{pct}_a}\,\big|_{a=0,\,b=0} . $$ (eq-partner-shift)
 #
-# ```{literalinclude} ../../helpers/cooccurrence.py
+# ```{literalinclude} ../../helpers/analysis/cooccurrence.py
 # :pyobject: partner_shift
 # ```
 #
@@ -322,7 +325,7 @@ shift_tab.style.format({"zero-shot shift": "{:+.3f}", "probe shift": "{:+.3f}"})
 # ### The causal test: the same image with and without the partner
 #
 # In the `demo` profile every finding is drawn by its own function with its own random
-# stream ({mod}`helpers.phantoms`), so a test image can be rendered twice, identical except
+# stream ({mod}`helpers.phantoms.rendering`), so a test image can be rendered twice, identical except
 # inside partner $b$'s region: once with $b$ and once without, and $a$ absent in both. The
 # **causal partner effect** is the mean change of $a$'s score percentile (within the test
 # scores of the same setting) when $b$ is added,
@@ -339,7 +342,7 @@ shift_tab.style.format({"zero-shot shift": "{:+.3f}", "probe shift": "{:+.3f}"})
 # %%
 glue("n_causal", causal_pairs, display=False)
 if study.style is not None:
-    drawn = pd.Series(phantoms.DRAWING_FAMILY)
+    drawn = pd.Series(rendering.DRAWING_FAMILY)
     families = (drawn.groupby(drawn, sort=False).apply(lambda s: ", ".join(s.index))
                 .rename("findings it draws").rename_axis("drawing family").to_frame())
 else:

@@ -66,7 +66,7 @@
 #   probe. The probe scores $((u - \mu)/s)\,C^\top + c$ on standardised features, which is the
 #   head $W = C / s$, $b = c - C(\mu / s)$ on $u$:
 #
-# ```{literalinclude} ../../helpers/finetune.py
+# ```{literalinclude} ../../helpers/protocols/finetune.py
 # :pyobject: probe_head
 # ```
 #
@@ -81,7 +81,7 @@
 # $$ \mathcal{L}_{\text{prior}} = -\frac{1}{nk}\sum_{ij}\big[y_{ij}\log\pi_j
 #    + (1 - y_{ij})\log(1 - \pi_j)\big] , $$ (eq-prior-loss)
 #
-# computed from the training prevalence ({func}`helpers.chance.label_prior_loss`). A
+# computed from the training prevalence ({func}`helpers.analysis.baselines.label_prior_loss`). A
 # fine-tune whose validation loss does not go below it has learned nothing a frequency table
 # does not know, and its AUROC stays at 0.5, the prevalence scorer's.
 #
@@ -125,11 +125,13 @@ import numpy as np
 import pandas as pd
 from myst_nb import glue
 
-from helpers import chance, display, finetune, findings, images, metrics, probe
-from helpers import runs, sweep
+from helpers.analysis import baselines, findings, metrics
+from helpers.book import display
+from helpers.book.stamp import show_stamp
+from helpers.book.study import load_study
 from helpers.config import get_profile
-from helpers.stamp import show_stamp
-from helpers.study import load_study
+from helpers.data import images
+from helpers.protocols import finetune, probe, repeats, sweep
 
 record = sweep.read_record(profile)
 defaults = sweep.selected_defaults(
@@ -172,8 +174,8 @@ pd.DataFrame({"fine-tune (chosen)": vars(cfg), OTHER: vars(cfg_other),
 #
 # The learning rate, the objective and the number of epochs are not given to us: a probe is
 # a fine-tune with a frozen encoder, so a fine-tune that loses to it says more about its
-# budget than about fine-tuning. The budget sweep ({mod}`helpers.sweep`, run once with
-# `python -m helpers.sweep` and committed with its record) trains every objective at every
+# budget than about fine-tuning. The budget sweep ({mod}`helpers.protocols.sweep`, run once with
+# `python -m helpers.protocols.sweep` and committed with its record) trains every objective at every
 # learning rate on the schedule of {glue:text}`sweep_max_epochs` epochs with early stopping
 # (patience {glue:text}`sweep_patience`), ranks them by validation macro AUROC after
 # {glue:text}`sweep_rungs` epochs, and lets the best third go on at each rung (successive
@@ -185,8 +187,8 @@ if record is None:
     glue("sweep_patience", "–", display=False)
     glue("sweep_rungs", "–", display=False)
     glue("sweep_selected", "no sweep record for this profile: the profile's defaults "
-         "are used (run python -m helpers.sweep)", display=False)
-    print("no sweep record for this profile (python -m helpers.sweep writes it)")
+         "are used (run python -m helpers.protocols.sweep)", display=False)
+    print("no sweep record for this profile: python -m helpers.protocols.sweep")
 else:
     glue("sweep_max_epochs", record["max_epochs"], display=False)
     glue("sweep_patience", record["patience"], display=False)
@@ -252,13 +254,13 @@ def probe_for(seed, targets):
                            Cs=(lp_probe.C,), class_weight=lp_probe.class_weight)
 
 
-real = runs.finetune_runs(study, cfg, seeds, probe=probe_for)
-permuted = runs.finetune_runs(study, cfg, list(range(control_seeds)),
+real = repeats.finetune_runs(study, cfg, seeds, probe=probe_for)
+permuted = repeats.finetune_runs(study, cfg, list(range(control_seeds)),
                               variant="permuted", probe=probe_for)
 other_variant = "lp-ft" if cfg_other.objective == "lp-ft" else "plain"
-other = (runs.finetune_runs(study, cfg_other, [0], variant=other_variant,
+other = (repeats.finetune_runs(study, cfg_other, [0], variant=other_variant,
                             probe=probe_for) if compare_other else [])
-seedp = (runs.finetune_runs(study, cfg_seed, [0], variant="seed-lr") if seed_protocol
+seedp = (repeats.finetune_runs(study, cfg_seed, [0], variant="seed-lr") if seed_protocol
          else [])
 trained = {"fine-tune": real, OTHER: other, "original learning rate": seedp,
            "fine-tune (permuted)": permuted}
@@ -278,8 +280,8 @@ print("best epochs: " + "; ".join(f"{k} {[r.best_epoch for r in rs]}"
 # dashed line has learned the label frequencies and nothing more.
 
 # %% tags=["hide-input"]
-prior_loss = {"train": chance.label_prior_loss(Y[train], Y[train]),
-              "validation": chance.label_prior_loss(Y[train], Y[val])}
+prior_loss = {"train": baselines.label_prior_loss(Y[train], Y[train]),
+              "validation": baselines.label_prior_loss(Y[train], Y[val])}
 fig, axes = plt.subplots(1, len(trained), figsize=(2.6 * len(trained), 3.0),
                          squeeze=False)
 for ax, (name, g) in zip(axes[0], hist.groupby("model", sort=False)):
@@ -341,7 +343,7 @@ def macro_auc(scores):
     return fn
 
 
-perm_targets = [runs.control_targets(study, s) for s in range(control_seeds)]
+perm_targets = [repeats.control_targets(study, s) for s in range(control_seeds)]
 logits = {name: test_scores(rs, perm_targets if "permuted" in name else [Y] * len(rs))
           for name, rs in trained.items()}
 above_prior = {name: (lambda f: (lambda idx, r: f(idx, r[0]) - 0.5))(macro_auc(lg))
@@ -393,7 +395,7 @@ glue("floor_warning", "; ".join(floors) if floors else "none: every trained mode
 # is a sensitivity check, not an estimate of the seed variance; the `full` profile's
 # reproduction uses at least five ({doc}`../reproducing`).
 #
-# ```{literalinclude} ../../helpers/metrics.py
+# ```{literalinclude} ../../helpers/analysis/metrics.py
 # :pyobject: bootstrap_runs
 # ```
 
@@ -444,7 +446,7 @@ display.against_floors(ours, refs, metrics.HEADLINE)
 
 # %%
 def probe_on(scorer):
-    from helpers.embeddings import compute_image_embeddings
+    from helpers.protocols.embeddings import compute_image_embeddings
 
     e = compute_image_embeddings(scorer.clip, study.pixels, study.info.mean,
                                  study.info.std, device=study.device, progress=False)

@@ -56,7 +56,7 @@
 # over the $k'$ classes with at least five test images, a set fixed once on the whole test
 # split. In code:
 #
-# ```{literalinclude} ../../helpers/geometry.py
+# ```{literalinclude} ../../helpers/analysis/geometry.py
 # :pyobject: class_geometry
 # ```
 #
@@ -100,10 +100,12 @@ import numpy as np
 import pandas as pd
 from myst_nb import glue
 
-from helpers import display, findings, geometry, metrics, results, runs
-from helpers.io import atomic_write_json
-from helpers.stamp import show_stamp
-from helpers.study import load_study
+from helpers.analysis import findings, geometry, metrics
+from helpers.book import display, results
+from helpers.book.stamp import show_stamp
+from helpers.book.study import load_study
+from helpers.protocols import repeats
+from helpers.storage import atomic_write_json
 
 study = load_study(profile, model, image_dir=image_dir, style=style,
                    uncertain_policy=uncertain_policy, split_seed=split_seed,
@@ -118,8 +120,8 @@ yt = study.y(test)
 groups = study.groups(test)
 emb = {"zs": [study.image_embeddings()[test]]}
 emb["lp"] = emb["zs"]  # frozen encoder: the probe's space is the zero-shot one
-emb["ft"] = runs.finetuned_embeddings(study, test)
-emb["ft (permuted)"] = runs.finetuned_embeddings(study, test, variant="permuted")
+emb["ft"] = repeats.finetuned_embeddings(study, test)
+emb["ft (permuted)"] = repeats.finetuned_embeddings(study, test, variant="permuted")
 print({k: f"{len(v)} seed(s) x {v[0].shape}" for k, v in emb.items()})
 
 # %% [markdown]

@@ -74,7 +74,7 @@
 # positive gradients, the score of the input masked by each channel); EigenCAM
 # {cite}`muhammad2020eigencam` takes the activations' first principal component and ignores
 # the label. All five run through pytorch-grad-cam on the last layer whose patch tokens reach
-# the score ({func}`helpers.attribution.default_layer`): the input of the last block for a
+# the score ({func}`helpers.saliency.attribution.default_layer`): the input of the last block for a
 # CLS-pooled tower (BiomedCLIP, the tiny model), the final norm for the positive control. Two methods read the attention
 # probabilities $A_b$ (heads $h$, tokens $N$) of every block $b$. Attention rollout
 # {cite}`abnar2020quantifying` multiplies head-averaged attention with the residual path,
@@ -82,7 +82,7 @@
 # $$ R = \prod_{b} \tfrac{1}{2}\big(\bar A_b + I\big), \qquad
 #    \bar A_b = \mathrm{mean}_h A_b , $$ (eq-rollout)
 #
-# ```{literalinclude} ../../helpers/attribution.py
+# ```{literalinclude} ../../helpers/saliency/attribution.py
 # :pyobject: rollout
 # ```
 #
@@ -92,14 +92,14 @@
 # $$ R \leftarrow R + \mathrm{mean}_h\big[(\nabla_{A_b} s \odot A_b)^+\big]\, R ,
 #    \qquad R_0 = I ; $$ (eq-chefer)
 #
-# ```{literalinclude} ../../helpers/attribution.py
+# ```{literalinclude} ../../helpers/saliency/attribution.py
 # :pyobject: chefer
 # ```
 #
 # the map is the read-out row of $R$ (the CLS token's) over the patch columns. Rollout, like
 # EigenCAM, gives every label of an image the same map. timm computes attention with a fused
 # kernel that never forms $A_b$; for explanation the blocks are switched to the explicit
-# softmax and $A_b$ is read by a hook ({func}`helpers.attribution.attention_capture`). All
+# softmax and $A_b$ is read by a hook ({func}`helpers.saliency.attribution.attention_capture`). All
 # one-pass methods come from the same forward and backward pass; ScoreCAM needs one forward
 # per channel and runs on a subset of `scorecam_pairs` pairs.
 #
@@ -115,7 +115,7 @@
 #    P = \{p : M_p \ge \max M - \epsilon\}, \qquad
 #    \mathrm{chance}(G) = \frac{|G|}{S^2} . $$ (eq-hit)
 #
-# ```{literalinclude} ../../helpers/localization.py
+# ```{literalinclude} ../../helpers/saliency/regions.py
 # :pyobject: pointing_game
 # ```
 #
@@ -124,7 +124,7 @@
 # with $G$ (0 for an empty segmentation), with $t$ tuned per pathology on validation pairs
 # from CheXlocalize's grid $0.2, 0.3, \dots, 0.7$:
 #
-# ```{literalinclude} ../../helpers/localization.py
+# ```{literalinclude} ../../helpers/saliency/regions.py
 # :pyobject: iou
 # ```
 #
@@ -140,7 +140,7 @@
 # **Sanity checks** {cite}`adebayo2018sanity`. *Cascading model randomisation* re-draws the
 # weights from the top down (head, projection, final norm, blocks from last to first, patch
 # embedding) and reports, after each step, the Spearman rank correlation of the maps with the
-# original ones ({func}`helpers.localization.rank_correlation`, on $4 \times 4$ block means).
+# original ones ({func}`helpers.saliency.regions.rank_correlation`, on $4 \times 4$ block means).
 # *Data randomisation* explains the model chapter 4 fine-tuned on labels permuted across
 # training reports.
 
@@ -174,12 +174,14 @@ import numpy as np
 import pandas as pd
 from myst_nb import glue
 
-from helpers import attribution, cam, display, findings, localising, localization
-from helpers import probe, runs, zeroshot
-from helpers.io import atomic_write_json
-from helpers.metrics import bootstrap_stat
-from helpers.stamp import show_stamp
-from helpers.study import load_study, localization_pairs
+from helpers.analysis import findings
+from helpers.analysis.metrics import bootstrap_stat
+from helpers.book import display
+from helpers.book.stamp import show_stamp
+from helpers.book.study import load_study, localization_pairs
+from helpers.protocols import probe, repeats, zeroshot
+from helpers.saliency import attribution, explain, positive_control, regions
+from helpers.storage import atomic_write_json
 
 study = load_study(profile, model, image_dir=image_dir, style=style,
                    uncertain_policy=uncertain_policy, split_seed=split_seed,
@@ -189,7 +191,7 @@ arts = study.artefacts
 LABELS = study.labels
 stamp = study.stamp()
 show_stamp(stamp)
-glue("min_tune_pairs", localization.MIN_TUNE_PAIRS, display=False)
+glue("min_tune_pairs", regions.MIN_TUNE_PAIRS, display=False)
 CHAPTER = "06_grad_cam"
 fmt = display.fmt_ci
 
@@ -201,7 +203,7 @@ fmt = display.fmt_ci
 # the segmentation thresholds. In `demo` every setting is scored on the same test pairs. In
 # `full`, where annotations are few, every annotated image is scored: zero-shot on all of
 # them; the probe on all of them, an annotated *training* image by a probe fitted without
-# its report ($k$-fold, {func}`helpers.cam.holdout_probes`); the fine-tuned models only on
+# its report ($k$-fold, {func}`helpers.saliency.explain.holdout_probes`); the fine-tuned models only on
 # images outside their training split.
 
 # %%
@@ -251,22 +253,22 @@ REF_GRID = {"random grid": GRID}  # the other reference maps are defined per pix
 
 def ref_stats(name, maps_of):
     g = REF_GRID.get(name)
-    return (cam.score_maps(maps_of(tune), tune, g),
-            cam.score_maps(maps_of(base), base, g))
+    return (explain.score_maps(maps_of(tune), tune, g),
+            explain.score_maps(maps_of(base), base, g))
 
 
-REFS = {k: (lambda p, k=k: localization.reference_maps(k, p.masks, seed=0, grid=GRID))
-        for k in localization.REFERENCE_MAPS}
+REFS = {k: (lambda p, k=k: regions.reference_maps(k, p.masks, seed=0, grid=GRID))
+        for k in regions.REFERENCE_MAPS}
 prior = None
 if has_masks:
     train_pairs = localization_pairs(study, "train", 2000)
-    prior = localization.location_prior(train_pairs.masks, train_pairs.table.label)
+    prior = regions.location_prior(train_pairs.masks, train_pairs.table.label)
     S = study.info.image_size
-    REFS["location prior"] = lambda p: localization.prior_maps(prior, p.table.label, S)
+    REFS["location prior"] = lambda p: regions.prior_maps(prior, p.table.label, S)
 ref = {}
 for name, maps_of in REFS.items():
     st_tune, st = ref_stats(name, maps_of)
-    ref[name] = cam.summarise_setting(st_tune, tune, st, base, n_boot)
+    ref[name] = explain.summarise_setting(st_tune, tune, st, base, n_boot)
 
 
 def row(r):
@@ -301,7 +303,7 @@ validation_table
 # {glue:text}`grid_side` × {glue:text}`grid_side` patch grid and upsampled bilinearly: it
 # peaks near a cell centre or in the clamped edge strips, never uniformly. Its chance level
 # is the expected hit of random grid values upsampled the same way, found by Monte Carlo
-# ({func}`helpers.localization.grid_chance`): {glue:text}`ref_grid_chance` on these pairs,
+# ({func}`helpers.saliency.regions.grid_chance`): {glue:text}`ref_grid_chance` on these pairs,
 # {glue:text}`grid_ratio` times the area fraction. The "random grid" row checks it: random
 # grid maps score {glue:text}`ref_random_grid`. Every setting's "hit − chance" below uses
 # this level. The centre map ({glue:text}`ref_centre`) shows how much a
@@ -311,7 +313,7 @@ validation_table
 # ## The positive control
 #
 # To show that the methods *can* report localisation, we need a model whose evidence is
-# certainly local ({mod}`helpers.localising`). Two things make it so. **The data**: every
+# certainly local ({mod}`helpers.saliency.positive_control`). Two things make it so. **The data**: every
 # image is shown with each of its findings *marked* inside the finding's region by a faint
 # grating whose orientation names the finding, so the evidence for a finding lies in its
 # region and nowhere else. **The model**: the study model's image tower with a patch-level
@@ -320,7 +322,7 @@ validation_table
 #
 # $$ z_j = \frac{1}{r} \log \frac{1}{P} \sum_{p=1}^{P} e^{r z_{pj}} , $$ (eq-lse)
 #
-# ```{literalinclude} ../../helpers/localising.py
+# ```{literalinclude} ../../helpers/saliency/positive_control.py
 # :pyobject: LocalisingNet.pool
 # ```
 #
@@ -337,8 +339,9 @@ validation_table
 # %% tags=["nbval-ignore-output"]
 control, PIX = None, {}
 if has_masks:
-    cfg = localising.ControlConfig(epochs=control_epochs, max_images=control_images)
-    control = localising.positive_control(study, cfg, progress=False)
+    cfg = positive_control.ControlConfig(epochs=control_epochs,
+                                         max_images=control_images)
+    control = positive_control.positive_control(study, cfg, progress=False)
     PIX["control"] = control.pixels  # it sees, and is explained on, marked images
     rec = control.record
     print(f"positive control: {rec['n_images']} training images, {cfg.epochs} epochs, "
@@ -353,27 +356,27 @@ else:
 # The settings, each explained on the same pairs by every method:
 
 # %%
-zs_name = cam.selected_classifier(study)
-pos, neg = cam.zero_shot_classifier(study, zs_name)
+zs_name = explain.selected_classifier(study)
+pos, neg = explain.zero_shot_classifier(study, zs_name)
 seed_pos = study.text_embeddings(zeroshot.single_prompt_texts("bare", LABELS))
 lp = probe.load_probe(arts.probe())
-ft = runs.finetuned_scorer(study)
-ft_perm = (runs.finetuned_scorer(study, "permuted")
-           if 0 in runs.finetuned_seeds(study, "permuted") else None)
+ft = repeats.finetuned_scorer(study)
+ft_perm = (repeats.finetuned_scorer(study, "permuted")
+           if 0 in repeats.finetuned_seeds(study, "permuted") else None)
 visual = study.model.visual
 NAMES = {"zs": f"zero-shot ({zs_name})", "zs+": "zero-shot, positive prompt only",
          "lp": "linear probe", "ft": "fine-tuned", "control": "positive control",
          "ft-permuted": "fine-tuned on permuted labels"}
-scorers = {"zs": cam.EmbeddingScorer(visual, cam.zero_shot_head(pos, neg)),
-           "zs+": cam.EmbeddingScorer(visual, cam.zero_shot_head(seed_pos)),
-           "lp": cam.EmbeddingScorer(visual, lp.torch_logits),
-           "ft": cam.EmbeddingScorer(ft.clip.visual, cam.finetuned_head(ft))}
+scorers = {"zs": explain.EmbeddingScorer(visual, explain.zero_shot_head(pos, neg)),
+           "zs+": explain.EmbeddingScorer(visual, explain.zero_shot_head(seed_pos)),
+           "lp": explain.EmbeddingScorer(visual, lp.torch_logits),
+           "ft": explain.EmbeddingScorer(ft.clip.visual, explain.finetuned_head(ft))}
 if control is not None:
     scorers["control"] = control.net
 extra = {}  # explained like a setting, but not one: the data-randomisation model
 if ft_perm is not None:
-    extra["ft-permuted"] = cam.EmbeddingScorer(ft_perm.clip.visual,
-                                               cam.finetuned_head(ft_perm))
+    extra["ft-permuted"] = explain.EmbeddingScorer(ft_perm.clip.visual,
+                                               explain.finetuned_head(ft_perm))
     SCORED["ft-permuted"] = SCORED["ft"]
     scored["ft-permuted"] = scored["ft"]
 LAYER = attribution.default_layer(scorers["zs"])  # every setting, the control included
@@ -383,19 +386,19 @@ show = np.sort(np.random.default_rng(0).choice(
     len(ex_pairs), min(n_examples, len(ex_pairs)), replace=False))
 
 
-def explain(key, pairs, methods=attribution.ONE_PASS, layers=False, keep=()):
+def explain_setting(key, pairs, methods=attribution.ONE_PASS, layers=False, keep=()):
     """One setting's maps on ``pairs``; the probe takes a held-out probe per image."""
     if key != "lp" or has_masks:
         sc = {**scorers, **extra}[key]
-        return cam.explain_pairs(sc, study, pairs, methods, layers, keep, layer=LAYER,
-                                 progress=False, pixels=PIX.get(key))
-    parts = [(i, cam.explain_pairs(cam.EmbeddingScorer(visual, p.torch_logits), study,
-                                   pairs.subset(i), methods, layers, layer=LAYER,
-                                   progress=False))
-             for i, p in cam.holdout_probes(study, lp, pairs, k_folds)]
+        return explain.explain_pairs(sc, study, pairs, methods, layers, keep,
+                                     layer=LAYER, progress=False, pixels=PIX.get(key))
+    parts = [(i, explain.explain_pairs(explain.EmbeddingScorer(visual, p.torch_logits),
+                                       study, pairs.subset(i), methods, layers,
+                                       layer=LAYER, progress=False))
+             for i, p in explain.holdout_probes(study, lp, pairs, k_folds)]
     order = np.argsort(np.concatenate([i for i, _ in parts]))
     keys = parts[0][1].stats if parts else {}
-    return cam.Explained({
+    return explain.Explained({
         k: {s: np.concatenate([e.stats[k][s] for _, e in parts])[order]
             for s in parts[0][1].stats[k]} for k in keys})
 
@@ -409,19 +412,19 @@ def sub(pairs, n, seed=0):
 res, layer_res, ex_maps = {}, {}, {}
 for key in [*scorers, *extra]:
     main = key in scorers
-    e_tune = explain(key, tune, layers=main)
-    e = explain(key, scored[key], layers=main,
+    e_tune = explain_setting(key, tune, layers=main)
+    e = explain_setting(key, scored[key], layers=main,
                 keep=show if key in ("ft", "control") else ())
     ex_maps[key] = e.kept
     for m, st in e.stats.items():
-        r = cam.summarise_setting(e_tune.stats[m], tune, st, scored[key], n_boot)
+        r = explain.summarise_setting(e_tune.stats[m], tune, st, scored[key], n_boot)
         (layer_res if "@" in m else res)[(key, m.split("@")[-1] if "@" in m else m)] = r
     if scorecam_pairs and main:  # no tuning pairs: Otsu's thresholds, by the rule
         sc_pairs = sub(scored[key], scorecam_pairs)
-        st_s = explain(key, sc_pairs, ("scorecam",)).stats.get("scorecam")
+        st_s = explain_setting(key, sc_pairs, ("scorecam",)).stats.get("scorecam")
         if st_s is not None:
-            none = localization.concat_stats([])
-            res[(key, "scorecam")] = cam.summarise_setting(
+            none = regions.concat_stats([])
+            res[(key, "scorecam")] = explain.summarise_setting(
                 none, sc_pairs.subset([]), st_s, sc_pairs, n_boot)
 
 # %% [markdown]
@@ -458,7 +461,7 @@ method_table
 # **Conventions, checked.** The tie rule and the grid-aware chance level are this book's
 # choices. CheXlocalize's own evaluation code takes the *first* maximum in row-major order
 # (a constant map "points" at the top-left pixel) and averages IoU only over pairs where both
-# masks are non-empty ({func}`helpers.localization.literal_hit`; the port is tested against
+# masks are non-empty ({func}`helpers.saliency.regions.literal_hit`; the port is tested against
 # their code). Grad-CAM, both ways:
 
 # %%
@@ -555,18 +558,18 @@ casc_keys = [k for k in ("zs", "lp", "ft", "control") if k in scorers]
 casc, casc_health = {}, {}
 for key in casc_keys if len(casc_pairs) else []:
     kw = dict(small=True, layer=LAYER, progress=False, pixels=PIX.get(key))
-    orig = cam.explain_pairs(scorers[key], study, casc_pairs, **kw)
+    orig = explain.explain_pairs(scorers[key], study, casc_pairs, **kw)
     steps = [("trained", orig)]
-    for step, rnd in cam.cascade(scorers[key], seed=0):
-        e = cam.explain_pairs(rnd, study, casc_pairs, **kw)
-        casc_health[(key, step)] = cam.randomisation_health(
+    for step, rnd in explain.cascade(scorers[key], seed=0):
+        e = explain.explain_pairs(rnd, study, casc_pairs, **kw)
+        casc_health[(key, step)] = explain.randomisation_health(
             scorers[key], rnd, study, casc_pairs, e.stats["gradcam"]["degenerate"],
             PIX.get(key))
         steps.append((step, e))
     for step, e in steps:
         failed = casc_health.get((key, step), {}).get("failed", False)
         for m in attribution.ONE_PASS:
-            rho = localization.rank_correlation(orig.small[m], e.small[m])
+            rho = regions.rank_correlation(orig.small[m], e.small[m])
             ok = np.isfinite(rho)
             v, lo, hi = (np.nan,) * 3
             if ok.sum() > 1 and not failed:
@@ -624,7 +627,7 @@ plt.close(fig)
 # learned.
 # ```
 #
-# Every step is checked before it is scored ({func}`helpers.cam.randomisation_health`): the
+# Every step is checked before it is scored ({func}`helpers.saliency.explain.randomisation_health`): the
 # randomised scorer's scores and input gradients must be non-zero and differ from the
 # trained model's, and at most half of its maps may be degenerate; a step that fails is
 # reported, never scored at the chance level. Failed steps in this run:
@@ -642,11 +645,11 @@ plt.close(fig)
 rand_hits, rand_health = {}, {}
 for key in scorers:
     for seed in (0, 1):
-        rnd = cam.randomised(scorers[key], seed=seed)
-        e = cam.explain_pairs(rnd, study, scored[key], ("gradcam",), layer=LAYER,
+        rnd = explain.randomised(scorers[key], seed=seed)
+        e = explain.explain_pairs(rnd, study, scored[key], ("gradcam",), layer=LAYER,
                               progress=False, pixels=PIX.get(key))
         rand_hits[(key, seed)] = e.stats["gradcam"]["hit"]
-        rand_health[(key, seed)] = cam.randomisation_health(
+        rand_health[(key, seed)] = explain.randomisation_health(
             scorers[key], rnd, study, scored[key], e.stats["gradcam"]["degenerate"],
             PIX.get(key))
 
@@ -672,15 +675,15 @@ sanity = {}
 for key in scorers:
     g = scored[key]
     h0, h1 = rand_hits[(key, 0)], rand_hits[(key, 1)]
-    sanity[key] = {"trained − randomised": localization.paired_gain(
+    sanity[key] = {"trained − randomised": regions.paired_gain(
                        hits(key), h0, g.table.report_id.to_numpy(), n_boot),
-                   "randomised (1) − randomised (0)": localization.paired_gain(
+                   "randomised (1) − randomised (0)": regions.paired_gain(
                        h1, h0, g.table.report_id.to_numpy(), n_boot)}
     final = [v for (k, s, m), v in casc.items() if k == key and m == "gradcam"]
     sanity[key]["final Spearman"] = (final[-1]["spearman"], final[-1]["spearman_ci"]) \
         if final else (np.nan, [np.nan, np.nan])
 if ft_perm is not None:
-    sanity["ft"]["trained − permuted-label model"] = localization.paired_gain(
+    sanity["ft"]["trained − permuted-label model"] = regions.paired_gain(
         hits("ft"), hits("ft-permuted"), scored["ft"].table.report_id.to_numpy(),
         n_boot)
 sanity_table = pd.DataFrame({
@@ -757,7 +760,7 @@ layer_table = pd.DataFrame({(NAMES[k], positions[int(b)]): row(r)
 human = None
 rm = base.reader_masks
 if rm:
-    ag = localization.reader_agreement(rm)
+    ag = regions.reader_agreement(rm)
     grp = base.table.report_id.to_numpy()[ag["pair"]]
     human = {}
     for k in ("hit", "iou"):
@@ -816,7 +819,7 @@ plt.close(fig)
 #
 # ## Verdicts
 #
-# Each verdict is a finding record ({mod}`helpers.findings`): a claim, its estimate with a
+# Each verdict is a finding record ({mod}`helpers.analysis.findings`): a claim, its estimate with a
 # 95% CI, a rule on the CI, and a negative control on the same report resamples. A finding
 # holds when its own CI clears the rule *and* its paired difference from the control clears
 # the margin declared in chapter 1, with a control powered to show that margin. All are read
@@ -838,8 +841,8 @@ copies_ok = {k: not (rand_health[(k, 0)]["failed"] or rand_health[(k, 1)]["faile
 for key in scorers:
     g, h0, h1 = scored[key], rand_hits[(key, 0)], rand_hits[(key, 1)]
     if prior is not None and copies_ok[key]:
-        pri_maps = localization.prior_maps(prior, g.table.label, study.info.image_size)
-        pri = localization.pointing_game(pri_maps, g.masks)
+        pri_maps = regions.prior_maps(prior, g.table.label, study.info.image_size)
+        pri = regions.pointing_game(pri_maps, g.masks)
         recs.append(findings.record(
             f"{key}: beats the location prior", CHAPTER,
             f"{NAMES[key]} Grad-CAM maps hit more often than the location prior",
@@ -917,8 +920,8 @@ out = atomic_write_json(arts.grad_cam, {
                "n_boot": n_boot, "max_pairs": max_pairs,
                "scorecam_pairs": scorecam_pairs,
                "cascade_pairs": cascade_pairs, "zero_shot_classifier": zs_name,
-               "k_folds": k_folds, "min_tune_pairs": localization.MIN_TUNE_PAIRS,
-               "threshold_grid": list(localization.THRESHOLD_GRID)},
+               "k_folds": k_folds, "min_tune_pairs": regions.MIN_TUNE_PAIRS,
+               "threshold_grid": list(regions.THRESHOLD_GRID)},
     "pairs": {k: int(v) for k, v in n_table["pairs"].items()},
     "scoring_validation": {k: strip(r) for k, r in ref.items()},
     "settings": {f"{NAMES[k]} · {attribution.NAMES[m]}": strip(r)
@@ -1052,7 +1055,7 @@ for m in ("gradcam", "eigencam", "rollout"):
 # %%
 small_gain = {}
 for key in [k for k in ("ft", "control") if k in scorers]:
-    area = localization.area_fraction(scored[key].masks)
+    area = regions.area_fraction(scored[key].masks)
     small = area < np.median(area)
     h = res[(key, "gradcam")]["per_pair"]["hit_rate"]
     hp = (ref["location prior"]["per_pair"]["hit_rate"] if prior is not None

@@ -36,16 +36,17 @@ import json
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
-from helpers import artefacts, display, findings, results
+from helpers.analysis import findings
+from helpers.book import artefacts, display, results
+from helpers.book.stamp import show_stamp
 from helpers.config import get_profile
-from helpers.stamp import show_stamp
 
 get_profile(profile)
 table = results.gather()
 references = results.gather_references()
 if table.empty:
     raise FileNotFoundError(f"no metrics JSON under {artefacts.output_root()}: "
-                            "run chapters 2-5 first (python -m helpers.run)")
+                            "run chapters 2-5 first (python -m helpers.book.runner)")
 mine = [folder for p, _, folder in artefacts.all_pairs() if p == profile]
 stamps = [json.loads(f.read_text())["stamp"] for d in mine
           for f in sorted(d.glob("*.json")) if "stamp" in json.loads(f.read_text())]
@@ -118,7 +119,7 @@ plt.show()
 # ## The original study's findings, each beside its negative control
 #
 # Every chapter tests one of the original study's claims and writes a record through
-# {mod}`helpers.findings`: the estimate with its 95% interval and the rule it must clear, a
+# {mod}`helpers.analysis.findings`: the estimate with its 95% interval and the rule it must clear, a
 # negative control bootstrapped on the same report resamples, and their paired difference.
 # A finding **holds** when its own interval clears the rule, the difference from its control
 # clears the margin declared in chapter 1 ({doc}`01_data`, § The findings, declared), and the

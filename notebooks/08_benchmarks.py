@@ -34,16 +34,16 @@ results = "benchmarks/results.json"  # the file `make bench` wrote (repository-r
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from helpers import bench_report
+from helpers.bench import report
 from helpers.config import REPO_ROOT
 
-devices = bench_report.load_devices(REPO_ROOT / results)
-gpus = bench_report.gpu_names(devices)
+devices = report.load_devices(REPO_ROOT / results)
+gpus = report.gpu_names(devices)
 no_gpu = ("not measured yet: this benchmark has only run on a CPU so far, "
           "so every GPU figure waits for a run on a machine with a GPU")
 glue("bench_devices", "; ".join(devices), display=False)
 glue("gpu_status", f"measured on {', '.join(gpus)}" if gpus else no_gpu, display=False)
-bench_report.machines(devices).style.format(precision=2)
+report.machines(devices).style.format(precision=2)
 
 # %% [markdown]
 # Devices in the file: {glue:text}`bench_devices`. GPU results: {glue:text}`gpu_status`.
@@ -63,8 +63,8 @@ bench_report.machines(devices).style.format(precision=2)
 # largest deviation from the original study's fp32 embeddings, relative to their largest value.
 
 # %% tags=["hide-input"]
-emb = bench_report.embedding(devices)
-best = bench_report.best_vitb_rate(emb)
+emb = report.embedding(devices)
+best = report.best_vitb_rate(emb)
 rate = {k: f"{v:,.0f}" if v >= 100 else f"{v:.1f}" for k, v in best.items()}
 glue("emb_vitb_best", "; ".join(f"{v} img/s on {k}" for k, v in rate.items())
      or "(not measured)", display=False)
@@ -80,9 +80,9 @@ emb.style.format({"images": "{:.0f}", "batch": "{:.0f}", "max rel. diff": "{:.1e
 # the GPU, no data path) measures:
 
 # %% tags=["hide-input"]
-gflops = bench_report.vitb_gflops(devices)
+gflops = report.vitb_gflops(devices)
 glue("vitb_gflops", f"{gflops:.1f}" if gflops else "(not counted)", display=False)
-bare = bench_report.bare_forward(devices)
+bare = report.bare_forward(devices)
 bare if len(bare) else Markdown("*No GPU has run the bare forward pass yet.*")
 
 # %% [markdown]
@@ -99,7 +99,7 @@ bare if len(bare) else Markdown("*No GPU has run the bare forward pass yet.*")
 # stops short of the optimum at large $C$, ours goes further).
 
 # %% tags=["hide-input"]
-probe = bench_report.probe_fit(devices)
+probe = report.probe_fit(devices)
 fit_512 = probe.xs("512-d", level=1)["fit_s"] if len(probe) else {}
 glue("probe_s_512", "; ".join(f"{v:.2f} s on {k}" for k, v in dict(fit_512).items())
      or "(not measured)", display=False)
@@ -121,7 +121,7 @@ probe.style.format(precision=3, na_rep="–")
 # training split (labelled as such).
 
 # %% tags=["hide-input"]
-bench_report.finetune_steps(devices).style.format(precision=3, na_rep="–")
+report.finetune_steps(devices).style.format(precision=3, na_rep="–")
 
 # %% [markdown]
 # ### Fine-tuning at BiomedCLIP size, end to end
@@ -133,7 +133,7 @@ bench_report.finetune_steps(devices).style.format(precision=3, na_rep="–")
 # checkpoint of model and optimiser.
 
 # %% tags=["hide-input"]
-e2e = bench_report.finetune_end_to_end(devices)
+e2e = report.finetune_end_to_end(devices)
 e2e_missing = "not measured yet (it runs on a GPU only; no GPU has run this benchmark)"
 glue("e2e_status", "measured, table below" if len(e2e) else e2e_missing, display=False)
 (e2e.style.format(precision=2, na_rep="–") if len(e2e)
@@ -143,7 +143,7 @@ glue("e2e_status", "measured, table below" if len(e2e) else e2e_missing, display
 # End-to-end fine-tuning at BiomedCLIP size: {glue:text}`e2e_status`.
 
 # %% tags=["hide-input"]
-variants = bench_report.step_variants(devices)
+variants = report.step_variants(devices)
 (variants.style.format(precision=2) if len(variants)
  else Markdown("*The step variants at BiomedCLIP size wait for a run on a GPU.*"))
 
@@ -154,23 +154,23 @@ variants = bench_report.step_variants(devices)
 # each device:
 
 # %% tags=["hide-input"]
-profile = bench_report.step_profile(devices)
+profile = report.step_profile(devices)
 profile.style.format({"self_cpu_ms": "{:.1f}", "share": "{:.1%}"})
 
 # %% [markdown]
-# Multi-GPU runs use `torchrun --nproc_per_node=N -m helpers.distributed finetune --profile full`
+# Multi-GPU runs use `torchrun --nproc_per_node=N -m helpers.protocols.distributed finetune --profile full`
 # (see {doc}`../reproducing`).
 #
 # ## The whole demo book
 #
 # Execution time of every chapter, as the runner recorded it at the last `make book` (or
-# `python -m helpers.run`) on each device, beside the run recorded before it, with the machine's
+# `python -m helpers.book.runner`) on each device, beside the run recorded before it, with the machine's
 # 1-minute load average when the chapter started and when it ended. On two cores a load near 1
 # is the chapter itself; more means other work shared the machine, and the times are read with
 # that in mind.
 
 # %% tags=["hide-input"]
-book, book_s, book_complete = bench_report.book_times(devices)
+book, book_s, book_complete = report.book_times(devices)
 if book_s is None:
     book_text = "(not recorded: run `make book`, then `make bench`)"
 elif book_complete:
@@ -179,7 +179,7 @@ else:
     book_text = (f"not recorded in full (only {len(book)} chapters were executed since "
                  "the last `make book`; their times are above)")
 glue("book_min", book_text, display=False)
-chapters = bench_report.book_chapters(devices)
+chapters = report.book_chapters(devices)
 (chapters.style.format(precision=1, na_rep="–") if len(chapters)
  else Markdown("*No book run has been recorded yet.*"))
 
@@ -196,7 +196,7 @@ chapters = bench_report.book_chapters(devices)
 # re-executed on its own since).
 
 # %% tags=["hide-input"]
-cells = bench_report.costliest_cells(devices)
+cells = report.costliest_cells(devices)
 (cells.style.format(precision=1, na_rep="–") if len(cells)
  else Markdown("*No executed chapter with cell times was found by the benchmark.*"))
 
@@ -212,7 +212,7 @@ cells = bench_report.costliest_cells(devices)
 # target is 2 s.
 
 # %% tags=["hide-input"]
-starts = bench_report.load_study_times(devices)
+starts = report.load_study_times(devices)
 now = starts.xs("this run", level=1) if len(starts) else starts
 glue("load_study_s", "; ".join(
     f"{r['call s (median)']:.2f} s on {k} (median of {r['processes']} processes, "
@@ -227,7 +227,7 @@ glue("load_study_s", "; ".join(
 # %% [markdown]
 # ## The full profile at scale
 #
-# `python -m helpers.bench_full` runs every chapter on the `full` profile's code path, each
+# `python -m helpers.bench.at_scale` runs every chapter on the `full` profile's code path, each
 # chapter as its own process, and measures it from outside: wall time and the peak resident
 # memory (RSS) of the runner and all its children (the Jupyter kernel, image-decoding workers),
 # plus, on a GPU, the device memory in use. It needs no download: the model has
@@ -240,14 +240,14 @@ glue("load_study_s", "; ".join(
 # commands for the real thing are on {doc}`../reproducing`.
 
 # %% tags=["hide-input"]
-full = bench_report.full_runs(devices)
-summary = "; ".join(bench_report.full_run_summary(k, f) for k, f in full.items())
-not_run = ("not measured yet: run `python -m helpers.bench_full all` "
+full = report.full_runs(devices)
+summary = "; ".join(report.full_run_summary(k, f) for k, f in full.items())
+not_run = ("not measured yet: run `python -m helpers.bench.at_scale all` "
            "(see Reproducing the paper)")
 glue("full_run_status", summary or not_run, display=False)
 if full:
-    display(bench_report.full_run_conditions(full))
-(bench_report.full_run_chapters(full).style.format(precision=1, na_rep="–") if full
+    display(report.full_run_conditions(full))
+(report.full_run_chapters(full).style.format(precision=1, na_rep="–") if full
  else Markdown("*The full profile at scale has not been run yet.*"))
 
 # %% [markdown]

@@ -21,12 +21,12 @@
 # other values. The runner checks every name and type before anything runs:
 #
 # ```bash
-# .venv/bin/python -m helpers.run                    # every chapter, demo profile
-# .venv/bin/python -m helpers.run 02_zero_shot -p n_boot 1000  # one chapter, one value
-# .venv/bin/python -m helpers.run 03_linear_probe -p class_weight none
-# .venv/bin/python -m helpers.run 04_fine_tune -p objective bce -p epochs 10
-# .venv/bin/python -m helpers.run --profile full     # the real study
-# .venv/bin/python -m helpers.run --list-params      # what the table below shows
+# .venv/bin/python -m helpers.book.runner                    # every chapter, demo profile
+# .venv/bin/python -m helpers.book.runner 02_zero_shot -p n_boot 1000  # one chapter, one value
+# .venv/bin/python -m helpers.book.runner 03_linear_probe -p class_weight none
+# .venv/bin/python -m helpers.book.runner 04_fine_tune -p objective bce -p epochs 10
+# .venv/bin/python -m helpers.book.runner --profile full     # the real study
+# .venv/bin/python -m helpers.book.runner --list-params      # what the table below shows
 # .venv/bin/jupyter-book build .                     # re-render the site
 # ```
 #
@@ -50,11 +50,12 @@
 # %% tags=["hide-input"]
 import pandas as pd
 
-from helpers import display, run
+from helpers.book import display, runner
 
 rows = []
-for c in run.toc_chapters():
-    for p in run.declared_parameters(run.read_notebook(run.notebook_path(c))).values():
+for c in runner.toc_chapters():
+    nb = runner.read_notebook(runner.notebook_path(c))
+    for p in runner.declared_parameters(nb).values():
         rows.append({"chapter": c, "parameter": p.name, "default": repr(p.default),
                      "type": p.type_name, "meaning": p.comment.replace("`", "")})
 display.table(pd.DataFrame(rows).set_index(["chapter", "parameter"]))  # every row

@@ -73,7 +73,7 @@ def private_outputs(tmp_path_factory, data_env):
 
 @pytest.fixture(scope="session")
 def label_table(data_env):
-    from helpers.data import build_label_table
+    from helpers.data.iuxray import build_label_table
 
     return build_label_table()
 
@@ -92,7 +92,7 @@ SMOKE = {
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory, data_env):
     """Copy the book sources, execute every chapter with SMOKE parameters, build with -W."""
-    from helpers import run as R
+    from helpers.book import runner as R
     from helpers.config import REPO_ROOT
 
     root = tmp_path_factory.mktemp("book")

@@ -3,7 +3,7 @@ coordinates are refused with the file and line named, never clipped or silently 
 
 import pytest
 
-from helpers import annotations as A
+from helpers.data import annotations as A
 
 HEADER = "image_id,label,shape,points\n"
 

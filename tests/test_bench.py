@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from helpers import bench as B
+from helpers.bench import timing as B
 
 
 def test_bench_smoke_writes_results_per_device(tmp_path, data_env):
@@ -13,7 +13,7 @@ def test_bench_smoke_writes_results_per_device(tmp_path, data_env):
 
     out = tmp_path / "results.json"
     cpu = B.device_key(torch.device("cpu"))
-    full_run = {"label": "full-profile run at scale (CPU, reduced limit)"}  # helpers.bench_full's record
+    full_run = {"label": "full-profile run at scale (CPU, reduced limit)"}  # helpers.bench.at_scale's record
     out.write_text(json.dumps({"format": 2, "latest": "cuda: X", "devices": {
         "cuda: X": {"kept": True}, cpu: {"machine": {"key": cpu}, "full_profile_run": full_run}}}))
     r = B.run(smoke=True, out=out)
@@ -69,12 +69,12 @@ def test_plan_sizes_itself_to_the_device():
 def test_old_single_device_results_are_read_as_one_device(tmp_path):
     f = tmp_path / "old.json"
     f.write_text(json.dumps({"machine": {"device": "cpu", "cpu_count": 2}, "smoke": False}))
-    from helpers.bench_report import read_results
+    from helpers.bench.report import read_results
 
     assert list(read_results(f)["devices"]) == ["cpu (2 cores)"]
 
 
-# The embedding path that the benchmark times (helpers.embeddings.compute_image_embeddings).
+# The embedding path that the benchmark times (helpers.protocols.embeddings.compute_image_embeddings).
 
 import functools  # noqa: E402
 
@@ -84,8 +84,8 @@ import torch  # noqa: E402
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    from helpers.images import PixelCache
-    from helpers.models import TinyConfig, build_tiny, load_model
+    from helpers.data.images import PixelCache
+    from helpers.protocols.models import TinyConfig, build_tiny, load_model
 
     folder = build_tiny(tmp_path_factory.mktemp("m"), ["no effusion", "mild cardiomegaly"] * 10,
                         TinyConfig(vit_depth=1, bert_depth=1, image_size=64))
@@ -96,7 +96,7 @@ def small(tmp_path_factory):
 
 def _reference(model, cache, mean, std, rows, batch_size):
     """The embedding loop before the fast path (DataLoader over the cache, to_model_input)."""
-    from helpers.images import PixelDataset, to_model_input
+    from helpers.data.images import PixelDataset, to_model_input
 
     dl = torch.utils.data.DataLoader(PixelDataset(cache, rows), batch_size=batch_size)
     with torch.inference_mode():
@@ -104,7 +104,7 @@ def _reference(model, cache, mean, std, rows, batch_size):
 
 
 def test_embeddings_equal_the_earlier_path_in_fp32(small):
-    from helpers import embeddings as E
+    from helpers.protocols import embeddings as E
 
     model, info, cache = small
     rows = [9, 0, 4, 4, 10, 3, 7]
@@ -119,7 +119,7 @@ def test_embeddings_equal_the_earlier_path_in_fp32(small):
 
 @pytest.mark.parametrize("precision", ["bf16", "autocast"])
 def test_low_precision_embeddings_stay_close_and_leave_the_model_alone(small, precision):
-    from helpers import embeddings as E
+    from helpers.protocols import embeddings as E
 
     model, info, cache = small
     ref = E.compute_image_embeddings(model, cache, info.mean, info.std, progress=False)
@@ -136,7 +136,7 @@ def test_compiled_embeddings_pad_the_last_batch_and_match(small, monkeypatch):
     and the result equals eager."""
     import torch._dynamo
 
-    from helpers import embeddings as E
+    from helpers.protocols import embeddings as E
 
     model, info, cache = small
     ref = E.compute_image_embeddings(model, cache, info.mean, info.std, batch_size=4, progress=False)
@@ -151,7 +151,7 @@ def test_compiled_embeddings_pad_the_last_batch_and_match(small, monkeypatch):
 def test_gpu_sections_run_on_a_cpu_at_tiny_size(small):
     """The step variants and the bare forward that a GPU run measures work end to end (here on a
     CPU, tiny model, no compile)."""
-    from helpers.models import load_model
+    from helpers.protocols.models import load_model
 
     model, info, _ = small
     tok = load_model(info.source)[2]
@@ -162,7 +162,7 @@ def test_gpu_sections_run_on_a_cpu_at_tiny_size(small):
 
 
 def test_bf16_copy_is_reused_until_the_weights_change(small):
-    from helpers import embeddings as E
+    from helpers.protocols import embeddings as E
 
     model, _, _ = small
     a = E._bf16_copy(model.visual, torch.device("cpu"))
@@ -177,7 +177,7 @@ def test_bf16_copy_is_reused_until_the_weights_change(small):
 
 def test_benchmark_sizes_are_the_splits_sizes(data_env):
     """The benchmark extrapolates to IU-Xray's split sizes: they must be the study's own."""
-    from helpers.data import load_study_data
+    from helpers.data.iuxray import load_study_data
 
     counts = load_study_data().split.split.value_counts()
     assert (B.IUXRAY_TRAIN, B.IUXRAY_VAL) == (counts["train"], counts["val"])

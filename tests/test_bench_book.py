@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from helpers import bench as B
-from helpers import bench_book as BB
-from helpers import bench_report as R
-from helpers import run as RUN
+from helpers.bench import timing as B
+from helpers.bench import book_costs as BB
+from helpers.bench import report as R
+from helpers.book import runner as RUN
 
 
 def _notebook(path, durations, end="2026-12-02T05:01:30.5+00:00", headings=None):
@@ -81,10 +81,10 @@ def test_imports_of_the_call_are_read_after_the_mark():
         BB.CALL_MARK,
         "import time:       500 |     300000 |   open_clip.model",  # nested: not top level
         "import time:       200 |     900000 | open_clip",
-        "import time:       100 |      50000 | helpers.phantoms",
+        "import time:       100 |      50000 | helpers.phantoms.rendering",
         "some other line"])
     got = BB.call_imports(err)
-    assert [t["module"] for t in got["top"]] == ["open_clip", "helpers.phantoms"]
+    assert [t["module"] for t in got["top"]] == ["open_clip", "helpers.phantoms.rendering"]
     assert got["total_s"] == pytest.approx(0.95)
     assert BB.call_imports("no mark at all") == {"total_s": 0, "top": []}
 
@@ -99,7 +99,7 @@ def _entry(key, date, book_s, probe=True):
          "load_study": {"repeats": 3, "call_s_median": book_s / 100, "call_s_min": 0.5, "call_s_max": 0.9,
                         "import_s_median": 2.0, "first_s": 3.0, "load_avg_1min": [1.0, 1.2],
                         "model_loaded": False, "imports_during_call": {"total_s": 0.1, "top": [
-                            {"module": "helpers.data", "seconds": 0.05}]}}}
+                            {"module": "helpers.data.iuxray", "seconds": 0.05}]}}}
     if probe:
         e["probe_fit"] = {}
     return e
@@ -133,6 +133,6 @@ def test_the_page_tables_show_this_run_beside_the_previous():
     ls = R.load_study_times(devices)
     assert list(ls.index) == [(key, "this run"), (key, "previous run")]
     assert ls.loc[(key, "this run"), "call s (median)"] == 0.6
-    assert ls.loc[(key, "this run"), "slowest import"] == "helpers.data (0.05 s)"
+    assert ls.loc[(key, "this run"), "slowest import"] == "helpers.data.iuxray (0.05 s)"
     assert ls.loc[(key, "this run"), "load average"] == 1.2
     assert R.book_chapters({}).empty and R.costliest_cells({}).empty and R.load_study_times({}).empty

@@ -1,4 +1,4 @@
-"""``python -m helpers.bench_full``: boxes from phantom masks, the memory sampler, the benchmark
+"""``python -m helpers.bench.at_scale``: boxes from phantom masks, the memory sampler, the benchmark
 record of a full-profile run and what preflight reads back from it (no timing assertions)."""
 
 import json
@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from helpers import bench_full as BF
-from helpers.labels import CHEXPERT_LABELS
-from helpers.phantoms import LABEL_BIT
+from helpers.bench import at_scale as BF
+from helpers.data.labels import CHEXPERT_LABELS
+from helpers.phantoms.rendering import LABEL_BIT
 
 
 def _bits(shape=(64, 80)) -> np.ndarray:
@@ -31,7 +31,7 @@ def test_mask_boxes_one_box_per_region_in_png_pixels():
 def test_phantom_annotations_cover_positive_val_and_test_findings(tmp_path):
     import cv2
 
-    from helpers.annotations import load_annotations, region_mask
+    from helpers.data.annotations import load_annotations, region_mask
 
     ids = ["a", "b", "c"]
     split = pd.DataFrame({"image_id": ids, "split": ["train", "val", "test"]})
@@ -79,8 +79,8 @@ def _fake_run(out_dir, chapters):
 def test_record_goes_into_this_devices_entry_and_preflight_reads_it(tmp_path, monkeypatch):
     import torch
 
-    from helpers import preflight as P
-    from helpers.bench import device_key
+    from helpers.bench import preflight as P
+    from helpers.bench.timing import device_key
 
     monkeypatch.setenv("IUXRAY_OUTPUT_DIR", str(tmp_path / "outputs"))
     monkeypatch.setenv("IUXRAY_DATA_DIR", str(tmp_path / "data"))

@@ -1,6 +1,6 @@
-"""The book's Sphinx extension (``helpers/sphinx_ext.py``), without building the book."""
+"""The book's Sphinx extension (``helpers/book/sphinx_ext.py``), without building the book."""
 
-from helpers import sphinx_ext
+from helpers.book import sphinx_ext
 
 
 def test_edit_and_source_buttons_point_at_the_jupytext_sources():

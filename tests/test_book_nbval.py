@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run as runner
+from helpers.book import runner
 
 HERE = Path(__file__).parent
 

@@ -312,7 +312,7 @@ PENDING_FIGURES = {"04_fine_tune": "its figures are redrawn by the chapter's own
 
 
 def _figure_reports(nb: dict):
-    """The :func:`helpers.stamp.figure_report` of every figure a notebook shows (``None`` for a
+    """The :func:`helpers.book.stamp.figure_report` of every figure a notebook shows (``None`` for a
     figure shown before the stamp)."""
     for cell in nb["cells"]:
         for out in cell.get("outputs", []):
@@ -321,7 +321,7 @@ def _figure_reports(nb: dict):
 
 
 def test_every_figure_is_drawn_at_its_display_size(site):
-    from helpers.stamp import COLUMN_PX, PROFILE_MARKS
+    from helpers.book.stamp import COLUMN_PX, PROFILE_MARKS
 
     html, _ = site
     problems, checked = [], 0

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import cooccurrence
+from helpers.analysis import cooccurrence
 
 
 def test_cooccurrence_pairs_and_partner_shift():
@@ -48,7 +48,7 @@ def test_percentile_and_causal_effect_by_hand():
 
 
 def test_independent_controls_match_the_partners_drawing_families():
-    from helpers import cooccurrence as C
+    from helpers.analysis import cooccurrence as C
 
     family = {"A": "blob", "B": "blob", "C": "rim", "D": "disk", "E": "blob", "F": "rim"}
     partners = [("A", "B", 30, 3.0), ("A", "C", 25, 2.0)]  # same family, then different

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import data as D
-from helpers import labels as L
+from helpers.data import iuxray as D
+from helpers.data import labels as L
 
 
 def test_real_reports_counts(label_table):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from helpers.labels import CHEXPERT_LABELS
+from helpers.data.labels import CHEXPERT_LABELS
 
 N, S = 40, 64
 
@@ -20,8 +20,8 @@ def _free_port() -> int:
 
 
 def _setup(root):
-    from helpers.images import PixelCache
-    from helpers.models import load_model
+    from helpers.data.images import PixelCache
+    from helpers.protocols.models import load_model
 
     model, _, tok, info = load_model(f"local-dir:{root / 'm'}")
     px = np.load(root / "px.npy", mmap_mode="r")
@@ -30,7 +30,7 @@ def _setup(root):
 
 
 def _train(root, run_root, device="cpu", optimizer="sgd"):
-    from helpers import finetune as F
+    from helpers.protocols import finetune as F
 
     model, tok, info, cache, y = _setup(root)
     # SGD: its update is linear in the gradient, so DDP's averaged gradient must give the same
@@ -44,7 +44,7 @@ def _train(root, run_root, device="cpu", optimizer="sgd"):
 def _worker(rank, world, port, root):
     import torch.distributed as dist
 
-    from helpers.distributed import sharded_image_embeddings
+    from helpers.protocols.distributed import sharded_image_embeddings
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -58,7 +58,7 @@ def _worker(rank, world, port, root):
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    from helpers.models import TinyConfig, build_tiny
+    from helpers.protocols.models import TinyConfig, build_tiny
 
     r = tmp_path_factory.mktemp("ddp")
     texts = [c.lower() for c in CHEXPERT_LABELS] + [f"no {c.lower()}" for c in CHEXPERT_LABELS]
@@ -85,7 +85,7 @@ def test_two_ranks_match_one_process(root):
 
 
 def test_sharded_embeddings_equal_unsharded(root):
-    from helpers.distributed import sharded_image_embeddings
+    from helpers.protocols.distributed import sharded_image_embeddings
 
     if not (root / "emb0.npy").is_file():
         pytest.skip("needs test_two_ranks_match_one_process to have run")
@@ -96,12 +96,13 @@ def test_sharded_embeddings_equal_unsharded(root):
 
 
 def test_torchrun_finetune_trains_chapter_4s_runs_and_records_them(monkeypatch, tmp_path, capsys):
-    """``helpers.distributed finetune`` goes through ``runs.finetune_runs`` (the function chapter
+    """``helpers.protocols.distributed finetune`` goes through ``repeats.finetune_runs`` (the function chapter
     4 calls) with the seeds and variant asked for, so chapter 4 finds the runs in its index.
     One gloo rank; the training itself is replaced by a recorder (DDP training is checked above)."""
     import types
 
-    from helpers import distributed, runs, study
+    from helpers.protocols import distributed, repeats
+    from helpers.book import study
 
     calls = []
 
@@ -112,7 +113,7 @@ def test_torchrun_finetune_trains_chapter_4s_runs_and_records_them(monkeypatch, 
 
     fake_study = types.SimpleNamespace(artefacts=types.SimpleNamespace(
         finetune_index=lambda: tmp_path / "fine_tune_runs.json"))
-    monkeypatch.setattr(runs, "finetune_runs", fake_runs)
+    monkeypatch.setattr(repeats, "finetune_runs", fake_runs)
     monkeypatch.setattr(study, "load_study", lambda *a, **k: fake_study)
     for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": str(_free_port())}.items():

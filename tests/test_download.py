@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import download as D
+from helpers.data import download as D
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -297,7 +297,7 @@ def test_links_are_not_extracted_and_listed(tmp_path):
 
 
 def test_garbage_record_is_ignored_with_a_warning(server, tmp_path):
-    from helpers.io import CacheMissWarning
+    from helpers.storage import CacheMissWarning
 
     url, st = server
     st["body"] = _tgz({"CXR1_1_IM-0001-4001.png": b"png1"})

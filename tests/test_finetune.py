@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import finetune as F
-from helpers.images import PixelCache
-from helpers.labels import CHEXPERT_LABELS
-from helpers.models import TinyConfig, build_tiny, load_model
+from helpers.protocols import finetune as F
+from helpers.data.images import PixelCache
+from helpers.data.labels import CHEXPERT_LABELS
+from helpers.protocols.models import TinyConfig, build_tiny, load_model
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_one_epoch_runs_end_to_end(setup, tmp_path, objective):
     logits = F.predict_logits(r.scorer, cache, np.arange(5), info.mean, info.std)
     assert logits.shape == (5, len(CHEXPERT_LABELS)) and np.isfinite(logits).all()
     # the base model is untouched: fine-tuning works on a copy
-    from helpers.models import _weights_hash
+    from helpers.protocols.models import _weights_hash
 
     assert _weights_hash(model) == info.weights_sha256
 
@@ -155,7 +155,7 @@ def test_compiled_or_fallback_step_gives_the_eager_loss(setup, monkeypatch):
     the eager step's loss and gradients."""
     import torch._dynamo
 
-    from helpers import training as T
+    from helpers.protocols import training as T
 
     model, tok, info, cache, y, _ = setup
     cfg = F.FinetuneConfig(batch_size=4, compile="off", cpu_threads=1).resolved("cpu")
@@ -198,7 +198,7 @@ def test_default_run_key_is_unchanged_by_the_new_settings(setup):
     import json
     from dataclasses import asdict
 
-    from helpers.io import sha256_bytes
+    from helpers.storage import sha256_bytes
 
     cfg = F.FinetuneConfig(epochs=3).resolved("cpu")
     old_fields = {k: v for k, v in asdict(cfg).items()
@@ -221,7 +221,7 @@ def test_validation_pass_computes_text_directions_once(setup, monkeypatch):
     sc = F.build_scorer(model, tok, CHEXPERT_LABELS, F.FinetuneConfig())
     rows = np.arange(10)
     with torch.no_grad():
-        from helpers.images import to_model_input
+        from helpers.data.images import to_model_input
 
         ref = sc.eval()(to_model_input(cache.pixels[rows], info.mean, info.std)).numpy()
     calls = {"n": 0}
@@ -240,7 +240,7 @@ def test_validation_pass_computes_text_directions_once(setup, monkeypatch):
 def test_step_falls_back_when_the_compiled_backward_fails(setup):
     """The compiled backward is compiled lazily; if that fails the step is redone eagerly and gives
     the eager step's loss and weights."""
-    from helpers.training import CompiledOrEager
+    from helpers.protocols.training import CompiledOrEager
 
     model, tok, info, cache, y, _ = setup
     cfg = F.FinetuneConfig(batch_size=4, compile="off", cpu_threads=1).resolved("cpu")
@@ -274,8 +274,8 @@ def test_step_falls_back_when_the_compiled_backward_fails(setup):
 
 def test_lp_ft_head_starts_at_the_probe(setup):
     """Before any update, the LP-FT scorer's logits are the probe's logits."""
-    from helpers.embeddings import compute_image_embeddings
-    from helpers.probe import fit_probe
+    from helpers.protocols.embeddings import compute_image_embeddings
+    from helpers.protocols.probe import fit_probe
 
     model, tok, info, cache, y, _ = setup
     emb = compute_image_embeddings(model, cache, info.mean, info.std, progress=False)
@@ -287,8 +287,8 @@ def test_lp_ft_head_starts_at_the_probe(setup):
 
 
 def test_lp_ft_trains_reloads_and_needs_its_probe(setup, tmp_path):
-    from helpers.embeddings import compute_image_embeddings
-    from helpers.probe import fit_probe
+    from helpers.protocols.embeddings import compute_image_embeddings
+    from helpers.protocols.probe import fit_probe
 
     model, tok, info, cache, y, _ = setup
     emb = compute_image_embeddings(model, cache, info.mean, info.std, progress=False)

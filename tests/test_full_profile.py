@@ -6,17 +6,17 @@ import shutil
 
 import pytest
 
-from helpers import run as R
+from helpers.book import runner as R
 from helpers.config import data_dir
 
 
 @pytest.fixture(scope="module")
 def full_setup(tmp_path_factory, private_outputs):
-    from helpers.data import load_study_data
-    from helpers.labels import CHEXPERT_LABELS
-    from helpers.models import TinyConfig, build_tiny
-    from helpers.phantoms import generate
-    from helpers.study import subsample
+    from helpers.data.iuxray import load_study_data
+    from helpers.data.labels import CHEXPERT_LABELS
+    from helpers.protocols.models import TinyConfig, build_tiny
+    from helpers.phantoms.rendering import generate
+    from helpers.book.study import subsample
 
     root = tmp_path_factory.mktemp("full")
     texts = [c.lower() for c in CHEXPERT_LABELS] + [f"no {c.lower()}" for c in CHEXPERT_LABELS]
@@ -45,12 +45,12 @@ def test_full_profile_chapters_run_offline(full_setup, tmp_path, capsys):
     for c in chapters:
         nb = json.loads((tmp_path / f"{c}.ipynb").read_text())
         assert not [o for cell in nb["cells"] for o in cell.get("outputs", []) if o.get("output_type") == "error"], c
-    from helpers.results import gather
+    from helpers.book.results import gather
 
     df = gather()
     assert {"full"} <= set(df.profile)
-    assert set(df[df.profile == "full"].setting) == {"zs", "zs-seed", "lp", "ft"}
-    from helpers.artefacts import Artefacts
+    assert set(df[df.profile == "full"].setting) == {"zs", "zs-seed", "lp", "ft", "ft-lpft", "ft-seed"}
+    from helpers.book.artefacts import Artefacts
 
     stamp = json.loads(Artefacts.of("full", f"local-dir:{model}", quick=True).metrics("zs").read_text())["stamp"]
     assert stamp["profile"] == "full" and stamp["model_id"].startswith("local-dir:")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from helpers import annotations as A
-from helpers import geometry as G
+from helpers.data import annotations as A
+from helpers.analysis import geometry as G
 
 
 def test_class_geometry_by_hand():

@@ -85,8 +85,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import download as D
-from helpers import run as R
+from helpers.data import download as D
+from helpers.book import runner as R
 from helpers.config import REPO_ROOT
 
 # --------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def _archive(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def test_05_duplicate_report_ids_are_refused_naming_both_files(tmp_path):
-    from helpers.data import load_reports
+    from helpers.data.iuxray import load_reports
 
     a = _archive(tmp_path / "r.tgz", {"ecgen/1.xml": XML.format(id="CXR1").encode(),
                                       "ecgen/2.xml": XML.format(id="CXR2").encode(),
@@ -301,7 +301,7 @@ def test_05_duplicate_report_ids_are_refused_naming_both_files(tmp_path):
 
 
 def test_13_report_id_without_digits_is_named(tmp_path):
-    from helpers.data import load_reports
+    from helpers.data.iuxray import load_reports
 
     a = _archive(tmp_path / "r.tgz", {"ecgen/1.xml": XML.format(id="CXR1").encode(),
                                       "ecgen/x.xml": XML.format(id="CXRabc").encode()})
@@ -316,7 +316,7 @@ def test_13_report_id_without_digits_is_named(tmp_path):
 def test_19_oversized_archive_member_is_refused_unread(tmp_path):
     import tracemalloc
 
-    from helpers.data import MAX_REPORT_BYTES, load_reports
+    from helpers.data.iuxray import MAX_REPORT_BYTES, load_reports
 
     big = 20 << 20
     buf = io.BytesIO()
@@ -345,8 +345,8 @@ def test_06_loading_the_data_keeps_warnings_visible():
     data files are found without importing it, so a later warning still reaches stderr."""
     code = textwrap.dedent("""
         import sys, warnings
-        from helpers.data import load_metadata, load_reports, package_file
-        from helpers.phantom_findings import lung_templates
+        from helpers.data.iuxray import load_metadata, load_reports, package_file
+        from helpers.phantoms.drawers import lung_templates
         load_reports(); load_metadata(); lung_templates()
         assert "torchxrayvision" not in sys.modules, "torchxrayvision was imported"
         blanket = [f for f in warnings.filters if f[0] == "ignore" and f[1] is None and f[2] is Warning]
@@ -371,7 +371,7 @@ def _chapter(folder: Path, name: str, code: str, params: str = "") -> Path:
 
 
 def test_06_a_chapters_warnings_reach_its_page_and_the_console(tmp_path, capsys, data_env):
-    nb = _chapter(tmp_path, "99_warns", "from helpers.data import load_metadata\nload_metadata()\n"
+    nb = _chapter(tmp_path, "99_warns", "from helpers.data.iuxray import load_metadata\nload_metadata()\n"
                   "import warnings\nwarnings.warn('cache x is not usable (probe); it is rebuilt', UserWarning)\n")
     assert R.main([str(nb), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
@@ -433,7 +433,7 @@ def readonly_dir(tmp_path, monkeypatch):
                                                   capture_output=True).returncode == 0:
         mounted = True
     else:
-        import helpers.io as hio
+        import helpers.storage as hio
 
         real = hio.tempfile.mkstemp
 
@@ -460,7 +460,7 @@ def test_L6_a_read_only_output_folder_is_found_before_any_work(capsys, no_execut
 
 
 def _runner(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "helpers.run", *args], cwd=REPO_ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "helpers.book.runner", *args], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -491,10 +491,10 @@ def test_07_two_real_runs_of_one_output_folder_the_second_is_refused(tmp_path, d
 
 
 def test_07_a_held_model_folder_refuses_a_run_that_would_write_it(tmp_path, capsys, no_execution, private_outputs):
-    from helpers.artefacts import Artefacts
+    from helpers.book.artefacts import Artefacts
 
     folder = Artefacts.of("demo", "tiny", quick=True).dir
-    code = (f"from helpers.io import folder_lock\nimport sys, time\n"
+    code = (f"from helpers.storage import folder_lock\nimport sys, time\n"
             f"with folder_lock({str(folder)!r}, 'probe'):\n    print('held', flush=True)\n    time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -508,7 +508,7 @@ def test_07_a_held_model_folder_refuses_a_run_that_would_write_it(tmp_path, caps
 
 
 def test_08_quick_parameters_choose_the_quick_folder():
-    from helpers.artefacts import Artefacts
+    from helpers.book.artefacts import Artefacts
 
     chapters = ["02_zero_shot", "04_fine_tune"]
     for given, reason in (([("n_boot", "5")], "n_boot 5"), ([("limit", "12")], "limit 12 images per split"),
@@ -522,7 +522,7 @@ def test_08_quick_parameters_choose_the_quick_folder():
 @pytest.mark.book
 def test_08_a_quick_run_never_overwrites_a_full_run(tmp_path, capsys, private_outputs):
     """The issue's probe: a full run's zero_shot.json, then ``-p limit 12 -p n_boot 5``."""
-    from helpers.artefacts import Artefacts, all_pairs
+    from helpers.book.artefacts import Artefacts, all_pairs
 
     full = Artefacts.of("demo", "tiny")
     full.dir.mkdir(parents=True, exist_ok=True)
@@ -577,7 +577,7 @@ def _geo(size: int = 32):
 
 
 def test_12_decompression_bomb_is_named_and_skippable(tmp_path):
-    from helpers import images as I
+    from helpers.data import images as I
 
     good = _pngs(tmp_path / "png", 3)
     bomb = _bomb(tmp_path / "png" / "bomb.png")
@@ -591,7 +591,7 @@ def test_12_decompression_bomb_is_named_and_skippable(tmp_path):
                             progress=False)
     assert c.ok.tolist() == [True, False, True, True] and "DecompressionBombError" in c.failures[str(bomb)]
     assert c.pixels.shape == (4, 32, 32) and c.pixels[2].mean() == 20
-    from helpers.annotations import AnnotationError, region_mask
+    from helpers.data.annotations import AnnotationError, region_mask
 
     ann = pd.DataFrame({"image_id": ["bomb"], "label": ["Cardiomegaly"], "shape": ["box"],
                         "points": [[(1, 1), (5, 5)]]})
@@ -615,7 +615,7 @@ def small_tmpfs(tmp_path):
 def test_16_full_disk_gives_a_message_naming_the_folder_not_sigbus(tmp_path, monkeypatch, small_tmpfs):
     import shutil as sh
 
-    from helpers import images as I
+    from helpers.data import images as I
 
     paths = _pngs(tmp_path / "png", 40)
     ids = [f"i{k}" for k in range(40)]
@@ -653,8 +653,8 @@ def test_16_full_disk_gives_a_message_naming_the_folder_not_sigbus(tmp_path, mon
 
 
 def test_L5_a_limited_run_renders_a_subset_and_the_full_run_reuses_it(tmp_path, monkeypatch):
-    from helpers import phantoms as P
-    from helpers.labels import CHEXPERT_LABELS
+    from helpers.phantoms import rendering as P
+    from helpers.data.labels import CHEXPERT_LABELS
 
     table = pd.DataFrame({"image_id": [f"CXR{i}_IM-0001-1001" for i in range(10)]})
     for c in CHEXPERT_LABELS:
@@ -681,9 +681,9 @@ def test_L5_a_limited_run_renders_a_subset_and_the_full_run_reuses_it(tmp_path, 
 def test_03_annotation_rows_naming_no_image_are_reported(tmp_path):
     from types import SimpleNamespace
 
-    from helpers import annotations as A
-    from helpers.labels import CHEXPERT_LABELS
-    from helpers.study import localization_pairs
+    from helpers.data import annotations as A
+    from helpers.data.labels import CHEXPERT_LABELS
+    from helpers.book.study import localization_pairs
 
     (p,) = _pngs(tmp_path / "png", 1, size=64)
     table = pd.DataFrame({"image_id": ["CXR1_IM-0001-1001"], "report_id": ["CXR1"], "split": ["test"],
@@ -709,7 +709,7 @@ def test_03_annotation_rows_naming_no_image_are_reported(tmp_path):
 
 @pytest.fixture
 def model_copy(tmp_path):
-    from helpers.models import TINY_PRETRAINED_DIR
+    from helpers.protocols.models import TINY_PRETRAINED_DIR
 
     d = tmp_path / "my-model"
     shutil.copytree(TINY_PRETRAINED_DIR, d)
@@ -724,7 +724,7 @@ def model_copy(tmp_path):
     ("model_cfg without towers", r"'model_cfg' in open_clip_config\.json lacks \['vision_cfg', 'text_cfg'\]"),
 ])
 def test_14_broken_local_dir_model_names_the_folder(model_copy, case, expect):
-    from helpers.models import ModelFolderError, load_model
+    from helpers.protocols.models import ModelFolderError, load_model
 
     if case == "garbage safetensors":
         (model_copy / "open_clip_model.safetensors").write_bytes(b"\x01\x00\x00\x00garbage")
@@ -806,7 +806,7 @@ def test_15_after_sigkill_of_the_runners_group_no_kernel_or_worker_lives_on(tmp_
             "    time.sleep(300)\n")
     nb = _chapter(tmp_path, "99_pool", code, 'pidfile = ""\n')
     env = {**os.environ, "IUXRAY_OUTPUT_DIR": str(tmp_path / "outputs")}
-    runner = subprocess.Popen([sys.executable, "-m", "helpers.run", str(nb), "--out", str(tmp_path / "out"),
+    runner = subprocess.Popen([sys.executable, "-m", "helpers.book.runner", str(nb), "--out", str(tmp_path / "out"),
                                "-p", "pidfile", str(pidfile)], cwd=REPO_ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pids: list[int] = []

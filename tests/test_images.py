@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from torchvision import transforms as T
 
-from helpers import images as I
-from helpers import io as hio
+from helpers.data import images as I
+from helpers import storage as hio
 
 S = 16
 PREPROCESS = T.Compose([T.Resize(S), T.CenterCrop(S)])  # stands in for open_clip's transform
@@ -134,4 +134,4 @@ def test_missing_image_folder_hint_names_what_exists(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         I.openi_images(pd.DataFrame({"image_id": ["x"]}), tmp_path / "nope")
     msg = str(e.value)
-    assert "python -m helpers.download images" in msg and "IUXRAY_DATA_DIR" in msg and "image_dir=" not in msg
+    assert "python -m helpers.data.download images" in msg and "IUXRAY_DATA_DIR" in msg and "image_dir=" not in msg

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import io as hio
+from helpers import storage as hio
 from conftest import REPORT_XML, write_tgz
 
 
@@ -176,7 +176,7 @@ def test_garbage_json_record_is_a_miss_naming_the_file(tmp_path, content):
 
 
 def test_garbage_run_times_is_replaced(tmp_path):
-    from helpers import run as R
+    from helpers.book import runner as R
 
     p = tmp_path / "run_times.json"
     p.write_text("{not json")
@@ -185,7 +185,7 @@ def test_garbage_run_times_is_replaced(tmp_path):
     assert json.loads(p.read_text())["01_data"]["seconds"] == 1.5
 
 
-# --- label table cache (helpers.data) -------------------------------------------------------
+# --- label table cache (helpers.data.iuxray) -------------------------------------------------------
 
 
 def _twenty_reports(tmp_path):
@@ -197,7 +197,7 @@ def _twenty_reports(tmp_path):
 
 
 def test_label_table_cache_edited_garbage_or_empty_is_rebuilt(tmp_path):
-    from helpers import data as D
+    from helpers.data import iuxray as D
 
     archive, cache = _twenty_reports(tmp_path), tmp_path / "cache"
     first = D.build_label_table(archive, cache_dir=cache)
@@ -217,7 +217,7 @@ def test_label_table_cache_edited_garbage_or_empty_is_rebuilt(tmp_path):
 
 
 def test_archive_with_no_well_formed_xml_is_named(tmp_path):
-    from helpers import data as D
+    from helpers.data import iuxray as D
 
     bad = write_tgz(tmp_path / "junk.tgz", {f"r/{n}.xml": b"<eCitation><uId" for n in range(20)})
     with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"junk\.tgz.*no well-formed report XML"):
@@ -225,7 +225,7 @@ def test_archive_with_no_well_formed_xml_is_named(tmp_path):
 
 
 def test_truncated_gzip_is_one_message_naming_the_file(tmp_path):
-    from helpers import data as D
+    from helpers.data import iuxray as D
 
     whole = _twenty_reports(tmp_path).read_bytes()
     cut = tmp_path / "cut.tgz"
@@ -234,12 +234,12 @@ def test_truncated_gzip_is_one_message_naming_the_file(tmp_path):
         D.load_reports(cut)
 
 
-# --- phantoms (helpers.phantoms.generate) ---------------------------------------------------
+# --- phantoms (helpers.phantoms.rendering.generate) ---------------------------------------------------
 
 
 @pytest.fixture
 def phantom_table():
-    from helpers.labels import CHEXPERT_LABELS
+    from helpers.data.labels import CHEXPERT_LABELS
 
     t = pd.DataFrame({"image_id": [f"p{i}" for i in range(3)]})
     for c in CHEXPERT_LABELS:
@@ -249,7 +249,7 @@ def phantom_table():
 
 
 def test_truncated_phantom_is_rendered_again(tmp_path, phantom_table):
-    from helpers import phantoms as P
+    from helpers.phantoms import rendering as P
 
     man = P.generate(phantom_table, tmp_path, size=64, workers=1, progress=False)
     img = tmp_path / man.path[1]
@@ -260,7 +260,7 @@ def test_truncated_phantom_is_rendered_again(tmp_path, phantom_table):
 
 
 def test_garbage_phantom_manifest_is_a_miss(tmp_path, phantom_table):
-    from helpers import phantoms as P
+    from helpers.phantoms import rendering as P
 
     man = P.generate(phantom_table, tmp_path, size=64, workers=1, progress=False)
     (tmp_path / "manifest.csv").write_bytes(b"\x00\x01not,a\nmanifest")

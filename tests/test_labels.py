@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from helpers import labels as L
+from helpers.data import labels as L
 
 P, N, U = L.POSITIVE, L.NEGATIVE, L.UNCERTAIN
 

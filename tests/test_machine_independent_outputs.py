@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run as runner
+from helpers.book import runner
 
 HERE = Path(__file__).parent
 RECORDED = {"08_benchmarks": "renders benchmarks/results.json as recorded; measures nothing"}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import coverage_error, f1_score, label_ranking_average_precision_score, roc_auc_score
 
-from helpers import metrics as M
+from helpers.analysis import metrics as M
 
 Y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 1]])
 S = np.array([[.9, .2, .1], [.3, .8, .2], [.6, .7, .1], [.2, .1, .9], [.4, .3, .6], [.1, .9, .3]])

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.models import TinyConfig
+from helpers.protocols.models import TinyConfig
 from PIL import Image
 
-from helpers import embeddings as E
-from helpers import images as I
-from helpers import models as M
+from helpers.protocols import embeddings as E
+from helpers.data import images as I
+from helpers.protocols import models as M
 
 CORPUS = ["no pleural effusion or pneumothorax", "heart size is normal", "mild cardiomegaly",
           "left basilar atelectasis", "right upper lobe pneumonia cannot be excluded"] * 20
@@ -87,7 +87,7 @@ def test_missing_or_corrupt_png_named_or_skipped(tiny, pngs, tmp_path):
     with pytest.raises(I.ImageError, match="corrupt.png.*cannot decode"):
         I.build_pixel_cache([pngs[0], bad], ["a", "x"], preprocess, workers=1, cache_dir=tmp_path / "c1",
                             progress=False)
-    with pytest.raises(I.ImageError, match="missing.png.*not found.*helpers.download"):
+    with pytest.raises(I.ImageError, match="missing.png.*not found.*helpers.data.download"):
         I.build_pixel_cache([missing], ["m"], preprocess, workers=1, cache_dir=tmp_path / "c1", progress=False)
     pc = I.build_pixel_cache([pngs[0], bad, missing], ["a", "x", "m"], preprocess, on_error="skip",
                              workers=1, cache_dir=tmp_path / "c2", progress=False)

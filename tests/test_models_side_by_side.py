@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from helpers import artefacts, results
-from helpers import run as runner
+from helpers.book import artefacts, results
+from helpers.book import runner
 
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory, private_outputs):
-    from helpers.labels import CHEXPERT_LABELS
-    from helpers.models import TinyConfig, build_tiny
+    from helpers.data.labels import CHEXPERT_LABELS
+    from helpers.protocols.models import TinyConfig, build_tiny
 
     root = tmp_path_factory.mktemp("models")
     texts = [c.lower() for c in CHEXPERT_LABELS] + [f"no {c.lower()}" for c in CHEXPERT_LABELS]

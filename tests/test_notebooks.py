@@ -6,7 +6,7 @@ from pathlib import Path
 
 import jupytext
 
-from helpers import run as R
+from helpers.book import runner as R
 
 from helpers.config import REPO_ROOT
 
@@ -48,7 +48,7 @@ def _metrics_without_date(path):
 
 def test_chapter_2_metrics_are_reproducible(built_book, tmp_path):
     """Executing chapter 2 twice gives identical metrics JSON apart from the time stamp."""
-    from helpers.artefacts import Artefacts
+    from helpers.book.artefacts import Artefacts
 
     path = Artefacts.of("demo", quick=True).metrics("zs")  # a limited run: quick/
     first = _metrics_without_date(path)

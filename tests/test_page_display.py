@@ -1,10 +1,10 @@
 """How tables and figures reach a page (issue 24, items 3, 4 and 8).
 
-Tables: :func:`helpers.display.table_html` draws a frame to fit the book's column (value and
+Tables: :func:`helpers.book.display.table_html` draws a frame to fit the book's column (value and
 interval in one cell that breaks only between them, a two-level index as group rows, one card
-per row on a narrow screen), and :func:`helpers.display.use_book_tables` makes it the HTML of
+per row on a narrow screen), and :func:`helpers.book.display.use_book_tables` makes it the HTML of
 every :class:`pandas.DataFrame` a cell shows. Figures: after
-:func:`helpers.stamp.mark_figures`, every matplotlib figure a kernel shows (``display``,
+:func:`helpers.book.stamp.mark_figures`, every matplotlib figure a kernel shows (``display``,
 ``plt.show()``, myst-nb's ``glue``) carries the profile's mark in its corner, once, and reports
 its size and smallest text in the output's metadata, which ``tests/test_browser.py`` reads
 from the executed chapters.
@@ -16,7 +16,8 @@ import re
 import pandas as pd
 import pytest
 
-from helpers import display, findings, results, stamp
+from helpers.book import display, results, stamp
+from helpers.analysis import findings
 
 DEMO_MARK = stamp.PROFILE_MARKS["demo"]
 

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import phantoms as P
-from helpers.labels import CHEXPERT_LABELS
+from helpers.phantoms import rendering as P
+from helpers.data.labels import CHEXPERT_LABELS
 
 INSIDE_LUNGS = ["Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia",
                 "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other"]
@@ -157,7 +157,7 @@ def _ctr(mask: np.ndarray, lungs: np.ndarray) -> float:
 
 
 def test_cardiothoracic_ratios_of_positives_and_negatives_overlap():
-    from helpers import phantom_findings as F
+    from helpers.phantoms import drawers as F
 
     neg, pos = [], []
     for s in range(150):

@@ -1,4 +1,4 @@
-"""``python -m helpers.preflight`` against a complete and an incomplete fake full setup.
+"""``python -m helpers.bench.preflight`` against a complete and an incomplete fake full setup.
 
 The fake full profile is the one of tests/test_full_profile.py: a tiny local-dir model built
 from configs and generated PNGs named like Open-I's, for the images a ``-p limit 2`` run reads.
@@ -9,19 +9,19 @@ import shutil
 
 import pytest
 
-from helpers import preflight as P
+from helpers.bench import preflight as P
 
 LIMIT = 2
 
 
 @pytest.fixture(scope="module")
 def fake_full(tmp_path_factory, data_env, label_table):
-    from helpers.labels import CHEXPERT_LABELS
-    from helpers.models import TinyConfig, build_tiny
-    from helpers.phantoms import generate
-    from helpers.study import subsample
+    from helpers.data.labels import CHEXPERT_LABELS
+    from helpers.protocols.models import TinyConfig, build_tiny
+    from helpers.phantoms.rendering import generate
+    from helpers.book.study import subsample
 
-    from helpers.data import load_study_data
+    from helpers.data.iuxray import load_study_data
 
     root = tmp_path_factory.mktemp("preflight")
     texts = [c.lower() for c in CHEXPERT_LABELS] * 3
@@ -42,7 +42,7 @@ def test_complete_setup_is_ready(fake_full, capsys):
     assert "GiB free" in out and "Ready. Next:" in out
     # the exact next command: the model and limit as checked, the image folder linked in place
     cmd = out.split("Ready. Next:")[1].strip()
-    assert "-m helpers.run --profile full" in cmd
+    assert "-m helpers.book.runner --profile full" in cmd
     assert f"-p model local-dir:{fake_full['model']}" in cmd and f"-p limit {LIMIT}" in cmd
     assert f"-p image_dir {fake_full['images'].resolve()}" in cmd
 
@@ -58,7 +58,7 @@ def test_folder_without_matching_ids(fake_full, tmp_path):
 def test_missing_folder(fake_full, tmp_path):
     c = P.check_images(fake_full["ids"], tmp_path / "nope")
     assert c.problems == [f"image folder not found: {tmp_path / 'nope'}; fetch the Open-I PNGs "
-                          f"with `python -m helpers.download` or pass --image-dir <folder of PNGs>"]
+                          f"with `python -m helpers.data.download` or pass --image-dir <folder of PNGs>"]
 
 
 def test_missing_and_unreadable_images_are_named(fake_full, tmp_path):
@@ -117,7 +117,7 @@ def test_demo_profile_is_quick_and_ready(data_env, label_table, capsys):
     assert P.main(["--limit", str(LIMIT)]) == 0
     out = capsys.readouterr().out
     assert "phantoms needed" in out and "tiny loads" in out
-    assert out.rstrip().endswith(f"-m helpers.run --profile demo -p limit {LIMIT}")
+    assert out.rstrip().endswith(f"-m helpers.book.runner --profile demo -p limit {LIMIT}")
     assert "fine-tuning checkpoints (6 runs)" in out  # chapter 4's default: 3 seeds, real and permuted
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import data as D
-from helpers import pretrain as PT
-from helpers import training as T
+from helpers.data import iuxray as D
+from helpers.protocols import pretrain as PT
+from helpers.protocols import training as T
 from helpers.config import REPO_ROOT
-from helpers.io import sha256_file
-from helpers.labels import CHEXPERT_LABELS
+from helpers.storage import sha256_file
+from helpers.data.labels import CHEXPERT_LABELS
 
 
 def test_corpus_uses_no_iuxray_data(monkeypatch):
@@ -51,7 +51,7 @@ def test_loss_decreases_on_a_fixed_batch():
     many steps before its text side separates)."""
     from open_clip.loss import ClipLoss
 
-    from helpers.models import load_model
+    from helpers.protocols.models import load_model
 
     torch.manual_seed(0)
     caps = ["cardiomegaly.", "no pleural effusion.", "pneumothorax is present.", "normal chest radiograph.",
@@ -75,7 +75,7 @@ def test_loss_decreases_on_a_fixed_batch():
 
 
 def test_trim_tokens_keeps_outputs(tmp_path):
-    from helpers.models import TinyConfig, build_tiny, load_model
+    from helpers.protocols.models import TinyConfig, build_tiny, load_model
 
     folder = build_tiny(tmp_path / "m", ["a b c", "no effusion"] * 5, TinyConfig(vit_depth=1, bert_depth=1))
     model, _, tok, _ = load_model(f"local-dir:{folder}")
@@ -85,13 +85,13 @@ def test_trim_tokens_keeps_outputs(tmp_path):
 
 
 def test_committed_checkpoint_matches_record_and_loads():
-    from helpers.models import load_model
+    from helpers.protocols.models import load_model
 
     folder = REPO_ROOT / "models" / "tiny-pretrained"
     log = json.loads((folder / "pretrain_log.json").read_text())
     assert sha256_file(folder / "open_clip_model.safetensors") == log["weights_file_sha256"]
     assert (folder / "open_clip_model.safetensors").stat().st_size < 20 * 2**20
-    assert log["command"].startswith("python -m helpers.pretrain")
+    assert log["command"].startswith("python -m helpers.protocols.pretrain")
     model, _, tok, info = load_model("tiny")
     assert info.n_params == log["n_params"]
     with torch.no_grad():
@@ -149,7 +149,7 @@ def test_interrupted_pretraining_leaves_the_checkpoint_byte_identical(tmp_path, 
 
 
 def test_finished_pretraining_replaces_the_folder_and_records_every_hash(tmp_path, data_env):
-    from helpers import models as M
+    from helpers.protocols import models as M
 
     out = _copy_checkpoint(tmp_path)
     old = sha256_file(out / "open_clip_model.safetensors")
@@ -162,7 +162,7 @@ def test_finished_pretraining_replaces_the_folder_and_records_every_hash(tmp_pat
 
 
 def test_tiny_weights_are_verified_against_the_log(tmp_path, monkeypatch):
-    from helpers import models as M
+    from helpers.protocols import models as M
 
     out = _copy_checkpoint(tmp_path)
     monkeypatch.setattr(M, "TINY_PRETRAINED_DIR", out)
@@ -177,8 +177,8 @@ def test_tiny_weights_are_verified_against_the_log(tmp_path, monkeypatch):
 
 
 def test_replaced_tokenizer_is_caught_where_every_hash_is_recorded(tmp_path, monkeypatch):
-    from helpers import models as M
-    from helpers.io import atomic_write_json
+    from helpers.protocols import models as M
+    from helpers.storage import atomic_write_json
 
     out = _copy_checkpoint(tmp_path)
     log = json.loads((out / "pretrain_log.json").read_text())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import probe as P
+from helpers.protocols import probe as P
 
 
 DIRECTIONS = np.random.default_rng(42).normal(size=(3, 16))  # one signal per label, shared by all splits
@@ -24,7 +24,7 @@ def test_probe_learns_and_picks_C_on_val():
     p = P.fit_probe(etr, ytr, eva, yva, Cs=[0.001, 0.1, 1.0])
     assert set(p.val_auroc_by_C) == {0.001, 0.1, 1.0}
     assert p.val_auroc_by_C[p.C] == max(p.val_auroc_by_C.values())
-    from helpers.metrics import per_label_auroc
+    from helpers.analysis.metrics import per_label_auroc
 
     assert np.nanmean(per_label_auroc(yte, p.decision_function(ete))) > 0.9
     assert p.coef.shape == (3, 16) and p.fit_s > 0

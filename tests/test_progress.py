@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from helpers import progress
-from helpers import run as runner
+from helpers.book import progress
+from helpers.book import runner
 
 
 def test_bar_writes_to_the_process_stderr(capfd):
@@ -18,7 +18,7 @@ def test_bar_writes_to_the_process_stderr(capfd):
 @pytest.mark.book
 def test_a_chapter_progress_bar_stays_on_the_console(tmp_path, capfd):
     src = tmp_path / "99_progress.py"
-    src.write_text("# %%\nfrom helpers.progress import bar\n\n"
+    src.write_text("# %%\nfrom helpers.book.progress import bar\n\n"
                    "for _ in bar(range(200), desc='long work', mininterval=0):\n    pass\n"
                    "print('finished')\n")
     out = runner.execute(str(src), {}, tmp_path / "out", progress=False)

@@ -5,7 +5,8 @@ referee suite, tests/referee/.)"""
 import numpy as np
 import pytest
 
-from helpers import artefacts, chance, metrics
+from helpers.book import artefacts
+from helpers.analysis import baselines, metrics
 
 LABELS = ["A", "B", "No Finding"]
 
@@ -75,7 +76,7 @@ def _split(n=120, seed=0):
 def test_reference_scorers_by_hand():
     ytr, yva, yte = _split(200, 0), _split(80, 1), _split(100, 2)
     groups = np.arange(len(yte))
-    res = chance.reference_results(ytr, yva, yte, LABELS, groups, n_boot=20, n_draws=10)
+    res = baselines.reference_results(ytr, yva, yte, LABELS, groups, n_boot=20, n_draws=10)
     nf_only = res["no-finding-only"]
     assert nf_only["exact_match"] == pytest.approx(yte[:, 2].mean())
     assert nf_only["auroc_macro"] == pytest.approx(0.5)
@@ -87,7 +88,7 @@ def test_reference_scorers_by_hand():
     assert res["random"]["runs"] == 10 and 0.35 < res["random"]["auroc_macro"] < 0.65
     assert all(r["image_independent"] for r in res.values())
     with pytest.raises(ValueError, match="unknown reference scorer"):
-        chance.reference_result("oracle", ytr, yva, yte, LABELS, groups)
+        baselines.reference_result("oracle", ytr, yva, yte, LABELS, groups)
 
 
 def test_bootstrap_runs_covers_seed_variance():
@@ -134,9 +135,9 @@ def test_label_prior_loss_equals_torch_bce_of_the_prevalence():
     yv = (rng.random((80, 4)) < [0.05, 0.2, 0.5, 0.9]).astype(int)
     p = torch.tensor(ytr.mean(0), dtype=torch.float64).expand(80, 4)
     ref = torch.nn.functional.binary_cross_entropy(p, torch.tensor(yv, dtype=torch.float64))
-    assert chance.label_prior_loss(ytr, yv) == pytest.approx(float(ref))
+    assert baselines.label_prior_loss(ytr, yv) == pytest.approx(float(ref))
     # the best constant predictor on its own data: no constant does better
-    best = chance.label_prior_loss(yv, yv)
+    best = baselines.label_prior_loss(yv, yv)
     for q in (0.1, 0.3, 0.7):
         other = -(yv * np.log(q) + (1 - yv) * np.log(1 - q)).mean()
         assert best <= other + 1e-12

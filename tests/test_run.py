@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run as R
+from helpers.book import runner as R
 
 
 def test_toc_order_starts_with_data_chapter():
@@ -64,7 +64,7 @@ def test_resolve_gives_profile_to_every_chapter():
 
 # --- bullet 3: every parameter checked before anything runs ----------------------------------
 
-from helpers import params as P  # noqa: E402
+from helpers.book import params as P  # noqa: E402
 
 
 @pytest.mark.parametrize("chapter,name,value,expect", [
@@ -97,10 +97,10 @@ def test_every_declared_parameter_has_a_rule_and_its_default_passes():
                 continue
             items = p.default if isinstance(p.default, list) else [p.default]
             if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
-                assert p.name in P.RANGES, f"{c}: add a range for {p.name!r} to helpers/params.py"
+                assert p.name in P.RANGES, f"{c}: add a range for {p.name!r} to helpers/book/params.py"
             elif all(isinstance(x, str) for x in items):
                 assert p.name in {**P.CHOICES, **P.PATTERNS, **P.PATHS} or p.name in P.FREE, \
-                    f"{c}: add choices, a pattern or a path rule for {p.name!r} to helpers/params.py"
+                    f"{c}: add choices, a pattern or a path rule for {p.name!r} to helpers/book/params.py"
             assert P.check(p.name, p.default) == p.default, f"{c}: default of {p.name!r} breaks its own rule"
     for name in P.CHOICES:
         assert P.choices(name), name
@@ -172,7 +172,7 @@ def test_hints_name_only_parameters_that_exist():
     from helpers.config import REPO_ROOT
 
     declared = {p for c in R.toc_chapters() for p in R.declared_parameters(R.read_notebook(R.notebook_path(c)))}
-    files = [*sorted((REPO_ROOT / "helpers").glob("*.py")), *sorted((REPO_ROOT / "notebooks").glob("*.py")),
+    files = [*sorted((REPO_ROOT / "helpers").rglob("*.py")), *sorted((REPO_ROOT / "notebooks").glob("*.py")),
              REPO_ROOT / "README.md"]
     texts = [f.read_text() for f in files]
     named = {m for t in texts for m in re.findall(r"-p ([a-z_]+) ", t)} - {"name"}
@@ -183,7 +183,8 @@ def test_hints_name_only_parameters_that_exist():
 
 
 def _parsers():
-    from helpers import distributed, download, pretrain
+    from helpers.protocols import distributed, pretrain
+    from helpers.data import download
 
     sub = distributed.build_parser()._subparsers._group_actions[0].choices["finetune"]
     return {"run": R.build_parser(), "download": download.build_parser(), "pretrain": pretrain.build_parser(),
@@ -200,7 +201,7 @@ def test_every_option_states_its_default():
 
 @pytest.mark.parametrize("argv", [["--lr", "nan"], ["--n-samples", "10"], ["--epochs", "0"], ["--device", "tpu"]])
 def test_pretrain_bad_options_are_one_message(capsys, argv):
-    from helpers import pretrain
+    from helpers.protocols import pretrain
 
     assert pretrain.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -210,7 +211,7 @@ def test_pretrain_bad_options_are_one_message(capsys, argv):
 @pytest.mark.parametrize("argv,expect", [([], "not started by torchrun"), (["--objective", "mse"], "--objective"),
                                          (["--limit", "-1"], "--limit"), (["--profile", "fast"], "unknown profile")])
 def test_distributed_without_torchrun_or_bad_options_is_one_message(capsys, monkeypatch, argv, expect):
-    from helpers import distributed
+    from helpers.protocols import distributed
 
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
@@ -223,7 +224,7 @@ def test_cli_error_in_a_real_process_has_no_traceback():
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "helpers.distributed", "finetune"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "helpers.protocols.distributed", "finetune"], capture_output=True, text=True)
     assert p.returncode == 1 and "Traceback" not in p.stderr and "torchrun" in p.stderr
 
 
@@ -247,7 +248,7 @@ def test_a_chapter_whose_upstream_ran_with_other_data_is_refused_before_it_runs(
     assert R.main(argv) == 2
     err = capsys.readouterr().err
     assert "02_zero_shot has not run" in err
-    assert ("python -m helpers.run 02_zero_shot 03_linear_probe --profile demo "
+    assert ("python -m helpers.book.runner 02_zero_shot 03_linear_probe --profile demo "
             "-p class_weight none -p limit 200") in err
 
 

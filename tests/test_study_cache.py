@@ -5,7 +5,7 @@
   uncertainty policy, split seed, labeler or report archive (the same path with other bytes
   included) builds anew; a damaged file is a miss with a warning; warnings of the build come back
   on every cached load.
-* The frame codec (:mod:`helpers.frames`) carries every column kind exactly and never unpickles.
+* The frame codec (:mod:`helpers.data.frames`) carries every column kind exactly and never unpickles.
 * The model (:func:`study.model_loader`): its cached description equals what loading gives; a
   changed folder loads again; a model loaded on first use leaves torch's random state alone.
 """
@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import data as D
-from helpers import frames as F
-from helpers import io as hio
-from helpers import labels as L
+from helpers.data import iuxray as D
+from helpers.data import frames as F
+from helpers import storage as hio
+from helpers.data import labels as L
 
 from conftest import REPORT_XML, write_tgz
 
@@ -217,7 +217,7 @@ def test_frame_codec_never_unpickles():
 
 @pytest.fixture
 def model_copy(data_env, tmp_path):
-    from helpers.models import TINY_PRETRAINED_DIR
+    from helpers.protocols.models import TINY_PRETRAINED_DIR
 
     d = tmp_path / "model"
     shutil.copytree(TINY_PRETRAINED_DIR, d)
@@ -225,7 +225,7 @@ def model_copy(data_env, tmp_path):
 
 
 def test_cached_model_description_equals_loading(model_copy):
-    from helpers import study as S
+    from helpers.book import study as S
 
     spec, cpu = f"local-dir:{model_copy}", torch.device("cpu")
     eager = S.model_loader(spec, cpu)
@@ -236,7 +236,7 @@ def test_cached_model_description_equals_loading(model_copy):
     state = torch.random.get_rng_state()
     model, pre, tok = lazy.get()
     assert torch.equal(state, torch.random.get_rng_state())  # loading on first use draws nothing
-    from helpers.images import geometric_transform
+    from helpers.data.images import geometric_transform
 
     assert repr(geometric_transform(pre)) == lazy.geometry
     assert float(model.logit_scale.detach().exp()) == lazy.logit_scale
@@ -246,7 +246,7 @@ def test_cached_model_description_equals_loading(model_copy):
 
 
 def test_a_changed_model_folder_loads_again(model_copy):
-    from helpers import study as S
+    from helpers.book import study as S
 
     spec, cpu = f"local-dir:{model_copy}", torch.device("cpu")
     first = S.model_loader(spec, cpu)
@@ -260,7 +260,7 @@ def test_a_changed_model_folder_loads_again(model_copy):
 def test_a_cached_description_that_differs_from_the_model_is_refused_and_removed(model_copy):
     import json
 
-    from helpers import study as S
+    from helpers.book import study as S
 
     spec, cpu = f"local-dir:{model_copy}", torch.device("cpu")
     path = S.model_loader(spec, cpu).cache_file
@@ -277,8 +277,8 @@ def test_a_cached_description_that_differs_from_the_model_is_refused_and_removed
 def test_pixel_cache_geometry_is_checked_on_a_miss(tmp_path):
     from PIL import Image
 
-    from helpers import images as I
-    from helpers.models import load_model
+    from helpers.data import images as I
+    from helpers.protocols.models import load_model
 
     _, pre, _, _ = load_model("tiny")
     p = tmp_path / "a.png"
@@ -293,7 +293,7 @@ def test_pixel_cache_geometry_is_checked_on_a_miss(tmp_path):
 
 
 def test_a_study_served_from_caches_equals_the_first(data_env):
-    from helpers.study import load_study
+    from helpers.book.study import load_study
 
     first = load_study("demo", limit=3)
     emb = first.image_embeddings()

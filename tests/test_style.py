@@ -7,10 +7,10 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from helpers import run as R
+from helpers.book import runner as R
 from helpers.config import REPO_ROOT
 
-HELPERS = sorted((REPO_ROOT / "helpers").glob("*.py"))
+HELPERS = sorted(p for p in (REPO_ROOT / "helpers").rglob("*.py") if p.name != "__init__.py")
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.py"))
 MAX_FUNCTION_LINES = 80
 MAX_CODE_LINE = 88
@@ -29,27 +29,45 @@ def test_no_function_in_helpers_is_longer_than_80_lines():
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
-def _imported_helpers(path: Path) -> set[str]:
-    """Every helpers module that ``path`` imports, at module level or inside a function."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:  # from .x import y
-                out.add(node.module.split(".")[0])
-            elif node.level == 1:  # from . import x, y
-                out.update(a.name for a in node.names)
-            elif node.module == "helpers":
-                out.update(a.name for a in node.names)
-            elif node.module and node.module.startswith("helpers."):
-                out.add(node.module.split(".")[1])
+def module_name(path: Path) -> str:
+    """``helpers.analysis.metrics`` for helpers/analysis/metrics.py."""
+    return ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+
+
+MODULES = {module_name(p) for p in HELPERS}
+
+
+def _helpers_imports(tree: ast.AST, within_functions: bool | None = None):
+    """(node, imported helpers module) of every import of a helpers module in ``tree``; with
+    ``within_functions`` True (False), only those inside (outside) a function body."""
+    inside = set()
+    for fn in _functions(tree):
+        inside.update(id(n) for n in ast.walk(fn) if n is not fn)
+    for node in ast.walk(tree):
+        if within_functions is not None and (id(node) in inside) != within_functions:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module in MODULES:
+                yield node, node.module
+            elif node.module == "helpers" or f"{node.module}.x".startswith("helpers."):
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in MODULES:
+                        yield node, f"{node.module}.{a.name}"
         elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("helpers."))
-    return out - {path.stem}
+            for a in node.names:
+                if a.name in MODULES:
+                    yield node, a.name
+
+
+def test_helpers_import_absolutely():
+    rel = [f"{module_name(p)}:{n.lineno}" for p in HELPERS for n in ast.walk(ast.parse(p.read_text()))
+           if isinstance(n, ast.ImportFrom) and n.level > 0]
+    assert not rel, f"relative imports (use helpers.<package>.<module>): {rel}"
 
 
 def test_no_import_cycle_among_helpers():
-    names = {p.stem for p in HELPERS}
-    graph = {p.stem: _imported_helpers(p) & names for p in HELPERS}
+    graph = {module_name(p): {m for _, m in _helpers_imports(ast.parse(p.read_text()))}
+             - {module_name(p)} for p in HELPERS}
     cycles = []
 
     def visit(node, stack):
@@ -65,6 +83,45 @@ def test_no_import_cycle_among_helpers():
         if n not in done:
             visit(n, [n])
     assert not cycles, f"import cycles among helpers: {sorted(set(cycles))}"
+
+
+LAZY_HELPERS_IMPORTS: dict[tuple[str, str], str] = {
+}
+"""(module, helpers module it imports inside a function) -> why the import must be lazy. Every
+other import of a helpers module stands at the head of the module that needs it."""
+
+
+def test_helpers_imports_stand_at_module_heads():
+    lazy = sorted({(module_name(p), m) for p in HELPERS
+                   for _, m in _helpers_imports(ast.parse(p.read_text()), within_functions=True)}
+                  - set(LAZY_HELPERS_IMPORTS))
+    assert not lazy, ("helpers modules imported inside a function (move the import to the "
+                      f"module's head, or list it in LAZY_HELPERS_IMPORTS with its reason): {lazy}")
+
+
+def _edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def test_no_two_module_names_differ_by_a_spelling():
+    """localising / localization, run / runs: names two edits apart read as one name."""
+    names = sorted({m.rsplit(".", 1)[-1] for m in MODULES}
+                   | {p.name for p in (REPO_ROOT / "helpers").iterdir() if p.is_dir()
+                      and (p / "__init__.py").is_file()})
+    close = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+             if _edit_distance(a, b) <= 2]
+    assert not close, f"module or package names within two edits of each other: {close}"
+
+
+def test_the_architecture_is_the_folder_tree():
+    """helpers/ holds the subpackages and only the few modules every floor uses."""
+    top = sorted(p.stem for p in (REPO_ROOT / "helpers").glob("*.py") if p.name != "__init__.py")
+    assert top == ["config", "storage", "workers"], top
 
 
 def _code_cells(path: Path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import sweep
+from helpers.protocols import sweep
 
 
 def test_configurations_cover_the_grid():
@@ -21,7 +21,7 @@ def test_survivors_keep_the_best_third_ties_by_order():
 def test_the_committed_record_is_complete_and_selected_on_validation():
     rec = sweep.read_record("demo")
     if rec is None:
-        pytest.skip("no committed sweep record (python -m helpers.sweep writes it)")
+        pytest.skip("no committed sweep record (python -m helpers.protocols.sweep writes it)")
     assert rec["patience"] < rec["max_epochs"] and not rec["quick"]
     assert {"command", "code_sha256", "data_hash", "wall_s", "configurations", "selected"} <= set(rec)
     confs = rec["configurations"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import training as T
+from helpers.protocols import training as T
 
 
 def _pixels(n=6, s=48, seed=0):
@@ -49,7 +49,7 @@ def test_device_noise_is_seeded_bounded_and_mild():
 
 
 def test_normalize01_equals_model_input():
-    from helpers.images import to_model_input
+    from helpers.data.images import to_model_input
 
     u8 = _pixels(3, 16)
     mean, std = (0.48, 0.45, 0.40), (0.26, 0.26, 0.27)

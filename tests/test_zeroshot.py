@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import zeroshot as Z
+from helpers.protocols import zeroshot as Z
 
 
 def test_paired_scores_is_softmax_over_pair():

@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers import finetune as F
-from helpers.bench import BIOMEDCLIP_SIZE, IUXRAY_TRAIN, IUXRAY_VAL, seed_style_embeddings
-from helpers.embeddings import compute_image_embeddings
-from helpers.images import build_pixel_cache
-from helpers.labels import CHEXPERT_LABELS
-from helpers.models import TinyConfig, build_tiny, load_model
-from helpers.phantoms import generate
-from helpers.pretrain import chexpert_corpus
+from helpers.protocols import finetune as F
+from helpers.bench.timing import BIOMEDCLIP_SIZE, IUXRAY_TRAIN, IUXRAY_VAL, seed_style_embeddings
+from helpers.protocols.embeddings import compute_image_embeddings
+from helpers.data.images import build_pixel_cache
+from helpers.data.labels import CHEXPERT_LABELS
+from helpers.protocols.models import TinyConfig, build_tiny, load_model
+from helpers.phantoms.rendering import generate
+from helpers.protocols.pretrain import chexpert_corpus
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 OUT.mkdir(parents=True, exist_ok=True)

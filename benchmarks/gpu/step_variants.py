@@ -1,6 +1,6 @@
 """Which parts of the fine-tuning fast path pay on this GPU, at BiomedCLIP size (random weights).
 
-``helpers.bench.step_variants`` at batch 32 and 128: Adam unfused / fused, eager / compiled,
+``helpers.bench.timing.step_variants`` at batch 32 and 128: Adam unfused / fused, eager / compiled,
 augmentation on the host / on the device, one checkpoint's snapshot and write; plus the image
 side alone (text directions computed once, as for a frozen text tower): the lower bound of a
 step. Writes ``$OUT/gpu_fast.json``.
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from helpers import finetune as F
-from helpers.bench import BIOMEDCLIP_SIZE, step_variants
-from helpers.labels import CHEXPERT_LABELS
-from helpers.models import TinyConfig, build_tiny, load_model
-from helpers.training import autocast
+from helpers.protocols import finetune as F
+from helpers.bench.timing import BIOMEDCLIP_SIZE, step_variants
+from helpers.data.labels import CHEXPERT_LABELS
+from helpers.protocols.models import TinyConfig, build_tiny, load_model
+from helpers.protocols.training import autocast
 
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 OUT.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
-from helpers import metrics as M
+from helpers.analysis import metrics as M
 
 
 def _exact(values):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from helpers import attribution, localization as L
+from helpers.saliency import attribution, regions as L
 
 
 # ------------------------------------------------------------------ the port (their code, numpy)

@@ -10,7 +10,7 @@ from sklearn.metrics import (average_precision_score, coverage_error,
                              label_ranking_average_precision_score, label_ranking_loss,
                              roc_auc_score)
 
-from helpers import metrics as M
+from helpers.analysis import metrics as M
 
 
 def _cases():

@@ -1,6 +1,6 @@
 """Referee: Platt scaling against sklearn's sigmoid calibration, on adversarial logits.
 
-The chapter-2 calibration verdict rests on :func:`helpers.metrics.fit_platt`. The reference is
+The chapter-2 calibration verdict rests on :func:`helpers.analysis.metrics.fit_platt`. The reference is
 sklearn's ``calibration._sigmoid_calibration`` (Platt's method with his smoothed targets, the
 one ``CalibratedClassifierCV(method="sigmoid")`` uses; it returns ``P = 1 / (1 + exp(A f + B))``,
 so ``a = -A``, ``b = -B``), and where sklearn's L-BFGS cannot reach the optimum (tiny spread),
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.calibration import _sigmoid_calibration
 
-from helpers import metrics as M
+from helpers.analysis import metrics as M
 
 
 def _platt_loss(z, y, a, b):

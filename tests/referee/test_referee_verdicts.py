@@ -1,6 +1,6 @@
 """Referee: verdicts from differences, control power, degenerate controls, Holm's adjustment.
 
-Every verdict of the book is computed by :mod:`helpers.findings` from bootstrap replicates.
+Every verdict of the book is computed by :mod:`helpers.analysis.findings` from bootstrap replicates.
 Here each branch of the rule is forced with hand-made replicates, Holm's adjustment is checked
 against a direct implementation of the step-down procedure, and the pairing of finding and
 control (the same report resamples) is checked on a case where their difference is a constant.
@@ -11,7 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from helpers import artefacts, findings
+from helpers.book import artefacts
+from helpers.analysis import findings
 
 RNG = np.random.default_rng(0)
 

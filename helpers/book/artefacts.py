@@ -1,0 +1,205 @@
+"""Every file a chapter writes or reads, named in one place, per (profile, model).
+
+Chapters never type each other's file names: chapter 3 writes ``arts.probe()`` and chapter 6
+reads ``arts.probe()``. Outputs of one (profile, model) pair live in one folder,
+
+    <output root>/<profile>/<model slug>/            (metrics JSON, test scores, findings)
+    <data dir>/runs/<profile>/<model slug>/          (fine-tuning checkpoints)
+
+so a second model run beside the first never overwrites it, and the results page lists every
+pair it finds. The output root is ``IUXRAY_OUTPUT_DIR`` (default ``<repo>/outputs``), the data
+dir ``IUXRAY_DATA_DIR`` (default ``<repo>/data``).
+
+**Quick runs never overwrite full results.** A run on a subset of the images (``limit`` > 0)
+or with fewer than :data:`FULL_N_BOOT` bootstrap resamples is *quick*: its files go to the
+``quick/`` sub-folder of the pair's folder (``<output root>/<profile>/<model slug>/quick/``,
+checkpoints likewise under ``runs/``), and its page stamp says why it is quick
+(``quick_run``). A chapter's ``limit`` makes it quick wherever it runs (the stamp then gives
+the limit as the reason, so a re-execution by nbval stamps the same text); ``n_boot`` is not
+known to :func:`study.load_study`, so the runner (:mod:`helpers.book.runner`), which decides from the
+parameters it injects, passes its reason to the kernel in the environment variable
+:data:`QUICK_ENV`. :func:`all_pairs` lists a pair's quick
+folder only when the pair has no full results, so the results page never shows a quick run
+beside (or instead of) a full one.
+
+A *setting* is one of :data:`SETTINGS` (``zs`` zero-shot, ``lp`` linear probe, ``ft``
+fine-tune); a *variant* names a training condition of a setting: ``""`` (the real labels),
+``"permuted"`` (labels permuted across training reports: the negative control) or
+``"localising"`` (chapter 6's positive-control model). A *seed* numbers a training run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from helpers.config import REPO_ROOT, data_dir, get_profile
+
+SETTINGS = {"zs": "zero-shot", "lp": "linear probe", "ft": "fine-tune"}
+"""Setting key -> name used on the pages."""
+VARIANTS = ("", "permuted", "localising", "plain", "lp-ft", "seed-lr")
+METRICS_FILES = {"zs": "zero_shot.json", "lp": "linear_probe.json", "ft": "fine_tune.json"}
+GEOMETRY_FILE = "embedding_geometry.json"
+GRAD_CAM_FILE = "grad_cam.json"
+REFERENCE_FILE = "reference_scorers.json"
+FINDINGS_GLOB = "findings-*.json"
+QUICK_DIR = "quick"
+"""Sub-folder of a (profile, model) folder that holds its quick runs."""
+FULL_N_BOOT = 100
+"""Fewer bootstrap resamples than this make a run quick (the chapters' defaults are 200 and 500)."""
+QUICK_ENV = "IUXRAY_QUICK_RUN"
+"""Environment variable by which the runner tells a chapter's kernel that its run is quick (and why)."""
+
+
+def quick_reason(limit: int | None = 0, n_boot: int | None = None) -> str:
+    """Why a run with these parameters is quick (``''``: it is a full run): ``limit`` > 0 images
+    per split, or ``n_boot`` < :data:`FULL_N_BOOT` (``None``: the chapter's default)."""
+    parts = []
+    if limit:
+        parts.append(f"limit {int(limit)} images per split")
+    if n_boot is not None and n_boot < FULL_N_BOOT:
+        parts.append(f"n_boot {int(n_boot)}")
+    return ", ".join(parts)
+
+
+
+def output_root() -> Path:
+    """The folder holding one sub-folder per profile (``IUXRAY_OUTPUT_DIR``)."""
+
+    return Path(os.environ.get("IUXRAY_OUTPUT_DIR", REPO_ROOT / "outputs"))
+
+
+def model_slug(spec: str) -> str:
+    """A folder name for a model spec: readable, unique, filesystem-safe.
+
+    ``tiny`` -> ``tiny``; ``hf-hub:microsoft/BiomedCLIP-...`` -> ``hf-hub-microsoft-BiomedCLIP-...``;
+    ``local-dir:/a/b/clip`` -> ``local-dir-clip-<6 hex of the full path>`` (two folders of the
+    same name stay apart).
+    """
+    if not spec or not isinstance(spec, str):
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    if spec.startswith("local-dir:"):
+        path = spec[len("local-dir:"):].rstrip("/\\")
+        tail = Path(path).name or "model"
+        h = hashlib.sha256(str(Path(path).expanduser().resolve()).encode()).hexdigest()[:6]
+        spec = f"local-dir-{tail}-{h}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", spec.replace(":", "-")).strip("-")
+
+
+def _variant_suffix(variant: str, seed: int | None) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(repr(v) for v in VARIANTS)}")
+    parts = [p for p in (variant, None if seed is None else f"seed{seed}") if p]
+    return "".join(f"-{p}" for p in parts)
+
+
+@dataclass(frozen=True)
+class Artefacts:
+    """The files of one (profile, model) pair. ``model`` is the spec as run (e.g. ``tiny``);
+    ``quick``: the pair's quick runs (see the module docstring), kept apart from its full run."""
+
+    profile: str
+    model: str
+    quick: bool = False
+
+    @classmethod
+    def of(cls, profile: str, model: str | None = None, quick: bool = False) -> "Artefacts":
+        """The pair for ``profile`` and ``model`` (empty or ``None``: the profile's default);
+        ``quick=True``: its quick runs' folder."""
+
+        return cls(profile, model or get_profile(profile).model, bool(quick))
+
+    @property
+    def slug(self) -> str:
+        return model_slug(self.model)
+
+    @property
+    def dir(self) -> Path:
+        """Metrics JSON, test scores and findings of this pair (its ``quick/`` sub-folder for quick runs)."""
+        d = output_root() / self.profile / self.slug
+        return d / QUICK_DIR if self.quick else d
+
+    @property
+    def runs_dir(self) -> Path:
+        """Fine-tuning checkpoints of this pair (large; kept out of the outputs folder)."""
+
+        d = data_dir() / "runs" / self.profile / self.slug
+        return d / QUICK_DIR if self.quick else d
+
+    def metrics(self, setting: str) -> Path:
+        """Test metrics JSON of a setting (``zs``, ``lp``, ``ft``)."""
+        return self.dir / METRICS_FILES[_check_setting(setting)]
+
+    def scores(self, setting: str, variant: str = "", seed: int | None = None) -> Path:
+        """Test scores (``metrics.save_scores``) of a setting, variant and training seed."""
+        return self.dir / f"{_check_setting(setting)}_test_scores{_variant_suffix(variant, seed)}.npz"
+
+    def scored_seeds(self, setting: str, variant: str = "", made_by: str = "") -> list[int]:
+        """The seeds whose test scores exist for (setting, variant); an error names the chapter
+        that writes them when there are none."""
+        prefix = self.scores(setting, variant, 0).name.rsplit("seed0", 1)[0] + "seed"
+        seeds = sorted(int(p.stem[len(prefix):]) for p in self.dir.glob(f"{prefix}*.npz")
+                       if p.stem[len(prefix):].isdigit())
+        if not seeds:
+            raise FileNotFoundError(f"no test scores {prefix}*.npz in {self.dir}; run "
+                                    f"{made_by or 'the chapter that writes them'} first "
+                                    f"(python -m helpers.book.runner {made_by or '<chapter>'})")
+        return seeds
+
+    def probe(self, variant: str = "") -> Path:
+        """The fitted linear probe (``probe.save_probe``)."""
+        return self.dir / f"probe{_variant_suffix(variant, None)}.npz"
+
+    def finetune_runs(self, variant: str = "") -> Path:
+        """Root folder of the fine-tuning runs of a variant (one sub-folder per run key)."""
+        return self.runs_dir / f"finetune{_variant_suffix(variant, None)}"
+
+    def finetune_index(self) -> Path:
+        """JSON naming the run folder of every fine-tuned (variant, seed) that chapter 4 made."""
+        return self.dir / "fine_tune_runs.json"
+
+    @property
+    def geometry(self) -> Path:
+        return self.dir / GEOMETRY_FILE
+
+    @property
+    def grad_cam(self) -> Path:
+        return self.dir / GRAD_CAM_FILE
+
+    @property
+    def reference(self) -> Path:
+        """Chance-level reference scorers on this pair's split (chapter 2)."""
+        return self.dir / REFERENCE_FILE
+
+    def findings(self, chapter: str) -> Path:
+        """The finding records a chapter wrote (``findings.write_findings``)."""
+        return self.dir / f"findings-{chapter}.json"
+
+
+def _check_setting(setting: str) -> str:
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
+    return setting
+
+
+def _has_results(folder: Path) -> bool:
+    return any(p.name != "fine_tune_runs.json" for p in folder.glob("*.json"))
+
+
+def all_pairs(root: str | os.PathLike | None = None) -> list[tuple[str, str, Path]]:
+    """Every (profile, model slug, folder) under the output root that holds a JSON file.
+
+    A pair's quick runs (``<slug>/quick``, listed with the slug ``<slug>/quick``) stand in only
+    for a pair that has no full results: a quick run is never gathered beside or instead of a
+    full one. Their stamps carry ``quick_run`` (why the run is quick)."""
+    root = Path(root) if root else output_root()
+    out = []
+    for prof in sorted(p for p in root.glob("*") if p.is_dir()):
+        for mdir in sorted(p for p in prof.glob("*") if p.is_dir()):
+            if _has_results(mdir):
+                out.append((prof.name, mdir.name, mdir))
+            elif (mdir / QUICK_DIR).is_dir() and _has_results(mdir / QUICK_DIR):
+                out.append((prof.name, f"{mdir.name}/{QUICK_DIR}", mdir / QUICK_DIR))
+    return out
