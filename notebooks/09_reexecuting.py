@@ -21,13 +21,14 @@
 # other values. The runner checks every name and type before anything runs:
 #
 # ```bash
-# .venv/bin/python -m helpers.book.runner                    # every chapter, demo profile
-# .venv/bin/python -m helpers.book.runner 02_zero_shot -p n_boot 1000  # one chapter, one value
-# .venv/bin/python -m helpers.book.runner 03_linear_probe -p class_weight none
-# .venv/bin/python -m helpers.book.runner 04_fine_tune -p objective bce -p epochs 10
-# .venv/bin/python -m helpers.book.runner --profile full     # the real study
-# .venv/bin/python -m helpers.book.runner --list-params      # what the table below shows
-# .venv/bin/jupyter-book build .                     # re-render the site
+# RUN=".venv/bin/python -m helpers.book.runner"
+# $RUN                                      # every chapter, demo profile
+# $RUN 02_zero_shot -p n_boot 1000          # one chapter, one value
+# $RUN 03_linear_probe -p class_weight none
+# $RUN 04_fine_tune -p objective bce -p epochs 10
+# $RUN --profile full                       # the real study
+# $RUN --list-params                        # what the table below shows
+# .venv/bin/jupyter-book build .            # re-render the site
 # ```
 #
 # or with papermill directly (any Jupyter kernel of the project's environment; the runner
