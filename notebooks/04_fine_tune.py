@@ -71,9 +71,13 @@
 # ```
 #
 # Adam with a cosine learning-rate schedule and warm-up, batch 32, early stopping on the
-# validation macro AUROC (the best epoch is kept). Checkpoints are written atomically: an
-# interrupted run resumes where it stopped, and a finished run is loaded instead of
-# retrained.
+# validation macro AUROC (the best epoch is kept). Each run follows the budget sweep's
+# schedule and stops at the epoch where the sweep's run of the same configuration peaked on
+# validation (`stop_epoch`; the learning rate still follows the whole schedule, so seed 0
+# retraces the sweep's run): the epochs, like the learning rate, are chosen on validation
+# data, and the chapter does not pay again for the epochs the sweep already showed to be
+# past the peak. Checkpoints are written atomically: an interrupted run resumes where it
+# stopped, and a finished run is loaded instead of retrained.
 #
 # **The label prior.** A model that ignores the image can still learn each label's frequency
 # $\pi_j$; its loss is
@@ -109,6 +113,7 @@ epochs = 0  # 0: the sweep's (or the profile's) default
 lr = 0.0  # 0: the sweep's (or the profile's) default
 batch_size = 0  # 0: the profile's default (32)
 patience = 0  # early-stopping patience in epochs; 0: the sweep's (or profile's) default
+stop_epoch = -1  # stop after this epoch of the schedule; -1: the sweep's best, 0: none
 temperature = 0.17  # the original study's temperature T
 max_steps_per_epoch = 0  # cap on steps per epoch (0: whole split); for quick runs
 n_seeds = 3  # training seeds of the chosen fine-tune
@@ -141,12 +146,17 @@ cfg = finetune.FinetuneConfig(
     epochs=epochs or defaults["epochs"], lr=lr or defaults["lr"],
     batch_size=batch_size or defaults["batch_size"],
     patience=patience or defaults["patience"], temperature=temperature,
-    max_steps_per_epoch=max_steps_per_epoch or None)
+    max_steps_per_epoch=max_steps_per_epoch or None,
+    stop_epoch=(defaults["stop_epoch"] if stop_epoch < 0 and not epochs
+                else max(stop_epoch, 0)))
 cfg.validate()
 other_kind = ("contrastive", "bce") if cfg.objective == "lp-ft" else ("lp-ft",)
 best_other = sweep.best_config(record, other_kind) or {"objective": other_kind[0],
                                                        "lr": cfg.lr}
-cfg_other = replace(cfg, objective=best_other["objective"], lr=float(best_other["lr"]))
+cfg_other = replace(cfg, objective=best_other["objective"], lr=float(best_other["lr"]),
+                    stop_epoch=(sweep.best_epoch(best_other)
+                                if cfg.stop_epoch and "curve" in best_other
+                                else cfg.stop_epoch))
 OTHER = "LP-FT" if cfg_other.objective == "lp-ft" else "plain fine-tune"
 cfg_seed = replace(cfg, objective="contrastive", lr=finetune.SEED_LR)
 study = load_study(profile, model, image_dir=image_dir, style=style,
@@ -167,7 +177,8 @@ glue("chosen", f"{cfg.objective} at learning rate {cfg.lr:g}", display=False)
 glue("other_name", OTHER, display=False)
 pd.DataFrame({"fine-tune (chosen)": vars(cfg), OTHER: vars(cfg_other),
               "original learning rate": vars(cfg_seed)}).loc[
-    ["objective", "lr", "epochs", "patience", "batch_size", "temperature"]].astype(str)
+    ["objective", "lr", "epochs", "stop_epoch", "patience", "batch_size",
+     "temperature"]].astype(str)
 
 # %% [markdown]
 # ## The budget, chosen in the open
@@ -197,7 +208,7 @@ else:
     glue("sweep_selected", f"{sel['objective']} at learning rate {sel['lr']:g} (best "
          f"validation macro AUROC {sel['best_val_auroc']:.3f}, epoch "
          f"{sel['best_epoch']})", display=False)
-    fig, axes = plt.subplots(1, len(record["grid"]["objective"]), figsize=(9, 3.2),
+    fig, axes = plt.subplots(1, len(record["grid"]["objective"]), figsize=(6.8, 3.4),
                              sharey=True, squeeze=False)
     lrs = sorted(record["grid"]["lr"])
     colours = dict(zip(lrs, plt.cm.viridis(np.linspace(0, 0.9, len(lrs)))))
@@ -208,13 +219,16 @@ else:
                     color=colours[c["lr"]], label=f"{c['lr']:g}")
         for r in record["rungs"][:-1]:
             ax.axvline(r + 0.5, color="#bbbbbb", lw=0.8, ls=":")
-        ax.set_title(obj, fontsize=9)
-        ax.set_xlabel("epoch")
-    axes[0, 0].set_ylabel("validation macro AUROC")
-    axes[0, -1].legend(title="learning rate", fontsize=7, title_fontsize=7)
+        ax.set_title(obj, fontsize=10)
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.tick_params(labelsize=9)
+    axes[0, 0].set_ylabel("validation macro AUROC", fontsize=9)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), title="learning rate", fontsize=9,
+               title_fontsize=9, ncol=len(lrs), loc="lower center", frameon=False)
     fig.suptitle(f"Budget sweep ({record['profile']}, "
                  f"{record['wall_s'] / 60:.0f} min): dotted lines end each rung",
-                 fontsize=9)
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.tight_layout()
     glue("fig_sweep", fig, display=False)
     plt.close(fig)
@@ -233,7 +247,9 @@ else:
 # The sweep selected {glue:text}`sweep_selected`; chapter 4 reads its defaults from the
 # record and trains **{glue:text}`chosen`** for {glue:text}`n_seeds_glue` seeds. Beside it,
 # one run of the best budget of the other kind ({glue:text}`other_name`) and one at the
-# original study's learning rate, $10^{-6}$, on the same schedule.
+# original study's learning rate, $10^{-6}$, on the chosen schedule and stop epoch
+# ({numref}`fig-sweep` shows how the sweep's small learning rates fared in the epochs they
+# were given).
 #
 # ## Training
 #
@@ -282,9 +298,12 @@ print("best epochs: " + "; ".join(f"{k} {[r.best_epoch for r in rs]}"
 # %% tags=["hide-input"]
 prior_loss = {"train": baselines.label_prior_loss(Y[train], Y[train]),
               "validation": baselines.label_prior_loss(Y[train], Y[val])}
-fig, axes = plt.subplots(1, len(trained), figsize=(2.6 * len(trained), 3.0),
-                         squeeze=False)
-for ax, (name, g) in zip(axes[0], hist.groupby("model", sort=False)):
+n_cols = min(2, len(trained))
+fig, axes = plt.subplots(-(-len(trained) // n_cols), n_cols,
+                         figsize=(6.8, 2.6 * -(-len(trained) // n_cols)), squeeze=False)
+for ax in axes.flat[len(trained):]:
+    ax.set_visible(False)
+for ax, (name, g) in zip(axes.flat, hist.groupby("model", sort=False)):
     for s, gs in g.groupby("seed"):
         ax.plot(gs.epoch, gs.train_loss, "-", color="#1b9e77", lw=1,
                 label="train" if s == 0 else None)
@@ -293,10 +312,11 @@ for ax, (name, g) in zip(axes[0], hist.groupby("model", sort=False)):
     ax.axhline(prior_loss["train"], color="#1b9e77", ls="--", lw=0.8)
     ax.axhline(prior_loss["validation"], color="#d95f02", ls="--", lw=0.8)
     title = f"{name} ({cfg.objective})" if name == "fine-tune" else name
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("epoch")
-axes[0, 0].set_ylabel("BCE loss (dashed: label prior)")
-axes[0, 0].legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch", fontsize=9)
+    ax.set_ylabel("BCE loss", fontsize=9)
+    ax.tick_params(labelsize=9)
+axes[0, 0].legend(fontsize=9)
 fig.tight_layout()
 glue("fig_ft_curves", fig, display=False)
 plt.close(fig)
@@ -552,13 +572,13 @@ three = {"zero-shot": sides["zero-shot"], "linear probe": sides["linear probe"],
          **({OTHER: logits[OTHER][0]} if other else {})}
 per_auc = pd.DataFrame({n: metrics.per_label_auroc(yt, s.mean(0))
                         for n, s in three.items()}, index=LABELS)
-ax = per_auc.plot.barh(figsize=(6.5, 5.5),
+ax = per_auc.plot.barh(figsize=(6.8, 6.0), fontsize=9,
                        color=["#d95f02", "#7570b3", "#1b9e77", "#66a61e"])
 ax.axvline(0.5, color="k", lw=0.8)
 ax.set_xlim(0.25, 1.0)
-ax.set_xlabel("test AUROC (chance 0.5)")
+ax.set_xlabel("test AUROC (chance 0.5)", fontsize=9)
 ax.invert_yaxis()
-ax.legend(fontsize=7, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+ax.legend(fontsize=9, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
 plt.tight_layout()
 glue("fig_three_settings", ax.figure, display=False)
 plt.close(ax.figure)

@@ -75,6 +75,22 @@ def test_interrupted_run_resumes_to_identical_weights(setup, tmp_path):
     assert again.resumed_from == 2 and len(again.history) == 2
 
 
+def test_a_run_stopped_at_an_epoch_retraces_the_longer_schedule(setup, tmp_path):
+    """stop_epoch=k trains epochs 1..k of the whole schedule: the same history and weights as
+    the full-schedule run interrupted after k epochs (the budget sweep's run), finished on
+    reload, and its own run key."""
+    cut = _run(setup, tmp_path / "a", epochs=3, max_steps_per_epoch=2, stop_after_epochs=2)
+    stopped = _run(setup, tmp_path / "b", epochs=3, max_steps_per_epoch=2, stop_epoch=2)
+    assert len(stopped.history) == 2 and stopped.run_dir.name != cut.run_dir.name
+    assert [h["train_loss"] for h in stopped.history] == [h["train_loss"] for h in cut.history]
+    assert [h["lr_end"] for h in stopped.history] == [h["lr_end"] for h in cut.history]
+    _weights_equal(stopped.scorer, cut.scorer)
+    again = _run(setup, tmp_path / "b", epochs=3, max_steps_per_epoch=2, stop_epoch=2)
+    assert again.resumed_from == 2 and len(again.history) == 2  # finished: loaded, not retrained
+    with pytest.raises(ValueError, match="stop_epoch"):
+        _run(setup, tmp_path / "c", epochs=3, stop_epoch=4)
+
+
 def test_checkpoints_are_written_atomically(setup, tmp_path):
     r = _run(setup, tmp_path, epochs=1, max_steps_per_epoch=1)
     assert not [p for p in Path(r.run_dir).iterdir() if p.name.endswith(".tmp")]
@@ -202,8 +218,8 @@ def test_default_run_key_is_unchanged_by_the_new_settings(setup):
 
     cfg = F.FinetuneConfig(epochs=3).resolved("cpu")
     old_fields = {k: v for k, v in asdict(cfg).items()
-                  if k not in ("cpu_bf16", "augment_noise", "head_init", "compile", "device_pixels",
-                                 "checkpoint_every", "cpu_threads")}
+                  if k not in ("cpu_bf16", "augment_noise", "head_init", "stop_epoch", "compile",
+                                 "device_pixels", "checkpoint_every", "cpu_threads")}
     rows, y = np.arange(5), np.zeros((5, 2), np.float32)
     old = sha256_bytes("|".join([F.VERSION, json.dumps(old_fields, sort_keys=True), "w", "px",
                                  sha256_bytes(rows.tobytes()), sha256_bytes(rows.tobytes()),

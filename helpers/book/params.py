@@ -60,6 +60,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "lr": (0.0, 1.0, True, True),                  # 0 = the profile's default
     "batch_size": (0, 4_096, True, True),          # 0 = the profile's default
     "patience": (0, 1_000, True, True),            # 0 = the profile's default
+    "stop_epoch": (-1, 1_000, True, True),         # -1 = the sweep's best epoch, 0 = all epochs
     "temperature": (1e-3, 100.0, True, True),      # logits / T: a tiny T overflows them
     "max_steps_per_epoch": (0, 1_000_000, True, True),  # 0 = the whole split
     "seed": (0, 2**32 - 1, True, True),

@@ -83,7 +83,7 @@ VERSION = "1"
 """Part of every run key: bump when training semantics change, so stale runs are not reloaded."""
 SPEED_FIELDS = ("compile", "checkpoint_every", "device_pixels", "cpu_threads")
 """Settings that change speed only (the numbers agree up to float round-off): not in the run key."""
-KEY_NEUTRAL = {"cpu_bf16": False, "augment_noise": "host", "head_init": ""}
+KEY_NEUTRAL = {"cpu_bf16": False, "augment_noise": "host", "head_init": "", "stop_epoch": 0}
 """Settings added after runs existed, at the value that reproduces those runs: left out of the
 key at that value, so earlier runs keep their keys."""
 SWITCHES = ("auto", "on", "off")
@@ -125,6 +125,10 @@ class FinetuneConfig:
     head_init: str = ""
     """``lp-ft`` only: the hash of the probe the head starts from (:func:`probe_head`); part of
     the run key, so a run never reloads with another probe's head."""
+    stop_epoch: int = 0
+    """Stop after this epoch (1-based) of the ``epochs``-long schedule; 0 runs it all. The learning
+    rate follows the full schedule either way, so a run stopped at the budget sweep's best epoch
+    is the sweep's run up to the epoch the sweep chose on validation (part of the run key)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -137,6 +141,9 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not (self.lr > 0 and self.temperature > 0):
             raise ValueError(f"lr and temperature must be > 0, got {self.lr!r}, {self.temperature!r}")
+        if not 0 <= int(self.stop_epoch) <= int(self.epochs):
+            raise ValueError(f"stop_epoch must be in [0, epochs={self.epochs}] (0: the whole schedule), "
+                             f"got {self.stop_epoch!r}")
         for name in ("compile", "device_pixels"):
             if getattr(self, name) not in SWITCHES:
                 raise ValueError(f"{name} must be one of {SWITCHES}, got {getattr(self, name)!r}")
@@ -449,7 +456,7 @@ def _train_epoch(tr: _Trainer, batches: _Batches, ep: int, progress: bool) -> to
 
     tr.scorer.train()
     losses = []
-    bar = tqdm(total=tr.steps_per_epoch, desc=f"epoch {ep + 1}/{tr.cfg.epochs}", disable=not progress)
+    bar = tqdm(total=tr.steps_per_epoch, desc=f"epoch {ep + 1}/{tr.cfg.stop_epoch or tr.cfg.epochs}", disable=not progress)
     for b, (x, yb) in enumerate(batches.epoch(ep)):
         lr = cosine_lr(ep * tr.steps_per_epoch + b, tr.total, tr.cfg.lr, tr.warmup)
         for gr in tr.opt.param_groups:
@@ -469,12 +476,13 @@ def _run_epochs(tr: _Trainer, batches: _Batches, val: tuple, ckpt: BackgroundWri
     import torch.distributed as dist
 
     cfg = tr.cfg
-    if tr.history and (tr.start >= cfg.epochs or tr.history[-1].get("stop", False)):
+    end = cfg.stop_epoch or cfg.epochs
+    if tr.history and (tr.start >= end or tr.history[-1].get("stop", False)):
         return  # a finished run: loaded, not retrained
     ran = 0
     if tr.dev.type == "cpu":  # once per run: epochs of one run never change thread count
         torch.set_num_threads(cfg.cpu_threads or cpu_threads_for_load(torch.get_num_threads()))
-    for ep in range(tr.start, cfg.epochs):
+    for ep in range(tr.start, end):
         if stop_after_epochs is not None and ran >= stop_after_epochs:
             break
         ep_t0 = time.perf_counter()
@@ -485,7 +493,7 @@ def _run_epochs(tr: _Trainer, batches: _Batches, val: tuple, ckpt: BackgroundWri
         val_loss, val_auc = _validate(tr, *val)
         stop = tr.record(ep, float(train_loss), val_loss, val_auc, time.perf_counter() - ep_t0)
         ran += 1
-        last = stop or ep + 1 == cfg.epochs or (stop_after_epochs is not None and ran >= stop_after_epochs)
+        last = stop or ep + 1 == end or (stop_after_epochs is not None and ran >= stop_after_epochs)
         if rank == 0:
             files = tr.checkpoint(ep) if last or (ep + 1) % cfg.checkpoint_every == 0 else []
             files.append(("history.json", {"config": asdict(cfg), "history": copy.deepcopy(tr.history)}))

@@ -197,14 +197,22 @@ def best_lr(record: dict[str, Any] | None, objective: str) -> float | None:
     return None if c is None else float(c["lr"])
 
 
+def best_epoch(config: dict[str, Any]) -> int:
+    """The epoch (1-based) of a sweep configuration's best validation AUROC."""
+    curve = config["curve"]
+    return int(max(curve, key=lambda h: h["val_auroc"])["epoch"])
+
+
 def selected_defaults(profile: str, fallback: dict[str, Any]) -> dict[str, Any]:
     """Chapter 4's fine-tuning defaults: the sweep's selection (objective, lr, epochs,
-    patience) over ``fallback`` (the profile's own), when a full sweep record exists."""
+    patience, and ``stop_epoch``: its best epoch) over ``fallback`` (the profile's own, which
+    runs the whole schedule), when a full sweep record exists."""
     rec = read_record(profile)
     if rec is None or rec.get("quick"):
-        return dict(fallback)
+        return {"stop_epoch": 0, **fallback}
     sel = rec["selected"]
-    return {**fallback, **{k: sel[k] for k in ("objective", "lr", "epochs", "patience")}}
+    return {**fallback, **{k: sel[k] for k in ("objective", "lr", "epochs", "patience")},
+            "stop_epoch": int(sel["best_epoch"])}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
