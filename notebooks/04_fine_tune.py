@@ -208,7 +208,7 @@ else:
     glue("sweep_selected", f"{sel['objective']} at learning rate {sel['lr']:g} (best "
          f"validation macro AUROC {sel['best_val_auroc']:.3f}, epoch "
          f"{sel['best_epoch']})", display=False)
-    fig, axes = plt.subplots(1, len(record["grid"]["objective"]), figsize=(6.8, 3.4),
+    fig, axes = plt.subplots(1, len(record["grid"]["objective"]), figsize=(6.8, 3.8),
                              sharey=True, squeeze=False)
     lrs = sorted(record["grid"]["lr"])
     colours = dict(zip(lrs, plt.cm.viridis(np.linspace(0, 0.9, len(lrs)))))
@@ -223,13 +223,13 @@ else:
         ax.set_xlabel("epoch", fontsize=9)
         ax.tick_params(labelsize=9)
     axes[0, 0].set_ylabel("validation macro AUROC", fontsize=9)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), title="learning rate", fontsize=9,
-               title_fontsize=9, ncol=len(lrs), loc="lower center", frameon=False)
     fig.suptitle(f"Budget sweep ({record['profile']}, "
                  f"{record['wall_s'] / 60:.0f} min): dotted lines end each rung",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.13, top=0.74, wspace=0.08)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), title="learning rate", fontsize=9,
+               title_fontsize=9, ncol=len(lrs), loc="upper center",
+               bbox_to_anchor=(0.5, 0.94), frameon=False)
     glue("fig_sweep", fig, display=False)
     plt.close(fig)
     print(f"sweep: {record['command']}; code {record['code_sha256']}, "
