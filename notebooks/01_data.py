@@ -93,7 +93,7 @@ table, split = study_data.table, study_data.split
 images, reports = table.images, table.reports
 LABELS = list(labels.CHEXPERT_LABELS)
 show_stamp(make_stamp(profile, "none (data chapter)", study_data.split_hash,
-                      label_table_hash=table.hash, uncertain_policy=uncertain_policy))
+                      label_table_hash=table.hash))
 
 # %% [markdown]
 # ## Dataset card
@@ -319,7 +319,7 @@ by_rule
 # The CheXpert labeler classifies mentions on a dependency parse; ours uses NegEx scopes and
 # a few deliberate changes. Each difference and the reason we keep it:
 
-# %%
+# %% tags=["hide-input"]
 diffs = pd.DataFrame(label_rules.DIFFERENCES).set_index("rule")
 (diffs.style.set_table_attributes('class="text-table"')
  .set_properties(**{"text-align": "left", "white-space": "normal"}))
@@ -328,7 +328,7 @@ diffs = pd.DataFrame(label_rules.DIFFERENCES).set_index("rule")
 # A few reports, with each mention highlighted (green: positive, grey struck-through:
 # negated, orange: uncertain; hover for the label and the rule that decided it):
 
-# %%
+# %% tags=["hide-input"]
 with_text = reports[(reports.findings.str.len() + reports.impression.str.len()) > 0]
 abnormal = with_text[with_text["No Finding"] == 0]
 normal = with_text[with_text["No Finding"] == 1]
@@ -357,6 +357,8 @@ glue("prev_no_finding", f"{prev.loc['No Finding', 'text labeler']:.0%}", display
 rarest = prev["text labeler"].idxmin()
 glue("rarest_label", rarest, display=False)
 glue("rarest_prev", f"{prev.loc[rarest, 'text labeler']:.1%}", display=False)
+
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(6.8, 4.6))
 order = prev.sort_values("text labeler").index
 y = np.arange(len(order))
@@ -387,6 +389,8 @@ plt.show()
 # %%
 Y = text_bin.to_numpy(int)
 co = Y.T @ Y
+
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(6.8, 6.8))
 im = ax.imshow(np.log10(co + 1), cmap="viridis")
 ax.set_xticks(range(len(LABELS)), LABELS, rotation=70, ha="right", fontsize=9)
@@ -410,6 +414,8 @@ plt.show()
 n_words = report_text.str.split().str.len()
 glue("median_words", int(n_words.median()), display=False)
 glue("p99_words", int(n_words.quantile(0.99)), display=False)
+
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(6.8, 3.2))
 ax.hist(n_words, bins=60, color="#3366aa")
 ax.set_xlabel("words in FINDINGS + IMPRESSION")
@@ -562,6 +568,8 @@ hedge = rendering.HEDGE_FACTOR
 glue("hedge_factor", f"{hedge:g}", display=False)
 gallery_seed = rendering.seed_for("gallery", style)
 finding_names = list(drawers.FINDING_DRAWERS)
+
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(7, 4, figsize=(6.8, 15.5))
 for k, label in enumerate(finding_names):
     for j, (value, c, name) in enumerate([(1, 1.0, "full"), (-1, hedge, "hedged")]):
@@ -620,6 +628,8 @@ glue("cf_image", cf_row.image_id, display=False)
 glue("cf_changed", int((diff > 0).sum()), display=False)
 glue("cf_mask", int(mask.sum()), display=False)
 glue("cf_outside", int(diff[~mask].max()), display=False)
+
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 3, figsize=(6.8, 3.0))
 show_with_mask(axes[0], with_, mask, f"{cf_row.image_id}\nwith {toggle}")
 show_with_mask(axes[1], without, mask, f"without\n{toggle}")
@@ -678,7 +688,7 @@ toggles
 # :pyobject: noise_rates
 # ```
 
-# %%
+# %% tags=["hide-input"]
 (noise.style.format("{:.3f}", subset=list(rendering.NOISE_COLUMNS))
  .background_gradient(subset=list(rendering.NOISE_COLUMNS), cmap="Oranges",
                       vmin=0, vmax=1)
@@ -793,6 +803,8 @@ glue("ctr_neg_above", f"{(ctr[~is_pos] > 0.5).mean():.0%}", display=False)
 glue("ctr_pos_below", f"{(ctr[is_pos] <= 0.5).mean():.0%}", display=False)
 glue("ctr_n_pos", int(is_pos.sum()), display=False)
 glue("ctr_n_neg", int((~is_pos).sum()), display=False)
+
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(6.8, 3.4))
 ax.hist(ctr[~is_pos], bins, density=True, alpha=0.6, color="#3366aa",
         label=f"Cardiomegaly label 0 ({(~is_pos).sum()})")

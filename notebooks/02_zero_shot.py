@@ -365,6 +365,7 @@ glue("over_margin", f"{rec1['margin']:g}", display=False)
 glue("over_verdict", rec1["verdict"], display=False)
 glue("frac_cos_pos", f"{(cos[test] > 0).mean():.2f}", display=False)
 
+# %% tags=["hide-input"]
 fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.6, 8.4))
 a1.boxplot([cos[test][:, j] for j in range(len(LABELS))], orientation="horizontal",
            showfliers=False)

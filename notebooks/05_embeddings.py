@@ -185,6 +185,7 @@ glue("ratio_ctrl", display.fmt_ci(rec4["control"]["estimate"], rec4["control"]["
                                   signed=True), display=False)
 glue("ratio_verdict", rec4["verdict"], display=False)
 
+# %% tags=["hide-input"]
 per = pd.DataFrame({names[s]: {c: v["ratio"] for c, v in geo[s]["per_label"].items()}
                     for s in ("zs", "ft", "ft (permuted)")})
 fig, ax = plt.subplots(figsize=(6, 5))
@@ -233,8 +234,6 @@ from sklearn.manifold import TSNE  # noqa: E402
 rng = np.random.default_rng(0)
 pick = np.sort(rng.choice(len(test), min(projection_points, len(test)), replace=False))
 colour = geometry.primary_label(yt[pick], LABELS, highlight)
-palette = dict(zip(list(highlight) + ["other"],
-                   ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#cccccc"]))
 
 
 def project(x):
@@ -247,9 +246,14 @@ def project(x):
                 "t-SNE": tsne.fit_transform(x)}
 
 
+projections = {s: project(emb[s][0][pick]) for s in ("zs", "ft")}
+
+# %% tags=["hide-input"]
+palette = dict(zip(list(highlight) + ["other"],
+                   ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#cccccc"]))
 fig, axes = plt.subplots(2, 2, figsize=(6.8, 6.6))
 for r, s in enumerate(("zs", "ft")):
-    for c, (pname, p) in enumerate(project(emb[s][0][pick]).items()):
+    for c, (pname, p) in enumerate(projections[s].items()):
         ax = axes[r, c]
         for lab in ["other", *highlight]:
             m = colour == lab

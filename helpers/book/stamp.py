@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import datetime as _dt
 import html
+import os
 import platform
 import re
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
+
 from helpers.book.display import use_book_tables
+from helpers.book.runner import NOTEBOOK_DIR, declared_parameters, read_notebook
 
 PACKAGES = ("torch", "open_clip_torch", "timm", "transformers", "numpy", "pandas",
             "scikit-learn", "spacy", "negspacy", "torchxrayvision")
@@ -26,8 +31,99 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return out
 
 
-def make_stamp(profile: str, model_id: str, data_hash: str, **extra: Any) -> dict[str, Any]:
-    """A dict naming the profile, the model, the data/split hash, the date and the versions."""
+INJECTED_HEADER = "# Parameters"
+"""How the cell papermill injects (the values a run was given) begins."""
+
+
+def _literal_assignments(source: str) -> dict[str, Any] | None:
+    """``{name: value}`` of a cell made only of ``name = literal`` lines (a parameters cell), or
+    ``None`` for any other cell (code, an empty cell, a magic)."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    out: dict[str, Any] = {}
+    for node in body:
+        target = (node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1
+                  else node.target if isinstance(node, ast.AnnAssign) else None)
+        if not isinstance(target, ast.Name) or node.value is None:
+            return None
+        try:
+            out[target.id] = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return out or None
+
+
+def _notebook_defaults(shell: Any) -> dict[str, Any] | None:
+    """The declared defaults of the chapter open in an interactive front end (Jupyter's
+    ``JPY_SESSION_NAME``, VS Code's ``__vsc_ipynb_file__``) when it is one of notebooks/."""
+    for where in (os.environ.get("JPY_SESSION_NAME"), shell.user_ns.get("__vsc_ipynb_file__")):
+        if not where:
+            continue
+        src = NOTEBOOK_DIR / f"{Path(str(where)).stem}.py"
+        if src.is_file():
+            return {k: p.default for k, p in declared_parameters(read_notebook(src)).items()}
+    return None
+
+
+def _shell() -> Any:
+    """The running IPython shell, or ``None``."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def _same(a: Any, b: Any) -> bool:
+    def norm(x: Any) -> Any:
+        return [norm(v) for v in x] if isinstance(x, (list, tuple)) else x
+    return norm(a) == norm(b)
+
+
+def declared_defaults(shell: Any = None) -> dict[str, Any] | None:
+    """The defaults of the parameters the running notebook declares, or ``None`` outside a
+    notebook (no IPython, or no parameters cell run yet).
+
+    Read from the kernel's input history: the parameters cell is the cell of literal
+    assignments that papermill's injected cell (``# Parameters``) follows, or, in a notebook run
+    without papermill, the first such cell (its values as the notebook file on disk declares
+    them, when the front end names one of notebooks/)."""
+    shell = shell or _shell()
+    if shell is None:
+        return None
+    cells = [(src.lstrip().startswith(INJECTED_HEADER), _literal_assignments(src))
+             for src in shell.history_manager.input_hist_raw]
+    cells = [(injected, d) for injected, d in cells if d is not None]
+    before = next((i for i, (injected, _) in enumerate(cells) if injected), None)
+    if before is not None:
+        own = [d for injected, d in cells[:before] if not injected]
+        return own[-1] if own else None
+    on_disk = _notebook_defaults(shell)
+    return on_disk if on_disk is not None else (cells[0][1] if cells else None)
+
+
+def changed_parameters(shell: Any = None) -> dict[str, Any] | None:
+    """Every parameter of the running notebook whose value (in the kernel's globals) differs
+    from its declared default, ``{name: value}`` in declaration order (``profile`` left out: the
+    stamp names it anyway); ``None`` outside a notebook (:func:`declared_defaults`)."""
+    shell = shell or _shell()
+    defaults = declared_defaults(shell) if shell is not None else None
+    if defaults is None:
+        return None
+    ns = shell.user_ns
+    return {k: ns[k] for k, d in defaults.items()
+            if k != "profile" and k in ns and not _same(ns[k], d)}
+
+
+def make_stamp(profile: str, model_id: str, data_hash: str, parameters: Mapping[str, Any] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """A dict naming the profile, the model, the data/split hash, the date, the versions and
+    (``parameters``) every parameter not at its declared default: by default those of the
+    notebook this runs in (:func:`changed_parameters`; no entry outside a notebook)."""
+    if parameters is None:
+        parameters = changed_parameters()
     return {
         "profile": profile,
         "model_id": model_id,
@@ -35,8 +131,19 @@ def make_stamp(profile: str, model_id: str, data_hash: str, **extra: Any) -> dic
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
         "packages": package_versions(),
+        **({} if parameters is None else {"parameters": dict(parameters)}),
         **extra,
     }
+
+
+def parameters_text(parameters: Mapping[str, Any] | None) -> str | None:
+    """The stamp's parameter line: ``limit = 40, class_weight = 'none'`` (each in backticks), or
+    ``all parameters at their defaults``; ``None`` when the stamp does not know them."""
+    if parameters is None:
+        return None
+    if not parameters:
+        return "all parameters at their defaults"
+    return ", ".join(f"`{k} = {v!r}`" for k, v in parameters.items())
 
 
 def stamp_markdown(stamp: dict[str, Any]) -> str:
@@ -46,10 +153,13 @@ def stamp_markdown(stamp: dict[str, Any]) -> str:
     note = (" Demo numbers come from synthetic images and a small proxy model: they are "
             "**not** BiomedCLIP results." if stamp["profile"] == "demo" else "")
     extra = "".join(f"\n- **{k}**: `{v}`" for k, v in stamp.items()
-                    if k not in ("profile", "model_id", "data_hash", "date", "python", "packages"))
+                    if k not in ("profile", "model_id", "data_hash", "date", "python", "packages",
+                                 "parameters"))
+    given = parameters_text(stamp.get("parameters"))
+    given = f"\n- **parameters**: {given}" if given else ""
     return (f"**Executed with profile `{stamp['profile']}`**.{note}\n\n"
             f"- **model**: `{stamp['model_id']}`\n- **data/split hash**: `{stamp['data_hash']}`"
-            f"{extra}\n- **executed**: {stamp['date']}, Python {stamp['python']}\n"
+            f"{given}{extra}\n- **executed**: {stamp['date']}, Python {stamp['python']}\n"
             f"- **packages**: {pk}\n"), kind
 
 
@@ -170,14 +280,17 @@ def banner_html(profile: str) -> str:
 
 def show_stamp(stamp: dict[str, Any]) -> None:
     """Display the stamp in a notebook as a coloured box (HTML, so it renders in the book),
-    headed by the profile's banner; from here on the page's figures carry the profile's mark
+    headed by the profile's banner, listing every parameter of this notebook not at its
+    declared default (:func:`changed_parameters`; a page that shows another run's stamp, as the
+    results page does, lists its own); from here on the page's figures carry the profile's mark
     in their corner and its tables are drawn to fit the page (:mod:`helpers.book.display`)."""
     from IPython.display import HTML, display
 
 
     use_book_tables()
     mark_figures(PROFILE_MARKS.get(stamp["profile"]))
-    md, kind = stamp_markdown(stamp)
+    here = changed_parameters()
+    md, kind = stamp_markdown(stamp if here is None else {**stamp, "parameters": here})
 
     items = [line[2:] for line in md.splitlines() if line.startswith("- ")]
     head = md.split("\n\n")[0]

@@ -220,7 +220,9 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     image_dir : ``full`` profile: folder of Open-I PNGs (default ``data_dir()/openi/images``).
     style : ``demo`` profile: phantom style of the IU-Xray images (default ``target``).
     limit : at most this many images per split (smoke runs); ``None`` or 0 for all. A limited run
-        is quick (:func:`artefacts.quick_reason`): its files never replace a full run's.
+        is quick (:func:`artefacts.quick_reason`): its files never replace a full run's. It takes
+        its pixels and embeddings from the full split's caches when those exist
+        (:func:`pixel_cache`), so it decodes and embeds nothing a full run already did.
     on_error : unreadable image policy, ``stop`` or ``skip`` (skipped ones are counted).
     uncertain_policy, split_seed, split_fractions, views, reports_path : the label table and
         split of chapter 1
@@ -235,22 +237,39 @@ def load_study(profile: str = "demo", model: str | None = None, image_dir: str |
     data = load_study_data(uncertain_policy, split_seed, split_fractions, views,
                            reports_path=reports_path or None)
     split = subsample(data.split, limit)
-    noise = None
+    noise = larger = None
     if prof.images == "phantoms":
         noise = rendering.noise_rates(data.table.reports)
         table = images.phantom_images(split, style=style, noise=noise)
         source = f"phantoms ({style} style)"
+        if limit:
+            larger = images.rendered_phantoms(data.split, style=style)
     else:
         folder = Path(image_dir) if image_dir else data_dir() / "openi" / "images"
         table = images.openi_images(split, folder)
         source = f"Open-I PNGs in {folder}"
+        if limit:
+            larger = images.openi_images(data.split, folder)
     loader = model_loader(model or prof.model, dev)
-    pixels = images.build_pixel_cache(table.path, table.image_id, loader.deferred(1), on_error=on_error,
-                                 geometry=loader.geometry)
+    pixels = pixel_cache(table, loader, on_error, larger)
     return Study(profile, table.reset_index(drop=True), pixels, loader.info, data.split_hash, source,
                  dev, loader, style=style if noise is not None else None,
                  noise=noise, quick=quick_reason(limit) or os.environ.get(QUICK_ENV, ""),
                  all_image_ids=frozenset(data.table.images.image_id.astype(str)))
+
+
+def pixel_cache(table: pd.DataFrame, loader: ModelLoader, on_error: str = "stop",
+                larger: pd.DataFrame | None = None) -> images.PixelCache:
+    """The pixel cache of ``table``'s images. With ``larger`` (the whole split's images, for a
+    limited run) and a cache already built for it, the rows are taken from that cache, and
+    the embeddings cached for it serve them too (:meth:`images.PixelCache.subset`): a quick
+    run decodes and embeds nothing a full run already did, with the same numbers."""
+    if larger is not None:
+        hit = images.pixels_from_larger(table.path, table.image_id, larger, loader.geometry, on_error)
+        if hit is not None:
+            return hit
+    return images.build_pixel_cache(table.path, table.image_id, loader.deferred(1), on_error=on_error,
+                                    geometry=loader.geometry)
 
 
 def _model_inputs(spec: str, folder: Path, device: torch.device) -> dict:

@@ -66,6 +66,27 @@ def phantom_images(split: pd.DataFrame, style: str = "target", size: int = 224,
     return out
 
 
+def rendered_phantoms(split: pd.DataFrame, style: str = "target", size: int = 224) -> pd.DataFrame | None:
+    """The split with ``path`` and ``mask_path`` of the phantoms already rendered for it (as
+    :func:`phantom_images` names them), or ``None`` when one of its images has none yet.
+    Renders and verifies nothing: for finding caches built for these files, whose keys cover
+    each file's size and time."""
+    folder = data_dir() / "phantoms" / f"{style}-{size}"
+    man = read_cache(folder / "manifest.csv", lambda p: pd.read_csv(p, dtype=str, keep_default_na=False),
+                     lambda m: None if {"image_id", "path", "mask_path"} <= set(m.columns)
+                     else "no image_id, path and mask_path columns")
+    if man is None:
+        return None
+    man = man.drop_duplicates("image_id", keep="last").set_index("image_id")
+    ids = split.image_id.astype(str)
+    if not ids.isin(man.index).all():
+        return None
+    out = split.copy()
+    out["path"] = [str(folder / p) for p in man.loc[ids, "path"]]
+    out["mask_path"] = [str(folder / p) for p in man.loc[ids, "mask_path"]]
+    return out
+
+
 def openi_images(split: pd.DataFrame, image_dir: str | os.PathLike) -> pd.DataFrame:
     """The split with ``path`` = ``image_dir/<image_id>.png`` (Open-I naming).
 
@@ -154,7 +175,11 @@ def _load_one(job: tuple[int, str, object]) -> tuple[int, np.ndarray | None, str
 
 @dataclass
 class PixelCache:
-    """Preprocessed images: ``pixels`` uint8 (N, S, S) memory-map, one row per id."""
+    """Preprocessed images: ``pixels`` uint8 (N, S, S) memory-map, one row per id.
+
+    ``parent``: for rows taken from a larger cache (:meth:`subset`), that cache's key, the rows
+    taken (in order) and its length, so what is cached for the larger one (embeddings:
+    :func:`helpers.protocols.embeddings.image_embeddings`) serves these rows too."""
 
     pixels: np.ndarray
     ids: list[str]
@@ -162,9 +187,22 @@ class PixelCache:
     key: str
     path: Path
     failures: dict[str, str] = field(default_factory=dict)
+    parent: tuple[str, np.ndarray, int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, rows: Sequence[int], paths: Sequence[str], geometry: str) -> "PixelCache":
+        """The cache of the images at ``rows`` (files ``paths``, in that order), in memory: the
+        same pixels, flags and key as :func:`build_pixel_cache` gives for those files alone
+        (keyed by ``geometry``, the files' sizes and times), without decoding any of them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ids = [self.ids[r] for r in rows]
+        paths = [str(p) for p in paths]
+        failures = {p: self.failures[p] for p in paths if p in self.failures}
+        return PixelCache(np.ascontiguousarray(self.pixels[rows]), ids, self.ok[rows].copy(),
+                          _cache_key(paths, ids, geometry), self.path, failures,
+                          parent=(self.key, rows, len(self)))
 
     @classmethod
     def in_memory(cls, pixels: np.ndarray, name: str = "in-memory") -> "PixelCache":
@@ -247,14 +285,9 @@ def build_pixel_cache(paths: Sequence[str], ids: Sequence[str], preprocess, on_e
     folder = Path(cache_dir) if cache_dir is not None else data_dir() / "cache"
     npy, meta = folder / f"pixels-{key}.npy", folder / f"pixels-{key}.json"
     _remove_stale_builds(folder)
-    hit = _open_cache(npy, meta, ids)
+    hit = _cached(key, ids, folder, on_error)
     if hit is not None:
-        arr, m = hit
-        failures = m.get("failures", {})
-        if failures and on_error == "stop":
-            bad = next(iter(failures))
-            raise ImageError(_bad_message(bad, failures[bad]))
-        return PixelCache(arr, ids, np.array(m["ok"], bool), key, npy, failures)
+        return hit
     if geo is None:
         geo = geometric_transform(preprocess)
         if repr(geo) != geometry:
@@ -289,6 +322,53 @@ def build_pixel_cache(paths: Sequence[str], ids: Sequence[str], preprocess, on_e
     atomic_write_json(meta, {"ids": ids, "ok": ok.tolist(), "failures": failures,
                              "transform": repr(geo), "npy_sha256": digest})
     return PixelCache(np.load(npy, mmap_mode="r"), ids, ok, key, npy, failures)
+
+
+def _cached(key: str, ids: list[str], folder: Path, on_error: str) -> PixelCache | None:
+    """The cache ``pixels-<key>`` in ``folder`` if it holds ``ids`` intact, else ``None``;
+    raises :class:`ImageError` for a recorded unreadable image under ``on_error="stop"``."""
+    npy, meta = folder / f"pixels-{key}.npy", folder / f"pixels-{key}.json"
+    hit = _open_cache(npy, meta, ids)
+    if hit is None:
+        return None
+    arr, m = hit
+    failures = m.get("failures", {})
+    if failures and on_error == "stop":
+        bad = next(iter(failures))
+        raise ImageError(_bad_message(bad, failures[bad]))
+    return PixelCache(arr, ids, np.array(m["ok"], bool), key, npy, failures)
+
+
+def open_pixel_cache(paths: Sequence[str], ids: Sequence[str], geometry: str, on_error: str = "stop",
+                     cache_dir: str | os.PathLike | None = None) -> PixelCache | None:
+    """The pixel cache :func:`build_pixel_cache` built for exactly these files, or ``None`` when
+    there is none (never builds one, never decodes an image)."""
+    paths, ids = [str(p) for p in paths], list(ids)
+    folder = Path(cache_dir) if cache_dir is not None else data_dir() / "cache"
+    return _cached(_cache_key(paths, ids, geometry), ids, folder, on_error)
+
+
+def pixels_from_larger(paths: Sequence[str], ids: Sequence[str], larger: pd.DataFrame, geometry: str,
+                       on_error: str = "stop", cache_dir: str | os.PathLike | None = None
+                       ) -> PixelCache | None:
+    """The pixel cache of ``paths`` / ``ids`` taken from the cache already built for the larger
+    image list ``larger`` (``path`` and ``image_id`` columns; e.g. the whole split, when a run is
+    limited to a subset of it), or ``None`` when that cache was never built or ``larger`` lacks
+    one of the images at the same path. The pixels are those of the same files decoded anew:
+    the larger cache's key covers every file's size and modification time."""
+    paths, ids = [str(p) for p in paths], [str(i) for i in ids]
+    where = {(str(i), str(p)): r for r, (i, p) in enumerate(zip(larger.image_id, larger.path))}
+    rows = [where.get(k) for k in zip(ids, paths)]
+    if not paths or any(r is None for r in rows):
+        return None
+    full = open_pixel_cache(larger.path, larger.image_id.astype(str), geometry, "skip", cache_dir)
+    if full is None:
+        return None
+    sub = full.subset(rows, paths, geometry)
+    if sub.failures and on_error == "stop":
+        bad = next(iter(sub.failures))
+        raise ImageError(_bad_message(bad, sub.failures[bad]))
+    return sub
 
 
 SPACE_MARGIN = 64 << 20

@@ -152,18 +152,29 @@ def image_embeddings(model: torch.nn.Module, weights_sha256: str, cache: PixelCa
     (``auto`` resolves to ``autocast`` on CUDA and ``fp32`` elsewhere, see
     :func:`compute_image_embeddings`), so a bf16 run never serves an fp32 request. Computed in
     batches under ``torch.inference_mode`` (``batch_size=None``: 512 on CUDA, 64 elsewhere),
-    written atomically.
+    written atomically. A cache of rows taken from a larger one (``cache.parent``: a limited
+    run) is served the larger cache's embeddings at those rows when they are cached.
     """
     dev = torch.device(device)
     used = precision if precision != "auto" else ("autocast" if dev.type == "cuda" else "fp32")
     if used not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     tag = "" if used == "fp32" else f"|{used}"  # fp32 keys stay those of earlier versions
-    key = sha256_bytes(f"{weights_sha256}|{cache.key}|{tuple(mean)}|{tuple(std)}{tag}".encode(), 16)
-    path = (Path(cache_dir) if cache_dir else data_dir() / "cache") / f"img_emb-{key}.npy"
+    folder = Path(cache_dir) if cache_dir else data_dir() / "cache"
+
+    def file_of(pixel_key: str) -> Path:
+        key = sha256_bytes(f"{weights_sha256}|{pixel_key}|{tuple(mean)}|{tuple(std)}{tag}".encode(), 16)
+        return folder / f"img_emb-{key}.npy"
+
+    path = file_of(cache.key)
     hit = _load_npy(path, len(cache))
     if hit is not None:
         return hit
+    if cache.parent is not None:  # rows of a larger cache (a limited run): its embeddings' rows
+        parent_key, rows, n = cache.parent
+        larger = _load_npy(file_of(parent_key), n)
+        if larger is not None:
+            return np.ascontiguousarray(larger[rows])
     emb = compute_image_embeddings(model, cache, mean, std, None, batch_size, dev, num_workers,
                                    progress, precision=used)
     _save_npy(path, emb.astype(np.float32))
