@@ -26,7 +26,7 @@ from helpers.data.iuxray import load_study_data
 from helpers.phantoms import rendering
 from helpers.protocols import models
 from helpers.protocols.embeddings import image_embeddings, text_embeddings
-from helpers.protocols.models import ModelInfo, _weights_hash, load_model, resolve_spec
+from helpers.protocols.models import ModelInfo, load_model, resolve_spec
 from helpers.saliency.explain import load_masks
 from helpers.storage import atomic_write_json, read_json_cache, sha256_bytes, sha256_file
 
@@ -334,14 +334,6 @@ def model_loader(spec: str, device: torch.device) -> ModelLoader:
     if path is not None and _info_from_record(json.loads(json.dumps(rec))) == (info, geometry, scale):
         atomic_write_json(path, {"inputs": inputs, **rec})
     return ModelLoader(spec, device, info, geometry, scale, loaded=(m, pre, tok), cache_file=path)
-
-
-def embeddings_of(study: Study, model: torch.nn.Module) -> np.ndarray:
-    """Cached image embeddings (N, d) of every row of ``study`` under another model's weights
-    (e.g. a fine-tuned copy); keyed by that model's weights hash like any other."""
-
-    return image_embeddings(model, _weights_hash(model), study.pixels, study.info.mean, study.info.std,
-                            device=study.device)
 
 
 @dataclass
