@@ -86,7 +86,7 @@ n_boot = 500  # bootstrap resamples (by report) for confidence intervals
 class_weight = "balanced"  # "balanced" or "none"
 Cs = [0.01, 0.1, 1.0, 10.0]  # grid of inverse regularisation strengths, chosen on val
 n_seeds = 3  # label permutations of the negative control (the probe itself is exact)
-causal_pairs = 6  # demo: strongest partner pairs (as many independent ones) re-rendered
+causal_pairs = 6  # demo: strongest partner pairs with a matched control, re-rendered
 causal_images = 30  # demo: test images re-rendered per directed pair
 
 # %%
@@ -333,11 +333,20 @@ shift_tab.style.format({"zero-shot shift": "{:+.3f}", "probe shift": "{:+.3f}"})
 # $$ \Delta^{\mathrm{do}}_{a \leftarrow b} = \overline{\mathrm{pct}_a(x^{+b}) -
 #    \mathrm{pct}_a(x^{-b})} . $$ (eq-causal-shift)
 #
-# The finding holds if the probe's mean effect over the strongest {glue:text}`n_causal`
-# co-occurring pairs exceeds zero-shot's (a paired bootstrap over the re-rendered reports);
-# the control is the same difference over as many independent pairs. Some findings share
-# drawing code, so adding $b$ can look like $a$ to any model; the comparison with zero-shot
-# (and with independent pairs) takes that out, and the table shows the families:
+# An image with one more finding can raise $a$'s score for reasons that have nothing to do
+# with co-occurrence: a generic "abnormal image" response (zero-shot has it too, so each
+# effect is read as the probe's minus zero-shot's), and **shared drawing code**: some
+# findings are drawn by the same function (the table below), so adding $b$ can look like
+# $a$ to any model. The control therefore has to match each partner pair on what it draws:
+# every co-occurring pair $(a, b)$ gets its own **matched independent pair** $(c, d)$ (training
+# lift between 0.67 and 1.5) whose two findings come from one drawing family exactly when $a$
+# and $b$ do ({func}`helpers.analysis.cooccurrence.matched_pairs`), and the two are rendered on
+# **the same source images** (test images with neither $a$ nor $c$). The finding is the
+# probe's partner effect minus zero-shot's over the strongest {glue:text}`n_causal`
+# co-occurring pairs that have a matched control; the record's paired difference, *partner
+# effect minus matched-independent effect*, is computed on the same report resamples and
+# must clear the margin. A co-occurring pair whose findings share drawing code and that no
+# independent pair can match is rendered and shown, but left out of the test.
 
 # %%
 glue("n_causal", causal_pairs, display=False)
@@ -350,71 +359,200 @@ else:
 families
 
 # %%
-def causal_test():
-    pairs = (cooccurrence.directed(partners[:causal_pairs], LABELS)
-             + cooccurrence.directed(independent[:causal_pairs], LABELS))
-    kinds = (["partner"] * 2 * len(partners[:causal_pairs])
-             + ["independent"] * 2 * len(independent[:causal_pairs]))
-    cf = cooccurrence.render_counterfactuals(study, pairs, kinds, causal_images)
-    zs_method = zs_json["params"]["selected"]
-
-    def scores_of(pix):
-        cache = images.PixelCache.in_memory(pix, "counterfactual")
-        e = compute_image_embeddings(study.model, cache, study.info.mean,
-                                     study.info.std, device=study.device,
-                                     progress=False)
-        zs_s = zeroshot.candidate_scores(e, study.text_embeddings, study.logit_scale,
-                                         LABELS)[zs_method]
-        return {"zero-shot": zs_s, "linear probe": lp.decision_function(e)}
-
-    with_b, without_b = scores_of(cf.with_b), scores_of(cf.without_b)
-    refs_ = {"zero-shot": zs["scores"], "linear probe": test_logits}
-    effects = {s: cooccurrence.causal_effects(cf, with_b[s], without_b[s], refs_[s])
-               for s in refs_}
-    return cf, effects
+FAMILY = rendering.DRAWING_FAMILY
 
 
-causal_possible = study.style is not None and bool(partners) and bool(independent)
+def pair_name(p):
+    same = "same family" if FAMILY.get(p[0]) == FAMILY.get(p[1]) else "two families"
+    return f"{p[0]} + {p[1]} (lift {p[3]:.2f}, {same})"
+
+
+matched = cooccurrence.matched_pairs(partners, independent, FAMILY)
+design = cooccurrence.causal_design(matched, LABELS, causal_pairs)
+shown = {(LABELS[a], LABELS[b]) for a, b in design.pairs}
+matched_table = pd.DataFrame(
+    [{"co-occurring pair": pair_name(p),
+      "matched independent pair": pair_name(c) if c else "none: no independent pair "
+      "has this family relation (left out of the test)"}
+     for p, c in matched if (p[0], p[1]) in shown])
+n_matched = sum(k == "partner" for k in design.kinds) // 2
+n_unmatched = sum(k == cooccurrence.UNMATCHED for k in design.kinds) // 2
+glue("n_matched", n_matched, display=False)
+glue("n_unmatched", n_unmatched, display=False)
+matched_table
+
+# %%
+def embed(pix):
+    cache = images.PixelCache.in_memory(pix, "counterfactual")
+    return compute_image_embeddings(study.model, cache, study.info.mean, study.info.std,
+                                    device=study.device, progress=False)
+
+
+def zs_scores(e):
+    cands = zeroshot.candidate_scores(e, study.text_embeddings, study.logit_scale,
+                                      LABELS)
+    return cands[zs_json["params"]["selected"]]
+
+
+def effects_of(score, reference):
+    """Per item, the change of a's percentile (in ``reference``) when b is added."""
+    return cooccurrence.causal_effects(cf, score(e_with), score(e_without), reference)
+
+
+def causal_difference(effects, kind):
+    """fn(idx): a setting's mean effect over ``kind`` pairs minus zero-shot's."""
+    s_e = cooccurrence.mean_effect(cf, effects, kind)
+    zs_e = cooccurrence.mean_effect(cf, zs_effects, kind)
+    return lambda idx: s_e(idx) - zs_e(idx)
+
+
+causal_possible = study.style is not None and n_matched > 0
 if causal_possible:
-    cf, effects = causal_test()
+    cf = cooccurrence.render_counterfactuals(study, design, causal_images)
+    e_with, e_without = embed(cf.with_b), embed(cf.without_b)
     cf_groups = study.table.report_id.to_numpy()[cf.row]
-
-    def causal_difference(kind):
-        probe_e = cooccurrence.mean_effect(cf, effects["linear probe"], kind)
-        zs_e = cooccurrence.mean_effect(cf, effects["zero-shot"], kind)
-        return lambda idx: probe_e(idx) - zs_e(idx)
-
+    zs_effects = effects_of(zs_scores, zs["scores"])
+    lp_effects = effects_of(lp.decision_function, test_logits)
+    causal_cmp = findings.compare(causal_difference(lp_effects, "partner"),
+                                  causal_difference(lp_effects, "independent"),
+                                  cf_groups, n_boot)
     rec3 = findings.record(
         "co-occurrence (causal)", "03_linear_probe",
-        "adding a co-occurring partner to the same image raises the probe's score for "
-        "a label more than zero-shot's (causal effect, probe minus zero-shot, > 0)",
-        findings.compare(causal_difference("partner"), causal_difference("independent"),
-                         cf_groups, n_boot), {"above": 0.0},
-        "the same difference when the added finding does not co-occur (lift 0.67-1.5)",
-        n_images=len(cf.row), n_pairs=len(cf.pairs))
-    per_pair = pd.DataFrame(
-        [{"label": LABELS[a], "added partner": LABELS[b], "kind": cf.kinds[p],
-          "zero-shot effect": effects["zero-shot"][cf.pair == p].mean(),
-          "probe effect": effects["linear probe"][cf.pair == p].mean()}
-         for p, (a, b) in enumerate(cf.pairs)])
+        "adding a co-occurring partner to the same image raises the probe's score "
+        "for a label more than zero-shot's (causal effect, probe minus zero-shot, "
+        "> 0), and more than adding a matched independent finding does",
+        causal_cmp, {"above": 0.0},
+        "the same difference when the added finding does not co-occur: an independent "
+        "pair matched to each partner pair on drawing family, on the same images",
+        n_images=len(cf.row), n_pairs=2 * n_matched,
+        matched=[[list(p[:2]), list(c[:2])] for p, c in matched
+                 if c is not None and (p[0], p[1]) in shown])
 else:  # full profile: real images cannot be re-rendered; the observational test decides
     rec3 = obs
-    per_pair = pd.DataFrame()
 glue("causal_diff", display.fmt_ci(rec3["estimate"], rec3["ci95"], signed=True),
      display=False)
 glue("causal_ctrl", display.fmt_ci(rec3["control"]["estimate"], rec3["control"]["ci95"],
                                    signed=True), display=False)
+glue("causal_minus", display.fmt_ci(rec3["difference"]["estimate"],
+                                    rec3["difference"]["ci95"], signed=True),
+     display=False)
+glue("causal_margin", f"{rec3['margin']:g}", display=False)
 glue("cooc_verdict", rec3["verdict"], display=False)
-per_pair.style.format({"zero-shot effect": "{:+.3f}", "probe effect": "{:+.3f}"})
 
 # %% [markdown]
-# Adding a co-occurring partner changes the probe's score percentile by
-# {glue:text}`causal_diff` more than zero-shot's; adding an independent finding, by
-# {glue:text}`causal_ctrl`. **Finding 3 (co-occurrence) {glue:text}`cooc_verdict`.** What it
-# cannot tell us: on the phantoms, findings are drawn independently of each other, so any
-# learned partner cue comes from IU-Xray's label co-occurrences alone; on real films,
-# partner findings also share causes (heart failure brings both cardiomegaly and edema), and
-# only the observational test is possible there.
+# Over the {glue:text}`n_matched` co-occurring pairs with a matched control (both
+# directions), adding the partner changes the probe's score percentile by
+# {glue:text}`causal_diff` more than zero-shot's; adding the matched independent finding to
+# the same images, by {glue:text}`causal_ctrl`. Partner minus matched independent, paired:
+# {glue:text}`causal_minus` (margin {glue:text}`causal_margin`). **Finding 3
+# (co-occurrence) {glue:text}`cooc_verdict`.** Pairs shown but not tested (same drawing
+# family, no independent pair to match): {glue:text}`n_unmatched`.
+#
+# ### The decorrelated world: where a partner effect must vanish
+#
+# The matched control takes out what shared drawing code adds; it cannot show that what is
+# left comes from *co-occurrence in the training labels*. For that we build a world without
+# co-occurrence and run the same test in it. Every label column of the training reports is
+# permuted independently (validation's too, on its own), so each label keeps its prevalence
+# but no two labels co-occur beyond chance; every training and validation image is
+# rendered again from its permuted labels (same patient, same style, same label noise),
+# embedded by the same frozen model ({func}`helpers.analysis.cooccurrence.decorrelated_embeddings`,
+# cached on disk), and a probe is fitted there exactly as above. The counterfactual images
+# and zero-shot's effects are the ones above; only the probe changes. A probe that never saw
+# two findings together has nothing to learn a partner cue from: its partner effect (minus
+# zero-shot's, minus the matched control's) must vanish. The record below puts the two
+# worlds side by side on the same images and resamples: the finding is the real world's
+# paired difference, its control the decorrelated world's, and their difference is what
+# co-occurrence in training adds.
+
+# %%
+def vanishing(lo, hi, m):
+    """How the decorrelated world's effect, CI [lo, hi], reads against the margin m."""
+    if lo is None or hi is None:
+        return "its interval is undefined, so this run cannot say"
+    if lo > 0:
+        return ("it does not vanish: its interval lies above zero, so something "
+                "other than co-occurrence in training (the renderer, the frozen "
+                "features) produces part of it")
+    if hi < m:
+        tail = (f" (its lower end, {lo:+.3f}, lies beyond −{m:g}: this world's probe "
+                "leans, if anything, the other way)" if lo < -m else "")
+        return (f"it vanishes: its interval contains zero and its upper end lies "
+                f"below the margin (+{m:g}), so no partner effect of the margin's "
+                f"size remains{tail}")
+    return ("its interval contains zero but reaches the margin, so this run cannot "
+            "show that it vanishes")
+
+
+rec_decor = None
+if causal_possible:
+    rows_d, y_d, emb_d = cooccurrence.decorrelated_embeddings(study)
+    tr_d, va_d = np.isin(rows_d, train), np.isin(rows_d, val)
+    lp_d = probe.fit_probe(emb_d[tr_d], y_d[tr_d], emb_d[va_d], y_d[va_d], Cs=Cs,
+                           class_weight=weights)
+    test_d = lp_d.decision_function(emb[test])
+    d_effects = effects_of(lp_d.decision_function, test_d)
+    decor_cmp = findings.compare(causal_difference(d_effects, "partner"),
+                                 causal_difference(d_effects, "independent"),
+                                 cf_groups, n_boot)
+    rec_decor = findings.record(
+        "co-occurrence (causal): against the decorrelated world", "03_linear_probe",
+        "the causal partner effect (probe minus zero-shot, partner minus matched "
+        "independent) is larger for the probe trained on IU-Xray's labels than for one "
+        "trained where no labels co-occur",
+        findings.from_values(causal_cmp.difference, decor_cmp.difference),
+        {"above": 0.0},
+        "the same paired difference for the probe of the decorrelated world (labels "
+        "permuted per column across training reports, phantoms rendered from them)",
+        margin=rec3["margin"], n_images=len(cf.row), decorrelation_seed=0,
+        decorrelated_C=lp_d.C)
+    lift_real = cooccurrence.lift_summary(Y[train], LABELS, partners)
+    lift_d = cooccurrence.lift_summary(y_d[tr_d], LABELS, partners)
+    auc_d = float(np.nanmean(metrics.per_label_auroc(yt, test_d)))
+    c = rec_decor["control"]
+    reading = vanishing(*c["ci95"], rec3["margin"])
+    glue("decor_lift", f"median {np.nanmedian(lift_real):.2f} (range "
+         f"{np.nanmin(lift_real):.2f}–{np.nanmax(lift_real):.2f}) in the real training "
+         f"labels and {np.nanmedian(lift_d):.2f} ({np.nanmin(lift_d):.2f}–"
+         f"{np.nanmax(lift_d):.2f}) after the permutation", display=False)
+    glue("decor_auroc", f"{auc_d:.3f}", display=False)
+    glue("decor_effect", display.fmt_ci(c["estimate"], c["ci95"], signed=True),
+         display=False)
+    glue("decor_vanishes", reading, display=False)
+    glue("decor_minus", display.fmt_ci(rec_decor["difference"]["estimate"],
+                                       rec_decor["difference"]["ci95"], signed=True),
+         display=False)
+    glue("decor_verdict", rec_decor["verdict"], display=False)
+else:
+    for k in ("decor_lift", "decor_auroc", "decor_effect", "decor_vanishes",
+              "decor_minus", "decor_verdict"):
+        glue(k, "not built: the decorrelated world needs rendered phantoms (demo)",
+             display=False)
+effect_cols = {"zero-shot": zs_effects, "probe": lp_effects,
+               "decorrelated probe": d_effects} if causal_possible else {}
+per_pair = pd.DataFrame(
+    [{"label": LABELS[a], "added": LABELS[b], "kind": cf.kinds[p],
+      "matched to": (f"{LABELS[cf.pairs[cf.twin[p]][0]]} ← "
+                     f"{LABELS[cf.pairs[cf.twin[p]][1]]}" if cf.twin[p] >= 0 else "–"),
+      **{f"{k} effect": v[cf.pair == p].mean() for k, v in effect_cols.items()}}
+     for p, (a, b) in enumerate(cf.pairs)]) if causal_possible else pd.DataFrame()
+per_pair.style.format({f"{k} effect": "{:+.3f}" for k in effect_cols})
+
+# %% [markdown]
+# The permutation leaves the partner pairs' training lift at {glue:text}`decor_lift`. The
+# decorrelated world's probe learns the findings (test macro AUROC {glue:text}`decor_auroc`
+# on the real test images, against {glue:text}`lp_auroc` for the probe trained on IU-Xray's
+# labels, which may also use partners on a test split where they co-occur). Its causal partner effect (probe minus zero-shot,
+# partner minus matched independent) is {glue:text}`decor_effect`: {glue:text}`decor_vanishes`.
+# The real world's effect minus the decorrelated world's, on the same images and
+# resamples, is {glue:text}`decor_minus`: the co-occurrence of IU-Xray's labels as the
+# cause of the partner effect {glue:text}`decor_verdict`. The table gives every directed
+# pair's mean effect in each setting (the decorrelated probe's beside the real one's).
+#
+# What it cannot tell us: on the phantoms, findings are drawn independently of each other,
+# so any learned partner cue comes from IU-Xray's label co-occurrences alone; on real
+# films, partner findings also share causes (heart failure brings both cardiomegaly and
+# edema), and only the observational test is possible there.
 
 # %%
 probe.save_probe(arts.probe(), lp)  # chapter 6 explains this probe's decisions
@@ -424,7 +562,7 @@ params = {"model": study.info.spec, "style": style, "limit": limit, "n_boot": n_
           "uncertain_policy": uncertain_policy, "split_seed": split_seed}
 metrics.write_metrics(arts.metrics("lp"), "lp", result, params=params, stamp=stamp,
                       time_min=lp.fit_s / 60, permuted_control=ctrl_result)
-records = [obs, rec3] if causal_possible else [obs]
+records = [obs, rec3, rec_decor] if causal_possible else [obs]
 written = findings.write_findings(arts.findings("03_linear_probe"), records, stamp)
 print("wrote", display.output_name(written), "in the output folder")
 
@@ -437,7 +575,8 @@ print("wrote", display.output_name(written), "in the output folder")
 #   {glue:text}`ctrl_auroc`.
 # - Part of its LRAP is the label prior that any trained setting learns for free.
 # - Finding 3 (co-occurrence) {glue:text}`cooc_verdict`; its observational version
-#   {glue:text}`obs_verdict`.
+#   {glue:text}`obs_verdict`. Against the decorrelated world (no label co-occurs in
+#   training): {glue:text}`decor_verdict`.
 #
 # ## What's next
 #
