@@ -205,16 +205,26 @@ def marked_pixels(study, rows: np.ndarray, cfg: "ControlConfig", progress: bool 
     px = np.array(study.pixels.pixels)
     if cfg.mark_amplitude <= 0:
         return Marked(px, np.asarray(rows))
-    k = len(study.labels)
-    marks = {c: grating(j, k, S, cfg.mark_period) for j, c in enumerate(study.labels)}
     y, paths = study.y(), study.table.mask_path.to_numpy()
     for r in tqdm(rows, desc="marking findings", disable=not progress, leave=False):
         present = [c for j, c in enumerate(study.labels) if c != "No Finding" and y[r, j]]
         if present:
             ms = load_masks([paths[r]] * len(present), present, S)
-            add = sum(m * marks[c] for c, m in zip(present, ms))
-            px[r] = np.clip(px[r] + cfg.mark_amplitude * add, 0, 255).astype(np.uint8)
+            px[r] = mark_regions(px[r], dict(zip(present, ms)), study.labels, cfg)
     return Marked(px, np.asarray(rows))
+
+
+def mark_regions(image: np.ndarray, regions: dict[str, np.ndarray], labels: Sequence[str],
+                 cfg: "ControlConfig") -> np.ndarray:
+    """One image (S, S) uint8 with each finding of ``regions`` (label -> bool region (S, S))
+    marked inside its region by its grating (:func:`grating`, label ``j`` of ``labels``),
+    ``cfg.mark_amplitude`` grey levels, clipped to [0, 255]: uint8 (S, S)."""
+    if cfg.mark_amplitude <= 0 or not regions:
+        return np.asarray(image, dtype=np.uint8).copy()
+    S, k = image.shape[-1], len(labels)
+    add = sum(m * grating(list(labels).index(c), k, S, cfg.mark_period)
+              for c, m in regions.items())
+    return np.clip(image + cfg.mark_amplitude * add, 0, 255).astype(np.uint8)
 
 
 def balanced_pos_weight(pt: np.ndarray, w: np.ndarray, cap: float) -> np.ndarray:
