@@ -9,14 +9,18 @@ It trains exactly the runs chapter 4 would (same configuration, same run keys, o
 ``--seeds`` entry, real labels or ``--variant permuted``) into the same folders and records them
 in the same (profile, model) index (:meth:`helpers.book.artefacts.Artefacts.finetune_index`), so
 executing chapter 4 afterwards with the same parameters loads the finished runs instead of
-training again. On CPUs the same command runs on the gloo backend (``--nproc_per_node=2``).
-Each rank takes a disjoint slice of every global batch; DDP averages the gradients, so the
-update equals one process's on the whole batch (the tests check weights and losses).
+training again. Every data parameter of chapter 4 (:data:`DATA_OPTIONS`: label policy, split,
+views, report archive, images, limit) is an option with the same default and reaches
+:func:`load_study` unchanged; the objective is named (``contrastive`` or ``bce``). On CPUs the
+same command runs on the gloo backend (``--nproc_per_node=2``). Each rank takes a disjoint slice
+of every global batch; DDP averages the gradients, so the update equals one process's on the
+whole batch (the tests check weights and losses).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from typing import Sequence
@@ -27,7 +31,7 @@ import torch
 from helpers.protocols.training import rank_and_world  # noqa: F401 - its home is helpers.protocols.training (no import cycle)
 from helpers.book import params as P
 from helpers.book.study import load_study
-from helpers.config import get_profile
+from helpers.config import PROFILES, get_profile
 from helpers.protocols import finetune as F, repeats
 from helpers.protocols.embeddings import compute_image_embeddings
 
@@ -74,17 +78,34 @@ def sharded_image_embeddings(model, cache, mean, std, batch_size: int = 64,
     return out
 
 
+DATA_OPTIONS: tuple[str, ...] = ("image_dir", "style", "uncertain_policy", "split_seed", "split_fractions",
+                                  "views", "reports_path", "limit", "on_error")
+"""Chapter 4's data parameters (what it passes to :func:`load_study` besides profile and model):
+each one is an option here, with :func:`load_study`'s own default, and reaches the study unchanged."""
+_STUDY_DEFAULTS = {k: v.default for k, v in inspect.signature(load_study).parameters.items()}
+
+
+def study_arguments(a: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`load_study` (besides profile, model and device) that the
+    command line asks for: every data parameter of chapter 4 (:data:`DATA_OPTIONS`)."""
+    return {k: getattr(a, k) for k in DATA_OPTIONS}
+
+
+def finetune_config(a: argparse.Namespace) -> F.FinetuneConfig:
+    """The fine-tuning configuration the command line asks for (0 = the profile's default)."""
+    d = get_profile(a.profile).finetune
+    return F.FinetuneConfig(objective=a.objective, epochs=a.epochs or d["epochs"], lr=a.lr or d["lr"],
+                            batch_size=a.batch_size or d["batch_size"], patience=a.patience or d["patience"],
+                            temperature=a.temperature, max_steps_per_epoch=a.max_steps_per_epoch or None)
+
+
 def _finetune_main(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
 
     rank, world, dev = init(args.backend)
-    d = get_profile(args.profile).finetune
-    cfg = F.FinetuneConfig(objective=args.objective, epochs=args.epochs or d["epochs"], lr=args.lr or d["lr"],
-                           batch_size=args.batch_size or d["batch_size"], patience=args.patience or d["patience"],
-                           temperature=args.temperature, max_steps_per_epoch=args.max_steps_per_epoch or None)
-    study = load_study(args.profile, args.model, image_dir=args.image_dir, style=args.style,
-                       limit=args.limit, device=str(dev))
+    cfg = finetune_config(args)
+    study = load_study(args.profile, args.model, **study_arguments(args), device=str(dev))
     variant = "" if args.variant == "real" else args.variant
     done = repeats.finetune_runs(study, cfg, args.seeds, variant, progress=rank == 0)
     if rank == 0:
@@ -106,8 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "same parameters. 0 means the profile's default where stated.")
     f.add_argument("--profile", default="demo", help="demo or full (default: demo)")
     f.add_argument("--model", default="", help="model spec (default: empty, the profile's: tiny or biomedclip)")
-    f.add_argument("--style", default="target", help="demo only: phantom style, source or target (default: target)")
+    d = _STUDY_DEFAULTS
+    f.add_argument("--style", default=d["style"],
+                   help=f"demo only: phantom style, source or target (default: {d['style']})")
+    f.add_argument("--uncertain-policy", default=d["uncertain_policy"],
+                   help=f"as chapter 1: uncertain mentions positive or negative (default: {d['uncertain_policy']})")
+    f.add_argument("--split-seed", type=int, default=d["split_seed"],
+                   help=f"as chapter 1: seed of the report-level split (default: {d['split_seed']})")
+    f.add_argument("--split-fractions", type=float, nargs=3, default=list(d["split_fractions"]),
+                   metavar=("TRAIN", "VAL", "TEST"),
+                   help="as chapter 1: train, val, test fractions (default: "
+                        f"{' '.join(f'{x:g}' for x in d['split_fractions'])})")
+    f.add_argument("--views", nargs="+", default=[d["views"]] if isinstance(d["views"], str) else list(d["views"]),
+                   help=f"as chapter 1: image views in the study (default: {d['views']})")
+    f.add_argument("--reports-path", default="",
+                   help="as chapter 1: report archive (default: empty, torchxrayvision's copy)")
     f.add_argument("--limit", type=int, default=0, help="at most this many images per split (default: 0 = all)")
+    f.add_argument("--on-error", default=d["on_error"],
+                   help=f"an unreadable image: stop (naming it) or skip (counted) (default: {d['on_error']})")
     f.add_argument("--objective", default="contrastive", help="contrastive or bce (default: contrastive)")
     f.add_argument("--epochs", type=int, default=0, help="epochs (default: 0 = the profile's)")
     f.add_argument("--lr", type=float, default=0.0, help="learning rate (default: 0 = the profile's)")
@@ -129,19 +166,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(a: argparse.Namespace) -> None:
     """Refuse bad options before joining the process group, with the same rules as chapter 4's
-    parameters (:mod:`helpers.book.params`); refuse running outside ``torchrun``."""
+    parameters (:mod:`helpers.book.params`, paths made absolute as the runner makes them);
+    refuse an option the profile would ignore; refuse running outside ``torchrun``."""
 
-    get_profile(a.profile)
-    if a.image_dir and not os.path.isdir(a.image_dir):
-        raise ValueError(f"--image-dir {a.image_dir!r} is not a folder")
-    for name, value in (("model", a.model), ("style", a.style), ("limit", a.limit), ("objective", a.objective),
-                        ("epochs", a.epochs), ("lr", a.lr), ("batch_size", a.batch_size), ("patience", a.patience),
+    prof = get_profile(a.profile)
+    for name, value in (("model", a.model), *((k, getattr(a, k)) for k in DATA_OPTIONS),
+                        ("objective", a.objective), ("epochs", a.epochs), ("lr", a.lr),
+                        ("batch_size", a.batch_size), ("patience", a.patience),
                         ("temperature", a.temperature), ("max_steps_per_epoch", a.max_steps_per_epoch),
                         *(("seed", s) for s in a.seeds)):
         try:
-            P.check(name, value)
+            checked = P.check(name, value)
         except P.ParameterError as e:
             raise ValueError(str(e).replace(f"parameter {name!r}", f"--{name.replace('_', '-')}")) from None
+        if name != "seed":
+            setattr(a, name, checked)
+        need = P.PROFILE_IMAGES.get(name)
+        if need is not None and prof.images != need and value not in ("", _STUDY_DEFAULTS[name]):
+            users = [p for p, pr in PROFILES.items() if pr.images == need]
+            raise ValueError(f"--{name.replace('_', '-')} is read only by the {', '.join(users)} profile; "
+                             f"the {a.profile} profile would ignore it")
+    if a.objective not in F.OBJECTIVES or a.objective == "lp-ft":
+        raise ValueError(f"--objective {a.objective!r}: under torchrun only contrastive or bce (LP-FT's head "
+                         f"starts from chapter 3's probe, and 'sweep' is chapter 4's choice of one of them: "
+                         f"name the objective)")
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise RuntimeError(f"not started by torchrun (environment lacks {', '.join(missing)}); run e.g. "
