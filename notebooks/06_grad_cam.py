@@ -810,7 +810,7 @@ off_table
 # pairs), and maps that carry no information hit {glue:text}`off_chance` (the grid chance
 # level): every hit above that comes from looking at the image. The findings most often off
 # the prior are {glue:text}`off_common` of their examined pairs, the least often
-# {glue:text}`off_rare` (table): a large region, or one tied to an organ, can hardly lie
+# {glue:text}`off_rare` (table): a large or long region, or one tied to an organ, can hardly lie
 # outside the prior's mass, so the subset speaks mainly for small lung findings. Its
 # regions cover {glue:text}`off_area`: small targets, where every hit is hard.
 
