@@ -165,7 +165,7 @@ study = load_study(profile, model, image_dir=image_dir, style=style,
                    reports_path=reports_path, limit=limit, on_error=on_error)
 arts = study.artefacts
 LABELS = study.labels
-stamp = study.stamp(n_seeds=n_seeds)
+stamp = study.stamp()
 show_stamp(stamp)
 train, val, test = study.rows("train"), study.rows("val"), study.rows("test")
 Y = study.y()
@@ -227,7 +227,8 @@ else:
                  f"{record['wall_s'] / 60:.0f} min): dotted lines end each rung",
                  fontsize=10)
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.13, top=0.74, wspace=0.08)
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), title="learning rate", fontsize=9,
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, title="learning rate", fontsize=9,
                title_fontsize=9, ncol=len(lrs), loc="upper center",
                bbox_to_anchor=(0.5, 0.94), frameon=False)
     glue("fig_sweep", fig, display=False)
@@ -295,9 +296,16 @@ print("best epochs: " + "; ".join(f"{k} {[r.best_epoch for r in rs]}"
 # loss of the label prior {eq}`eq-prior-loss` (dashed). A curve that never goes below its
 # dashed line has learned the label frequencies and nothing more.
 
-# %% tags=["hide-input"]
+# %%
 prior_loss = {"train": baselines.label_prior_loss(Y[train], Y[train]),
               "validation": baselines.label_prior_loss(Y[train], Y[val])}
+best_val_loss = hist.groupby(["model", "seed"]).val_loss.min().groupby("model").mean()
+loss_tab = pd.DataFrame({"best validation loss (mean over seeds)": best_val_loss,
+                         "label prior's": prior_loss["validation"]})
+loss_tab["below the prior by"] = loss_tab.iloc[:, 1] - loss_tab.iloc[:, 0]
+loss_tab.style.format("{:.4f}")
+
+# %% tags=["hide-input"]
 n_cols = min(2, len(trained))
 fig, axes = plt.subplots(-(-len(trained) // n_cols), n_cols,
                          figsize=(6.8, 2.6 * -(-len(trained) // n_cols)), squeeze=False)
@@ -320,11 +328,6 @@ axes[0, 0].legend(fontsize=9)
 fig.tight_layout()
 glue("fig_ft_curves", fig, display=False)
 plt.close(fig)
-best_val_loss = hist.groupby(["model", "seed"]).val_loss.min().groupby("model").mean()
-loss_tab = pd.DataFrame({"best validation loss (mean over seeds)": best_val_loss,
-                         "label prior's": prior_loss["validation"]})
-loss_tab["below the prior by"] = loss_tab.iloc[:, 1] - loss_tab.iloc[:, 0]
-loss_tab.style.format("{:.4f}")
 
 # %% [markdown]
 # ```{glue:figure} fig_ft_curves
@@ -572,6 +575,8 @@ three = {"zero-shot": sides["zero-shot"], "linear probe": sides["linear probe"],
          **({OTHER: logits[OTHER][0]} if other else {})}
 per_auc = pd.DataFrame({n: metrics.per_label_auroc(yt, s.mean(0))
                         for n, s in three.items()}, index=LABELS)
+
+# %% tags=["hide-input"]
 ax = per_auc.plot.barh(figsize=(6.8, 6.0), fontsize=9,
                        color=["#d95f02", "#7570b3", "#1b9e77", "#66a61e"])
 ax.axvline(0.5, color="k", lw=0.8)
