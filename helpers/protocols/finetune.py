@@ -62,9 +62,11 @@ from helpers.protocols.training import (
     epoch_generator,
     maybe_compile,
     normalize01,
+    optimizer_step,
     rank_and_world,
     rng_state,
     seed_all,
+    set_lr,
     set_rng_state,
     to_cpu,
     to_device,
@@ -352,9 +354,8 @@ class _Trainer:
         """One optimiser step on a batch; the loss (a device scalar). A compiled step whose backward
         fails to compile (it is compiled lazily, at the first backward) is redone eagerly."""
         loss = self.step_loss(x, y)
-        self.opt.zero_grad(set_to_none=True)
         try:
-            loss.backward()
+            optimizer_step(self.opt, loss)
         except Exception as e:  # noqa: BLE001
             if getattr(self.step_loss, "state", "eager") != "compiled":
                 raise
@@ -362,10 +363,8 @@ class _Trainer:
 
             warnings.warn(f"the compiled backward failed ({type(e).__name__}: {str(e)[:200]}); running eager")
             self.step_loss.state = "eager"
-            self.opt.zero_grad(set_to_none=True)
             loss = self.step_loss(x, y)
-            loss.backward()
-        self.opt.step()
+            optimizer_step(self.opt, loss)
         return loss.detach()
 
     def compiled(self) -> str:
@@ -458,9 +457,7 @@ def _train_epoch(tr: _Trainer, batches: _Batches, ep: int, progress: bool) -> to
     losses = []
     bar = tqdm(total=tr.steps_per_epoch, desc=f"epoch {ep + 1}/{tr.cfg.stop_epoch or tr.cfg.epochs}", disable=not progress)
     for b, (x, yb) in enumerate(batches.epoch(ep)):
-        lr = cosine_lr(ep * tr.steps_per_epoch + b, tr.total, tr.cfg.lr, tr.warmup)
-        for gr in tr.opt.param_groups:
-            gr["lr"] = lr
+        set_lr(tr.opt, cosine_lr(ep * tr.steps_per_epoch + b, tr.total, tr.cfg.lr, tr.warmup))
         losses.append(tr.step(x, yb))
         bar.update()
         if progress and b % 10 == 9:

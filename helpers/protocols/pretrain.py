@@ -35,7 +35,15 @@ import torch
 
 from helpers.config import REPO_ROOT, data_dir
 from helpers.data.labels import CHEXPERT_LABELS
-from helpers.protocols.training import augment, autocast, cosine_lr, normalize01, trim_tokens
+from helpers.protocols.training import (
+    augment,
+    autocast,
+    cosine_lr,
+    normalize01,
+    optimizer_step,
+    set_lr,
+    trim_tokens,
+)
 from helpers.book.progress import bar as tqdm
 from helpers.data import images as I
 from helpers.data.iuxray import package_file
@@ -191,12 +199,9 @@ def _pretrain_into(out: Path, n_samples: int, epochs: int, batch_size: int, lr: 
             x01 = torch.from_numpy(np.asarray(pixels.pixels[idx])).float().div_(255)
             x = normalize01(augment(x01, g) if augmentation else x01, info.mean, info.std).to(dev)
             t = trim_tokens(tokens[idx]).to(dev)
-            for gr in opt.param_groups:
-                gr["lr"] = cosine_lr(step, total, lr, max(1, total // 20))
+            set_lr(opt, cosine_lr(step, total, lr, max(1, total // 20)))
             loss = clip_step(model, x, t, loss_fn, dev)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss)
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(float(loss))

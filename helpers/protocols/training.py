@@ -30,6 +30,21 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * t))
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group of ``opt`` to learning rate ``lr`` (one value of :func:`cosine_lr`)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """The update every training loop of the project makes: clear the gradients, back-propagate
+    ``loss`` (a scalar), step ``opt``. Pretraining, fine-tuning and chapter 6's positive control
+    share it with :func:`set_lr` and :func:`cosine_lr`."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def trim_tokens(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
     """Drop trailing all-pad columns of a token batch (B, L) -> (B, L').
 
