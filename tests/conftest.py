@@ -90,8 +90,24 @@ SMOKE = {
 
 
 @pytest.fixture(scope="session")
-def built_book(tmp_path_factory, data_env):
-    """Copy the book sources, execute every chapter with SMOKE parameters, build with -W."""
+def book_env(tmp_path_factory, data_env):
+    """The book's own ``IUXRAY_DATA_DIR`` and ``IUXRAY_OUTPUT_DIR`` (variable -> folder).
+
+    ``built_book`` executes the chapters with them; a test that executes a chapter again against
+    what the build left (nbval, the reproducibility of chapter 2) sets them too. No other test
+    writes there, so such a test finds the build's caches and outputs whatever ran in between:
+    no test depends on the order in which pytest runs them."""
+    root = tmp_path_factory.mktemp("book-state")
+    env = {"IUXRAY_DATA_DIR": root / "data", "IUXRAY_OUTPUT_DIR": root / "outputs"}
+    for d in env.values():
+        d.mkdir()
+    return {k: str(v) for k, v in env.items()}
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory, book_env):
+    """Copy the book sources, execute every chapter with SMOKE parameters (in ``book_env``),
+    build with -W."""
     from helpers.book import runner as R
     from helpers.config import REPO_ROOT
 
@@ -108,7 +124,16 @@ def built_book(tmp_path_factory, data_env):
     for c in chapters:
         decl |= set(R.declared_parameters(R.read_notebook(R.notebook_path(c))))
     args = [x for k, v in SMOKE.items() if k in decl for x in ("-p", k, v)]
-    rc = R.main([*chapters, "--out", str(root / "book" / "chapters"), *args])
+    before = {k: os.environ.get(k) for k in book_env}
+    os.environ.update(book_env)
+    try:
+        rc = R.main([*chapters, "--out", str(root / "book" / "chapters"), *args])
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     assert rc == 0
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "-W", "--keep-going"],
@@ -119,7 +144,7 @@ def built_book(tmp_path_factory, data_env):
 
 
 
-BOOK_FIXTURES = {"built_book", "site"}
+BOOK_FIXTURES = {"built_book", "book_env", "site"}
 """Fixtures that execute the chapters: a test that uses one is in the ``book`` tier, whatever
 its own markers say, so ``pytest -m "not book"`` never builds the book."""
 

@@ -8,6 +8,7 @@ import pytest
 from helpers.bench import timing as B
 
 
+@pytest.mark.book  # the whole benchmark at smoke size: trains, and times fresh processes
 def test_bench_smoke_writes_results_per_device(tmp_path, data_env):
     import torch
 

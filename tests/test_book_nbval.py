@@ -8,11 +8,10 @@ addresses, temporary paths; a cell whose output says whether a cache was hit car
 chapter's result: they are switched off for the re-run and stripped from the reference. A
 chapter whose numbers change between two runs with the same inputs fails here.
 
-The file is named so that pytest runs it before any other test that uses the smoke build
-(``test_browser.py`` and later files): the re-execution then starts from exactly the data and
-caches the first execution left. Tests that run between the two executions may legitimately
-rebuild a shared cache (another model, another profile), and the rebuilt cache's progress bars
-would show up as output the first run did not have.
+The re-execution starts from exactly the data and caches the first execution left: both run
+with the book's own data and output folders (``book_env``), which no other test writes, so
+tests that run between the two executions (another model, another profile, a rebuilt shared
+cache) cannot change what it finds, in whatever order pytest runs them.
 """
 
 import json
@@ -38,10 +37,10 @@ def _strip_stderr(src: Path, dst: Path) -> None:
 
 
 @pytest.mark.book
-def test_chapters_reproduce_their_outputs_under_nbval(built_book, tmp_path):
+def test_chapters_reproduce_their_outputs_under_nbval(built_book, book_env, tmp_path):
     for c in runner.toc_chapters():
         _strip_stderr(built_book / "book" / "chapters" / f"{c}.ipynb", tmp_path / f"{c}.ipynb")
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **book_env, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
          "--nbval-current-env", "--nbval-sanitize-with", str(HERE / "nbval" / "sanitize.cfg"),

@@ -82,7 +82,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server():
     Handler.state = {"requests": []}
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     yield f"http://127.0.0.1:{srv.server_address[1]}", Handler.state
     srv.shutdown()

@@ -9,6 +9,8 @@ import pytest
 from helpers.book import runner as R
 from helpers.config import data_dir
 
+pytestmark = pytest.mark.book  # executes chapters 2-7 on the full profile's code path (minutes)
+
 
 @pytest.fixture(scope="module")
 def full_setup(tmp_path_factory, private_outputs):

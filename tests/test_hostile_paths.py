@@ -147,7 +147,7 @@ def server():
     Handler.state = {"requests": []}
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}", Handler.state
     srv.shutdown()
     srv.server_close()
@@ -464,6 +464,7 @@ def _runner(args: list[str], env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.book  # two runner processes, each executing a chapter in its own kernel
 def test_07_two_real_runs_of_one_output_folder_the_second_is_refused(tmp_path, data_env):
     nb = _chapter(tmp_path, "99_sleeps", "import time\ntime.sleep(seconds)\n", "seconds = 3.0\n")
     out = tmp_path / "out"

@@ -7,6 +7,8 @@ import pytest
 from helpers.book import artefacts, results
 from helpers.book import runner
 
+pytestmark = pytest.mark.book  # executes chapters 2 (twice) and 7
+
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory, private_outputs):

@@ -46,9 +46,12 @@ def _metrics_without_date(path):
     return d
 
 
-def test_chapter_2_metrics_are_reproducible(built_book, tmp_path):
+def test_chapter_2_metrics_are_reproducible(built_book, book_env, tmp_path, monkeypatch):
     """Executing chapter 2 twice gives identical metrics JSON apart from the time stamp."""
     from helpers.book.artefacts import Artefacts
+
+    for k, v in book_env.items():  # where the build wrote its metrics
+        monkeypatch.setenv(k, v)
 
     path = Artefacts.of("demo", quick=True).metrics("zs")  # a limited run: quick/
     first = _metrics_without_date(path)
