@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import cv2
@@ -167,7 +168,9 @@ def selection_key(study, prior: Mapping[str, np.ndarray], params: dict) -> str:
     return sha256_bytes(f"{head}\n{ids}".encode(), 16)
 
 
-def _render_round(study, rows: np.ndarray, rnd: int, seed: int, progress: bool, desc: str):
+def _render_round(study, rows: np.ndarray, rnd: int, seed: int, progress: bool, desc: str
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Round ``rnd``'s fresh phantoms of study ``rows``: [(image, bitmask)] as :func:`_render`."""
     geo = geometric_transform(study.preprocess)
     cols = [f"text:{c}" for c in study.labels]
     jobs = [(study.table.loc[r, cols].to_numpy(dtype=float),
@@ -176,7 +179,9 @@ def _render_round(study, rows: np.ndarray, rnd: int, seed: int, progress: bool, 
     return process_map(_render, jobs, progress=progress, desc=desc)
 
 
-def _select(study, tops, rows, rendered, rnd, max_overlap):
+def _select(study, tops: Mapping[str, np.ndarray], rows: np.ndarray,
+            rendered: Sequence[tuple[np.ndarray, np.ndarray]], rnd: int, max_overlap: float
+            ) -> tuple[list[tuple[int, int, str, float]], dict[str, int]]:
     """The off-prior pairs of one round's renders: [(row, round, label, overlap)], and the
     number of pairs examined per label."""
     y = study.y()
@@ -240,7 +245,8 @@ def off_prior_pairs(study, prior: Mapping[str, np.ndarray], n_pairs: int = 200,
     return _assemble(study, rec, seed, progress, path.with_suffix(""), rendered)
 
 
-def _assemble(study, rec: dict, seed: int, progress: bool, stem, rendered: dict) -> OffPrior:
+def _assemble(study, rec: dict, seed: int, progress: bool, stem: Path, rendered: dict
+              ) -> OffPrior:
     """The selected images (``rendered`` by the selection just now, else cached beside it as
     ``<stem>-pixels.npy`` and ``<stem>-bits.npy``, else rendered again: deterministic, the same
     pixels) and the pairs."""
