@@ -16,6 +16,21 @@ def test_toc_order_starts_with_data_chapter():
         assert R.notebook_path(c).exists()
 
 
+def test_chapters_reading_the_study_data_declare_its_parameters():
+    """Chapters 1 and 1b build the label table and split themselves (``load_study_data(``, which
+    the runner's :func:`loads_study` check does not see): each declares every data parameter it
+    passes, so ``-p split_seed 3`` reaches both instead of one silently using the default."""
+    readers = []
+    for c in R.toc_chapters():
+        nb = R.read_notebook(R.notebook_path(c))
+        if any(x.cell_type == "code" and "load_study_data(" in x.source for x in nb.cells):
+            readers.append(c)
+            decl = R.declared_parameters(nb)
+            missing = [p for p in P.DATA_PARAMETERS if p != "image_dir" and p not in decl]
+            assert not missing, f"{c} reads the study data without declaring {missing}"
+    assert readers[:2] == ["01_data", "01b_phantoms"]
+
+
 def test_declared_parameters_of_chapter_1():
     params = R.declared_parameters(R.read_notebook(R.notebook_path("01_data")))
     assert params["profile"].default == "demo"
