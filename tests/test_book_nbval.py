@@ -38,14 +38,22 @@ def _strip_stderr(src: Path, dst: Path) -> None:
 
 @pytest.mark.book
 def test_chapters_reproduce_their_outputs_under_nbval(built_book, book_env, tmp_path):
+    """One nbval run per chapter, with ``JPY_SESSION_NAME`` naming it as Jupyter does for an
+    open notebook: nbval executes cells without the kernel's input history, so the provenance
+    box finds the chapter's declared defaults the way it does in a reader's Jupyter session."""
+    failures = []
     for c in runner.toc_chapters():
-        _strip_stderr(built_book / "book" / "chapters" / f"{c}.ipynb", tmp_path / f"{c}.ipynb")
-    env = {**os.environ, **book_env, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
-         "--nbval-current-env", "--nbval-sanitize-with", str(HERE / "nbval" / "sanitize.cfg"),
-         "--nbval-cell-timeout", "900", str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path)
-    out = proc.stdout if len(proc.stdout) < 16000 else (
-        proc.stdout[:8000] + "\n[...]\n" + proc.stdout[-8000:])  # every failing cell's name
-    assert proc.returncode == 0, out + proc.stderr[-2000:]
+        nb = tmp_path / f"{c}.ipynb"
+        _strip_stderr(built_book / "book" / "chapters" / f"{c}.ipynb", nb)
+        env = {**os.environ, **book_env, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore",
+               "JPY_SESSION_NAME": str(nb)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+             "--nbval-current-env", "--nbval-sanitize-with", str(HERE / "nbval" / "sanitize.cfg"),
+             "--nbval-cell-timeout", "900", str(nb)],
+            capture_output=True, text=True, env=env, cwd=tmp_path)
+        if proc.returncode != 0:
+            out = proc.stdout if len(proc.stdout) < 8000 else (
+                proc.stdout[:4000] + "\n[...]\n" + proc.stdout[-4000:])  # every failing cell's name
+            failures.append(f"{c}:\n{out}{proc.stderr[-1000:]}")
+    assert not failures, "\n\n".join(failures)
