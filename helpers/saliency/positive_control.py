@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from helpers.book.progress import bar as tqdm
 from helpers.data.images import to_model_input
-from helpers.protocols.training import cosine_lr
+from helpers.protocols.training import cosine_lr, optimizer_step, set_lr
 from helpers.saliency.explain import load_masks
 from helpers.storage import atomic_write_bytes, sha256_bytes
 
@@ -315,8 +315,7 @@ def _train(net: LocalisingNet, study, pixels: np.ndarray, rows: np.ndarray, cfg:
         for b in tqdm(range(steps), desc=f"control epoch {ep + 1}/{cfg.epochs}", disable=not progress,
                       leave=False):
             idx = np.sort(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
-            for gr in opt.param_groups:
-                gr["lr"] = cosine_lr(ep * steps + b, total, cfg.lr, warm)
+            set_lr(opt, cosine_lr(ep * steps + b, total, cfg.lr, warm))
             if whole:
                 x = to_model_input(pixels[rows[idx]], study.info.mean, study.info.std).to(dev)
                 zp = net.patch_logits(x)
@@ -326,9 +325,7 @@ def _train(net: LocalisingNet, study, pixels: np.ndarray, rows: np.ndarray, cfg:
             wp = wt[idx].to(dev)[:, None, :]
             patch = (bce_patch(zp, ptt[idx].to(dev)) * wp).sum() / (wp.sum() * zp.shape[1]).clamp_min(1)
             loss = img + cfg.patch_weight * patch
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss)
             losses.append(float(loss.detach()))
         hist.append({"epoch": ep + 1, "train_loss": float(np.mean(losses))})
     return hist
