@@ -19,29 +19,26 @@
 # ## Overview
 #
 # **The question.** Before asking how well BiomedCLIP classifies IU-Xray, we need to know
-# what the labels are, where they come from, how trustworthy they are, how rare each
-# finding is, and how the reports are split. Every later chapter inherits this chapter's
-# label table and split; {doc}`01b_phantoms` then shows the synthetic images the `demo`
-# profile draws from these labels.
+# what the labels are, how trustworthy they are, how rare each finding is, and how the
+# reports are split: every later chapter inherits this chapter's label table and split.
 #
 # IU-Xray (the Indiana University chest X-ray collection, distributed through Open-I
-# {cite}`demner2016preparing`) holds radiology reports with a FINDINGS and an IMPRESSION
-# section, human-coded MeSH terms, and frontal and lateral images. It has no CheXpert
-# labels; we derive the 14 CheXpert observations {cite}`irvin2019chexpert` from the report
-# text with a rule-based labeler, and check them against a second, independent scheme built
-# from the MeSH terms.
+# {cite}`demner2016preparing`) holds radiology reports (FINDINGS and IMPRESSION), human-coded
+# MeSH terms, and frontal and lateral images, but no CheXpert labels. We derive the 14
+# CheXpert observations {cite}`irvin2019chexpert` from the report text with a rule-based
+# labeler and check them against the MeSH terms. {doc}`01b_phantoms` then shows the
+# synthetic images the `demo` profile draws from these labels.
 #
 # **Objectives.** By the end of this chapter you will be able to
 #
-# 1. describe what the archive holds and choose one frontal image per report from
-#    conflicting view evidence (§ Dataset card, § Views);
+# 1. choose one frontal image per report from conflicting view evidence (§ Views);
 # 2. turn free-text reports into three-valued CheXpert labels with mention, negation and
-#    uncertainty rules, and say where those rules differ from CheXpert's (§ The labeler);
-# 3. measure how imbalanced and entangled the 14 findings are (§ Label prevalence,
-#    § Which findings occur together, § Report length);
+#    uncertainty rules (§ The labeler);
+# 3. measure how imbalanced and entangled the 14 findings are (§ Label prevalence);
 # 4. judge derived labels against an independent human coding with Cohen's kappa
 #    (§ How trustworthy are the labels?);
-# 5. split multi-label data by report, stratified and without leakage (§ The split).
+# 5. split multi-label data by report without leakage, and declare the findings to be tested
+#    before any model is scored (§ The split, § The findings, declared).
 #
 # ## Prerequisites
 #
@@ -87,9 +84,8 @@ show_stamp(make_stamp(profile, "none (data chapter)", study_data.split_hash,
 # %% [markdown]
 # ## Dataset card
 #
-# One row per report and one per image. Nothing is dropped silently: the loader counts
-# malformed XML, reports without text, reports without images, and images that the DICOM
-# metadata knows but no report references.
+# Nothing is dropped silently: the loader counts malformed XML, reports without text or
+# images, and images no report references.
 
 # %%
 n_reports, n_images = len(reports), len(images)
@@ -101,20 +97,18 @@ table.load_report.summary().style.hide(axis="index")
 
 # %% [markdown]
 # The archive holds {glue:text}`n_reports` reports referencing {glue:text}`n_images` images.
-# {glue:text}`n_no_text` reports have neither FINDINGS nor IMPRESSION text: the labeler sees an
-# empty report, so all their observations are "not mentioned" and CheXpert's rule makes them
-# *No Finding*. {glue:text}`n_no_image` reports have no image at all; they keep their labels in
-# the report table (they count in the label statistics below) but cannot enter the image split.
+# {glue:text}`n_no_text` reports have no FINDINGS or IMPRESSION text, so CheXpert's rule makes
+# them *No Finding*. {glue:text}`n_no_image` reports have no image: they count in the label
+# statistics below but cannot enter the image split.
 #
 # ### Views: one frontal image per report
 #
-# The DICOM `View Position` tag is missing for about a third of the images and is known to be
-# noisy. We infer each image's view from four kinds of evidence, strongest first: the
+# The DICOM `View Position` tag is missing for about a third of the images and noisy for the
+# rest. We infer each image's view from four kinds of evidence, strongest first: the
 # pixel-derived frontal/lateral call that ships with torchxrayvision
-# {cite}`cohen2022torchxrayvision` (a t-SNE clustering of the images themselves), the DICOM
-# `View Position` tag, the DICOM patient orientation, and finally the other image of a
-# two-image report (a frontal + lateral exam). Images by inferred view (rows) and the evidence
-# that decided it (columns):
+# {cite}`cohen2022torchxrayvision` (a t-SNE clustering of the images), the DICOM tag, the
+# DICOM patient orientation, and the other image of a two-image report. Images by inferred
+# view (rows) and the evidence that decided it (columns):
 
 # %%
 audit = iuxray.view_audit(images)
@@ -122,21 +116,18 @@ glue("n_unknown_view", int((images.view == "UNKNOWN").sum()), display=False)
 audit["by_source"]
 
 # %% [markdown]
-# {glue:text}`n_unknown_view` images stay `UNKNOWN`. The DICOM tags are copied across the
-# images of an exam more often than not, so a report can hold a pixel-confirmed frontal *and*
-# a sibling whose tag also says "PA" but whose pixels the t-SNE call saw as lateral or did
-# not see at all. IU-Xray exams are one frontal and one lateral image, so the study keeps
-# **one frontal image per report**, chosen by a stated rule:
+# {glue:text}`n_unknown_view` images stay `UNKNOWN`. DICOM tags are often copied across an
+# exam's images, so a report can hold a pixel-confirmed frontal *and* a sibling tagged "PA"
+# that the pixels call lateral (or never saw). IU-Xray exams are one frontal and one lateral
+# image, so the study keeps **one frontal image per report**, chosen by a stated rule:
 #
-# 1. **Stronger evidence wins.** Among a report's frontal candidates, pixels beat DICOM tags,
-#    which beat orientation, which beats report pairing; a DICOM-only "PA" beside a
-#    pixel-confirmed frontal is dropped.
-# 2. **Ties go to the first image id** (natural order, so `-4004` before `-12012`): the first
-#    exposure of the exam. The data back this rule: in the reports where the pixels identify
-#    the frontal image, it is the first id in {glue:text}`first_id_agree` of them.
-# 3. **Pixels may keep more.** Several candidates all confirmed by pixels would all be kept
-#    (the evidence then says the exam had two frontals); this happens in
-#    {glue:text}`n_several_px` reports.
+# 1. **Stronger evidence wins**: pixels beat DICOM tags, which beat orientation, which beats
+#    report pairing; a DICOM-only "PA" beside a pixel-confirmed frontal is dropped.
+# 2. **Ties go to the first image id** (natural order: `-4004` before `-12012`), the exam's
+#    first exposure. Where the pixels identify the frontal image, it is the first id in
+#    {glue:text}`first_id_agree` of reports.
+# 3. **Pixels may keep more**: candidates all confirmed by pixels are all kept (the exam had
+#    two frontals); this happens in {glue:text}`n_several_px` reports.
 #
 # In code, the rule for one report's candidates (from `helpers/data/iuxray.py`):
 #
@@ -144,7 +135,7 @@ audit["by_source"]
 # :pyobject: _select_in_report
 # ```
 #
-# How many reports each rule decided, and how many frontal candidates it kept and dropped:
+# How many reports each rule decided, and the candidates it kept and dropped:
 
 # %%
 is_px = images.view_source.eq("pixels")
@@ -176,21 +167,15 @@ per
 # %% [markdown]
 # Before the selection, {glue:text}`n_multi_before` reports had two or more images tagged
 # frontal; {glue:text}`n_frontal_before` frontal-tagged images become
-# {glue:text}`n_frontal_after` selected frontals, one per report. {glue:text}`n_zero_frontal`
-# reports have no frontal candidate at all (only lateral or unknown images) and take no part in
-# the frontal study.
+# {glue:text}`n_frontal_after` selected frontals. {glue:text}`n_zero_frontal` reports have no
+# frontal candidate and take no part in the frontal study.
 #
-# **How this compares with published IU-Xray frontal counts.** Other distributions of the
-# collection label views differently, so the counts below are a sanity check, not a target:
-#
-# - The Kaggle distribution {cite}`raddar_iuxray_kaggle` ships a projection table
-#   (`indiana_projections.csv`) that labels every image *Frontal* or *Lateral*. The book does
-#   not download it: the counts in the table are those independent public analyses report.
-# - R2Gen {cite}`chen2020r2gen`, the most reused report-generation split, keeps only reports
-#   with exactly two images (a frontal and a lateral): its released annotation file holds the
-#   study counts below, so one frontal per study.
-# - The torchxrayvision pixel call {cite}`cohen2022torchxrayvision` (our strongest evidence)
-#   names the frontal image of the reports it covers, at most one per report.
+# **Published frontal counts**, a sanity check rather than a target, since other
+# distributions label views differently: the Kaggle distribution's projection table
+# {cite}`raddar_iuxray_kaggle` (`indiana_projections.csv`, as independent public analyses
+# count it; the book does not download it), R2Gen's split {cite}`chen2020r2gen` (two-image
+# studies only, one frontal each), and the torchxrayvision pixel call (at most one frontal
+# per report it covers).
 
 # %%
 published = pd.DataFrame([
@@ -237,47 +222,39 @@ counts
 # %% [markdown]
 # The Kaggle table covers {glue:text}`kaggle_reports` reports with images (ours:
 # {glue:text}`n_reports_with_images`) and counts {glue:text}`kaggle_frontal` frontal images,
-# {glue:text}`kaggle_diff` more than our selection: it counts every frontal image, a report's
-# second frontal included, where we keep one per report. Its number of reports without a
-# frontal ({glue:text}`kaggle_zero`) is close to ours. Before the selection our frontal count
-# was far above every published count: the extra images were most likely laterals with a
-# copied "PA" tag, since IU-Xray exams are one frontal and one lateral image.
-# The `demo` profile renders one phantom per selected frontal image ({doc}`01b_phantoms`),
-# so it follows the same rule.
+# {glue:text}`kaggle_diff` more than our selection, since it keeps a report's second frontal;
+# its reports without a frontal ({glue:text}`kaggle_zero`) are close to ours. Before the
+# selection our count was far above every published one: the extra images were most likely
+# laterals with a copied "PA" tag. The `demo` profile draws one phantom per selected frontal
+# ({doc}`01b_phantoms`).
 #
 # ## The labeler
 #
-# The labeler follows the rules of the CheXpert labeler {cite}`irvin2019chexpert`, restated
-# for a parser-free spaCy pipeline (the rules are data, in `helpers/data/label_rules.py`):
+# The labeler restates the CheXpert labeler's rules {cite}`irvin2019chexpert` for a
+# parser-free spaCy pipeline (the rules are data, in `helpers/data/label_rules.py`):
 #
-# 1. **Mentions.** An entity ruler finds mentions of each observation in FINDINGS +
-#    IMPRESSION from CheXpert's phrase lists, matched as whole words with their inflections
-#    ("scarring" is a Lung Opacity, "pleural scarring" and "fibrosis" are Pleural Other,
-#    "pericardial effusion" and "calcified nodule" are *not* effusion or lesion). It also
-#    finds CheXpert's *other findings*: emphysema, granulomas, degenerative changes, hernias,
-#    a blunted costophrenic angle and some fifty more that are none of the 14 observations.
+# 1. **Mentions.** An entity ruler finds mentions of each observation from CheXpert's phrase
+#    lists, as whole words with their inflections ("scarring" is a Lung Opacity, "pleural scarring" is Pleural Other, "pericardial
+#    effusion" is *not* an effusion), and CheXpert's *other findings* (emphysema, granulomas,
+#    degenerative changes and some fifty more), which are none of the 14 observations.
 # 2. **Pre-negation uncertainty.** "cannot exclude", "is not excluded", "cannot rule out" and
 #    "no new" make a mention uncertain even though they contain a negation.
 # 3. **Negation.** NegEx {cite}`chapman2001negex` (the `negspacy` implementation, clinical
-#    termset adapted with CheXpert's absence cues) marks mentions in the scope of "no",
-#    "without", "free of", "is not seen", "has resolved", "history of", ... as negative. A hedge
-#    ends a negation's scope: in "no pneumothorax, possible effusion" only the pneumothorax is
-#    negated.
+#    termset with CheXpert's absence cues) marks mentions in the scope of "no", "without",
+#    "is not seen", "has resolved", ... as negative. A hedge ends a negation's scope: in "no
+#    pneumothorax, possible effusion" only the pneumothorax is negated.
 # 4. **Post-negation uncertainty.** Mentions no negation reached are uncertain in the scope of
-#    CheXpert's hedges ("may", "possible", "suspicious for", "concerning for", "versus",
-#    "secondary to", "poorly evaluated"), when coordinated by "or" ("atelectasis or
-#    scarring": both uncertain), or when the phrase itself is a hedge in CheXpert's rules
-#    ("vascular congestion", "indistinctness"). Words that are **not** uncertainty cues, as in
-#    CheXpert: "likely", "probably", "suggestive of", "consistent with". "Heart failure" or
-#    "CHF" also makes Cardiomegaly uncertain (CheXpert's aggregation rule).
-# 5. **Report level.** Per observation: any positive mention gives 1; otherwise any uncertain
-#    mention gives $-1$; otherwise any negative mention gives 0; otherwise the observation is
-#    not mentioned. *No Finding* is 1 only when nothing other than Support Devices (neither one
-#    of the 12 pathologies nor an other finding) is positive or uncertain: a pacemaker may
-#    co-occur with No Finding, a calcified granuloma may not.
-# 6. **Uncertainty policy.** The study needs binary targets. With `uncertain_policy="positive"`
+#    CheXpert's hedges ("may", "possible", "suspicious for", "versus", ...), when coordinated
+#    by "or" ("atelectasis or scarring": both uncertain), or when the phrase is itself a hedge
+#    ("vascular congestion"). As in CheXpert, "likely", "probably" and "consistent with" are
+#    **not** hedges, and "heart failure" makes Cardiomegaly uncertain.
+# 5. **Report level.** Per observation: any positive mention gives 1, else any uncertain one
+#    $-1$, else any negative one 0, else "not mentioned". *No Finding* is 1 only when nothing
+#    but Support Devices is positive or uncertain: a pacemaker may co-occur with No Finding, a
+#    calcified granuloma (an other finding) may not.
+# 6. **Uncertainty policy.** With `uncertain_policy="positive"`
 #    ({term}`U-Ones <Uncertainty policy>`, the default) an uncertain observation counts as
-#    present; with `"negative"` (U-Zeros) as absent. Not-mentioned is always absent.
+#    present; with `"negative"` (U-Zeros) as absent. Not mentioned is always absent.
 #
 # How many mentions in the whole archive each rule decided:
 
@@ -299,14 +276,14 @@ by_rule
 
 # %% [markdown]
 # Most mentions are negated ("no pleural effusion"); {glue:text}`n_or_coordinated` are
-# uncertain only because an "or" coordinates them (CheXpert's `conj:or` rule). The *other
-# findings* are nearly all positive: they are what radiologists name in otherwise normal
-# reports, and they are why No Finding is rarer here than "none of the 12 observations".
+# uncertain only through an "or". The *other findings* are nearly all positive: radiologists
+# name them in otherwise normal reports, which makes No Finding rarer than "none of the 12
+# observations".
 #
 # ### Where our rules still differ from CheXpert's
 #
-# The CheXpert labeler classifies mentions on a dependency parse; ours uses NegEx scopes and
-# a few deliberate changes. Each difference and the reason we keep it:
+# CheXpert classifies mentions on a dependency parse; ours uses NegEx scopes and a few
+# deliberate changes, each with its reason:
 
 # %% tags=["hide-input"]
 diffs = pd.DataFrame(label_rules.DIFFERENCES).set_index("rule")
@@ -334,9 +311,7 @@ HTML("".join(blocks))
 # %% [markdown]
 # ## Label prevalence: a heavily imbalanced problem
 #
-# Prevalence of each observation among reports, under both label schemes. The scale is
-# logarithmic: *No Finding* dominates, and several observations are present in about one
-# report in a hundred.
+# Prevalence of each observation among reports, under both label schemes (log scale):
 
 # %%
 text_bin = reports[LABELS]
@@ -364,16 +339,14 @@ plt.show()
 
 # %% [markdown]
 # {glue:text}`prev_no_finding` of reports are *No Finding* under the text labeler; the rarest
-# observation, {glue:text}`rarest_label`, is present in {glue:text}`rarest_prev` of them. A
-# classifier that predicts "No Finding" for everything gets most exact matches right, which is
-# why the study reports ranking metrics (LRAP, coverage error) and per-label scores beside F1
-# and exact match.
+# observation, {glue:text}`rarest_label`, is present in {glue:text}`rarest_prev` of them.
+# Predicting "No Finding" everywhere gets most exact matches right, which is why the study
+# reports ranking metrics (LRAP, coverage error) and per-label scores beside F1.
 #
 # ## Which findings occur together
 #
-# The co-occurrence matrix counts reports with both observations; the diagonal is each
-# observation's count. Chapter 3 asks whether a linear probe exploits these correlations
-# (Cardiomegaly with Edema and Pleural Effusion, Lung Opacity with Atelectasis and Pneumonia).
+# Reports with both observations (diagonal: each observation's count). Chapter 3 asks
+# whether a linear probe exploits these correlations.
 
 # %%
 Y = text_bin.to_numpy(int)
@@ -396,8 +369,7 @@ plt.show()
 # %% [markdown]
 # ## Report length
 #
-# BiomedCLIP's text tower reads at most 256 tokens; IU-Xray reports are short. Lengths are in
-# words of FINDINGS + IMPRESSION.
+# BiomedCLIP's text tower reads at most 256 tokens. Words of FINDINGS + IMPRESSION:
 
 # %%
 n_words = report_text.str.split().str.len()
@@ -413,27 +385,24 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The median report has {glue:text}`median_words` words and 99% have at most
-# {glue:text}`p99_words`, far inside the 256-token context.
+# The median report has {glue:text}`median_words` words and 99% at most
+# {glue:text}`p99_words`, far inside the context.
 #
 # ## How trustworthy are the labels? Text labeler against MeSH
 #
 # The MeSH terms were coded by people, independently of our rules. We map them to the same 14
-# observations (for example `Cardiomegaly`, `Cardiac Shadow/enlarged` → Cardiomegaly;
-# `Catheters, Indwelling`, `Implanted Medical Device` → Support Devices), with the labeler's
-# definitions: `Cicatrix/lung` (scarring) is a Lung Opacity, a blunted costophrenic angle is
-# not an effusion, and any MeSH term that names one of CheXpert's other findings
-# (`Emphysema`, `Calcified Granuloma`, `Thoracic Vertebrae/degenerative`, `Calcinosis`, ...)
-# rules out No Finding. Then we compare, per report: prevalence in each scheme, F1 of the
-# text labels taking MeSH as the reference, and Cohen's kappa {cite}`cohen1960kappa`,
+# observations (`Cardiac Shadow/enlarged` → Cardiomegaly, `Implanted Medical Device` →
+# Support Devices, ...) with the labeler's definitions (`Cicatrix/lung` is a Lung Opacity; a
+# term naming one of CheXpert's other findings, such as `Emphysema`, rules out No Finding).
+# Then we compare, per report: prevalence in each scheme, F1 of the text labels taking MeSH
+# as the reference, and Cohen's kappa {cite}`cohen1960kappa`,
 #
 # $$ \kappa = \frac{p_o - p_e}{1 - p_e}, \qquad
 #    p_e = \pi_t \pi_m + (1 - \pi_t)(1 - \pi_m), $$ (eq-kappa)
 #
-# the observed agreement $p_o$ (the fraction of reports on which the two schemes agree)
-# corrected for the agreement $p_e$ expected by chance from the two prevalences $\pi_t$
-# (text) and $\pi_m$ (MeSH). $\kappa = 0$ is chance agreement, 1 perfect agreement. In code,
-# from `helpers/data/labels.py` (scikit-learn computes eq. {eq}`eq-kappa`):
+# the observed agreement $p_o$ (the fraction of reports on which the schemes agree) corrected
+# for the agreement $p_e$ expected by chance from the prevalences $\pi_t$ (text) and $\pi_m$
+# (MeSH): 0 is chance, 1 perfect. In code (scikit-learn computes eq. {eq}`eq-kappa`):
 #
 # ```{literalinclude} ../../helpers/data/labels.py
 # :pyobject: agreement
@@ -450,14 +419,12 @@ glue("worst_kappa", f"{agr.loc[worst, 'kappa']:.2f}", display=False)
 
 # %% [markdown]
 # The median kappa over the 14 observations is {glue:text}`median_kappa`; the weakest is
-# {glue:text}`worst_kappa_label` ($\kappa$ = {glue:text}`worst_kappa`). Disagreement has two
-# sources: labeler errors, and differences of what each scheme records (MeSH codes what the
-# radiologist named; a hedged "possible pneumonia" is an uncertain, hence positive, text label
-# under U-Ones but rarely a MeSH code). Where kappa is low, per-label results in later
-# chapters deserve caution.
+# {glue:text}`worst_kappa_label` ($\kappa$ = {glue:text}`worst_kappa`). Disagreement comes
+# from labeler errors and from what each scheme records: a hedged "possible pneumonia" is a
+# positive text label under U-Ones but rarely a MeSH code. Where kappa is low, per-label
+# results in later chapters deserve caution.
 #
-# The uncertainty policy matters most for hedged observations. Prevalence under both
-# policies:
+# Prevalence under both uncertainty policies:
 
 # %%
 three = reports[[f"text:{c}" for c in LABELS]].set_axis(LABELS, axis=1)
@@ -470,10 +437,10 @@ pol.style.format({"positive": "{:.3f}", "negative": "{:.3f}"})
 # ## The split
 #
 # Reports, not images, are split into train / validation / test, so that no report's images
-# appear on both sides. The split is stratified on the 14 labels with iterative
-# stratification {cite}`sechidis2011stratification`, which keeps rare labels' proportions
-# similar across splits. Only images of the chosen views (parameter `views`) take part. The
-# split is saved with its content hash, which every later page shows in its stamp.
+# appear on both sides, with iterative stratification on the 14 labels
+# {cite}`sechidis2011stratification` to keep rare labels' proportions similar across splits.
+# Only images of the chosen `views` take part. Every later page shows the split's content
+# hash in its stamp.
 
 # %%
 st = iuxray.split_table(split)
@@ -485,21 +452,18 @@ st
 
 # %% [markdown]
 # Split hash: {glue:text}`split_hash`. Label/split pairs with no positive example:
-# {glue:text}`split_missing`. Thresholds, prompts and any other choice in later chapters are
-# tuned on **val** and applied once to **test**.
+# {glue:text}`split_missing`. Every choice in later chapters is tuned on **val** and applied
+# once to **test**.
 #
 # ## The findings, declared
 #
-# Before any model is scored, the claims this book tests are declared here, each with the
-# statistic that measures it, the rule its 95% interval must clear, the **margin** by which it
-# must beat its negative control (in the statistic's units), and the control itself
-# ({mod}`helpers.analysis.findings`). A finding holds when its interval clears the rule, its paired
-# difference from the control clears the margin, and the control is powered: its own
-# interval is narrower than the margin, so it could have shown an effect that large. The
-# rows of kind `finding` are the family over which the {doc}`07_results` page applies Holm's
-# adjustment; rows of kind `validation` check the machinery and are never counted. Chapter
-# 6's per-setting findings stand for one finding per setting (zero-shot with the selected
-# prompts and with the positive prompt only, linear probe, fine-tuned):
+# Before any model is scored, the claims this book tests are declared, each with its
+# statistic, the rule its 95% interval must clear, the **margin** by which it must beat its
+# negative control, and the control ({mod}`helpers.analysis.findings`). A finding holds when
+# its interval clears the rule, its paired difference from the control clears the margin, and
+# the control is powered (its own interval narrower than the margin). Rows of kind `finding`
+# are the family over which {doc}`07_results` applies Holm's adjustment; rows of kind
+# `validation` check the machinery. Chapter 6's findings stand for one finding per setting:
 
 # %%
 glue("n_declared", len(findings.family()), display=False)
@@ -507,24 +471,22 @@ findings.styled(findings.registry_table())
 
 # %% [markdown]
 # That makes {glue:text}`n_declared` declared findings. Each margin is the smallest effect a
-# reader would care about in its statistic's units; they live in code
-# (`helpers.analysis.findings.REGISTRY`), are read by every chapter from there, and are never tuned on
-# a result.
+# reader would care about, in the statistic's units; the margins live in code
+# (`helpers.analysis.findings.REGISTRY`) and are never tuned on a result.
 #
 # ## Summary
 #
-# - The study's labels are derived from real report text by transparent rules and checked
-#   against human MeSH coding; the agreement table says where to trust them.
+# - The labels come from real report text by stated rules, checked against human MeSH
+#   coding; the agreement table says where to trust them.
 # - The problem is multi-label and heavily imbalanced, with strong co-occurrences.
 # - The study keeps one frontal image per report, chosen by a stated rule.
 # - The split is at report level, stratified, seeded and hashed.
 #
 # ## What's next
 #
-# {doc}`01b_phantoms` shows how the `demo` profile draws a synthetic image from each
-# report's labels, and which verdicts those images can and cannot decide;
-# {doc}`02_zero_shot` then asks how well a vision-language model recognises these findings
-# without any training (zero-shot).
+# {doc}`01b_phantoms` shows the synthetic images the `demo` profile draws from these labels
+# and what they can decide; {doc}`02_zero_shot` then asks how well a vision-language model
+# recognises the findings without training (zero-shot).
 #
 # ## Exercises
 #
@@ -547,14 +509,26 @@ lost = (by_policy["positive"].sum() - by_policy["negative"].sum()).nlargest(3)
 kappa = pd.DataFrame({f"kappa ({p})": labels.agreement(b, mesh_bin).kappa
                       for p, b in by_policy.items()})
 kappa.insert(0, "positives lost", lost)
-kappa.loc[lost.index].style.format({"positives lost": "{:.0f}",
-                                   "kappa (positive)": "{:.3f}",
-                                   "kappa (negative)": "{:.3f}"})
+top = kappa.loc[lost.index]
+rises = top["kappa (negative)"] > top["kappa (positive)"]
+
+
+def named(index):
+    """Label names joined for a sentence, or "none"."""
+    return ", ".join(index) or "none"
+
+
+glue("lost_labels", named(lost.index), display=False)
+glue("kappa_rises", named(top.index[rises]), display=False)
+glue("kappa_falls", named(top.index[~rises]), display=False)
+top.style.format({"positives lost": "{:.0f}", "kappa (positive)": "{:.3f}",
+                  "kappa (negative)": "{:.3f}"})
 
 # %% [markdown]
-# The labels radiologists hedge most lose the most positives. Where MeSH coders also skip
-# hedged findings, kappa rises under U-Zeros; where they code them, it falls. Neither policy
-# is "right": the choice changes what the targets mean, which is why it is a parameter.
+# {glue:text}`lost_labels` lose the most positives. Kappa with MeSH rises under U-Zeros for
+# {glue:text}`kappa_rises` (MeSH coders mostly skip their hedged mentions) and falls for
+# {glue:text}`kappa_falls` (they code them). Neither policy is "right": the choice changes
+# what the targets mean, which is why it is a parameter.
 #
 # ```{solution-end}
 # ```
@@ -571,8 +545,8 @@ kappa.loc[lost.index].style.format({"positives lost": "{:.0f}",
 # :class: dropdown
 # ```
 #
-# A report's images show the same chest and carry the same labels. We split the images at
-# random, 70 / 30, and count test images with a sibling in training:
+# A report's images show the same chest with the same labels. We split images at random,
+# 70 / 30, and count test images with a sibling in training:
 
 
 # %%
@@ -585,15 +559,16 @@ def leaked(image_table, seed=0):
     return int(test.isin(train_reports).sum()), len(test)
 
 
-for name, image_table in [("every image", images), ("one frontal per report", split)]:
+for key, image_table in [("all", images), ("frontal", split)]:
     n_leak, n_test = leaked(image_table)
-    print(f"{name}: {n_leak} of {n_test} test images have a sibling in train")
+    glue(f"leak_{key}", f"{n_leak} of {n_test} ({n_leak / n_test:.0%})", display=False)
+    print(f"{key}: {n_leak} of {n_test} test images have a sibling in train")
 
 # %% [markdown]
-# With every image, most test images would have their twin (the other view of the same
-# exam) in training, and every test metric would be optimistic. With one frontal per report
-# an image split is (nearly) a report split, since few or no reports keep two images; the
-# split stays at report level so that no choice of `views` can reintroduce the leak.
+# With every image, {glue:text}`leak_all` test images would have their twin (usually the other
+# view of the exam) in training, and every test metric would be optimistic. With one frontal
+# per report, {glue:text}`leak_frontal` do. The split stays at report level so that no
+# choice of `views` can bring the leak back.
 #
 # ```{solution-end}
 # ```
@@ -612,15 +587,18 @@ for name, image_table in [("every image", images), ("one frontal per report", sp
 
 # %%
 nf = LABELS.index("No Finding")
-print("No Finding co-occurs with:",
-      {c: int(co[nf, j]) for j, c in enumerate(LABELS) if j != nf and co[nf, j]})
+with_nf = {c: int(co[nf, j]) for j, c in enumerate(LABELS) if j != nf and co[nf, j]}
+glue("nf_with", ", ".join(f"{c} ({n} reports)" for c, n in with_nf.items()) or "none",
+     display=False)
+glue("n_no_positive", int((Y.sum(1) == 0).sum()), display=False)
+print("No Finding co-occurs with:", with_nf)
 print("reports with no positive label:", int((Y.sum(1) == 0).sum()))
 
 # %% [markdown]
-# No Finding co-occurs only with Support Devices, so it is strongly anti-correlated with the
-# other 12 findings: a model can score it well just by detecting "anything abnormal".
-# Because CheXpert's other findings (granulomas, degenerative changes, emphysema) also rule
-# it out, some reports carry no positive label at all.
+# No Finding co-occurs only with {glue:text}`nf_with`, so it is anti-correlated with the
+# other findings: a model can score it well by detecting "anything abnormal". Because
+# CheXpert's other findings (granulomas, degenerative changes) also rule it out,
+# {glue:text}`n_no_positive` reports carry no positive label at all.
 #
 # ```{solution-end}
 # ```

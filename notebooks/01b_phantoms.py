@@ -20,26 +20,21 @@
 #
 # **The question.** The `demo` profile keeps IU-Xray's real reports, labels and split
 # ({doc}`01_data`) but cannot ship its images, so it draws a synthetic radiograph for every
-# selected frontal image from that report's labels. Before any model is scored on them, we
-# need to know how those images are made, how far they agree with their labels, and which
-# verdicts of later chapters they can decide and which they cannot. This chapter describes
-# the phantoms; on the `full` profile, which reads the Open-I images instead, it describes
-# the images the demo would have used.
+# selected frontal image from its report's labels. Before any model is scored on them, we
+# need to know how these images are made, how far they agree with their labels, and which
+# verdicts of later chapters they can decide. (The `full` profile reads the Open-I images
+# instead; there this chapter shows what the demo would draw.)
 #
 # **Objectives.** By the end of this chapter you will be able to
 #
-# 1. say how a phantom is drawn: anatomy grounded in real masks and boxes, one drawer and one
-#    random stream per finding, two acquisition styles (§ Phantoms drawn from real labels,
-#    § One drawer per finding);
-# 2. explain how a hedged report changes the image and not only the label
-#    (§ Every finding at full strength, and hedged);
-# 3. use counterfactual phantoms, identical outside one finding's mask, to test whether a
-#    score depends on that finding (§ Counterfactual phantoms);
-# 4. measure the label noise that makes an image disagree with its label, and the
-#    cardiothoracic-ratio overlap that bounds any Cardiomegaly classifier (§ Label noise,
-#    § Cardiomegaly);
-# 5. decide which findings a small model can resolve at all, and list what the demo can and
-#    cannot show (§ Resolvability, § What the demo can and cannot show).
+# 1. say how a phantom is drawn: real masks and boxes, one drawer and one random stream per
+#    finding, two acquisition styles;
+# 2. explain how a hedged report changes the image, not only the label;
+# 3. use counterfactual phantoms to test whether a score depends on one finding's pixels;
+# 4. measure the label noise that makes an image disagree with its label, and the heart-size
+#    overlap that bounds any Cardiomegaly classifier;
+# 5. decide which findings a small model can resolve, and list what the demo can and cannot
+#    show.
 #
 # ## Prerequisites
 #
@@ -91,20 +86,18 @@ show_stamp(make_stamp(profile, "none (data chapter)", study_data.split_hash,
 # %% [markdown]
 # ## Phantoms drawn from real labels
 #
-# The `demo` profile cannot ship IU-Xray's images, so every selected frontal image (one per
-# report, {doc}`01_data`, § Views) gets a synthetic radiograph, a {term}`phantom`, drawn from that report's
-# real labels. The anatomy is grounded in real annotations that ship with torchxrayvision:
-# lung fields come from hundreds of radiologist-drawn lung masks, and each finding's position
-# and size are sampled from radiologists' boxes for that class (NIH ChestX-ray14
-# {cite}`wang2017chestxray8`; VinDr-CXR for consolidation, pleural thickening and
-# mediastinal widening). Each finding is drawn together with its exact pixel mask, which
-# chapter 6 uses as ground truth for Grad-CAM. The study renders
-# {glue:text}`n_phantoms` phantoms in the {glue:text}`phantom_style` style.
+# Every selected frontal image (one per report, {doc}`01_data`, § Views) gets a
+# {term}`phantom` drawn from its report's real labels. The anatomy is grounded in real
+# annotations shipped with torchxrayvision: lung fields from radiologist-drawn lung masks,
+# each finding's position and size from radiologists' boxes for that class (NIH ChestX-ray14
+# {cite}`wang2017chestxray8`; VinDr-CXR for consolidation, pleural thickening and mediastinal
+# widening). Each finding is drawn with its exact pixel mask, chapter 6's ground truth for
+# Grad-CAM. The study renders {glue:text}`n_phantoms` phantoms in the
+# {glue:text}`phantom_style` style.
 #
 # Two acquisition *styles* give the distribution shift the study is about: `source` (crisp,
-# high contrast: the style of the corpus the demo model is pretrained on) and `target`
-# (brighter, lower contrast, grainier, blurrier, tilted and shifted: the style of the demo's
-# IU-Xray images). Their parameters:
+# high contrast: the demo model's pretraining corpus) and `target` (brighter, lower contrast,
+# grainier, blurrier, tilted and shifted: the demo's IU-Xray images). Their parameters:
 
 # %%
 glue("n_phantoms", len(split), display=False)
@@ -115,16 +108,15 @@ glue("subtle_source", f"{styles.loc['source', 'subtle_fraction']:.0%}", display=
 styles.T.rename_axis(index="parameter", columns="style")
 
 # %% [markdown]
-# The last row is the share of drawn findings rendered *subtle*: {glue:text}`subtle_target`
-# in the `target` style and {glue:text}`subtle_source` in the `source` style, whose corpus
-# stands in for the textbook-clear figures BiomedCLIP was pretrained on.
+# The last row is the share of findings drawn *subtle*: {glue:text}`subtle_target` in
+# `target`, {glue:text}`subtle_source` in `source` (standing in for the textbook-clear figures
+# BiomedCLIP was pretrained on).
 #
 # ## One drawer per finding, and which ones share code
 #
-# Each finding has its own drawing function and its own random stream, derived from the
-# image's seed and the finding's name; a drawer reads the patient's anatomy and its own
-# stream, never another finding. Some drawers are built from the same code, so on the demo
-# they differ only in the parameters listed in their docstrings:
+# Each finding has its own drawer and its own random stream (from the image's seed and the
+# finding's name); a drawer reads the patient's anatomy and its own stream, never another
+# finding. Some drawers share code and differ only in parameters:
 
 # %%
 families = pd.DataFrame({
@@ -148,17 +140,15 @@ display.table(families)
 # %% [markdown]
 # The {glue:text}`n_drawers` findings are drawn by {glue:text}`n_drawers` drawers in
 # {glue:text}`n_families` families. The families with more than one member are
-# {glue:text}`shared_families`. Within a family a model can tell the findings apart only by
-# what the parameters change (box source, size, density, sign of the contrast, air
-# bronchograms, Kerley lines), so on the demo a per-label score inside a family is partly a
-# score of the family, and adding one member to an image can look like another to any
-# model. Chapter 3 shows these families beside its counterfactual co-occurrence test.
+# {glue:text}`shared_families`. Within a family a model can tell findings apart only by what
+# the parameters change (box source, size, density, contrast sign, air bronchograms, Kerley
+# lines), so a per-label score inside a family is partly a family score. Chapter 3 shows
+# these families beside its counterfactual co-occurrence test.
 #
 # ## Every finding at full strength, and hedged
 #
-# A finding's *conspicuity* $c \in (0, 1]$ scales its contrast (for Cardiomegaly: how far the
-# heart grows; for Enlarged Cardiomediastinum: how far the mediastinum widens). The renderer
-# draws it from the finding's own stream,
+# A finding's *conspicuity* $c \in (0, 1]$ scales its contrast (for Cardiomegaly, how far the
+# heart grows), drawn from the finding's own stream:
 #
 # $$ c = c_0 \cdot h^{[\text{label} = -1]}, \qquad
 #    c_0 \sim \begin{cases} U(\text{subtle range}) & \text{with probability } f \\
@@ -166,13 +156,13 @@ display.table(families)
 #
 # with $f$ the style's subtle fraction and $h$ = `rendering.HEDGE_FACTOR`
 # ({glue:text}`hedge_factor`) for a finding the report mentions with uncertainty (label
-# $-1$); Cardiomegaly and Support Devices (metal) always have $c_0 = 1$. The renderer reads
-# the report's three-valued labels, never the binarised ones, so the uncertainty policy
-# changes labels only, never a pixel.
+# $-1$); Cardiomegaly and Support Devices always have $c_0 = 1$. The renderer reads the
+# three-valued labels, never the binarised ones, so the uncertainty policy changes labels,
+# never a pixel.
 #
-# Below, one patient (the same anatomy and acquisition in every panel) with each finding at
-# full strength ($c = 1$) beside the same report with that finding hedged ($c = h$); red: the
-# finding's exact mask. The last pair is the same normal patient in both styles.
+# Below, one patient with each finding at full strength ($c = 1$) beside the same finding
+# hedged ($c = h$); red: the finding's exact mask. The last pair is the same normal patient in
+# both styles.
 
 # %%
 hedge = rendering.HEDGE_FACTOR
@@ -197,9 +187,8 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Without the override, the renderer applies the hedge itself: for each finding, we compare
-# the conspicuity it draws for an uncertain label with the one it draws for a positive label
-# from the same stream.
+# Without the override, the renderer applies the hedge itself; we compare the conspicuity it
+# draws for an uncertain and for a positive label from the same stream:
 
 # %%
 hedge_ok = [
@@ -216,12 +205,11 @@ glue("hedge_checks", f"{sum(hedge_ok)} of {len(hedge_ok)}", display=False)
 #
 # Because every finding draws from its own stream and changes pixels only inside its
 # support, an image can be re-rendered with one finding forced present and forced absent
-# (`rendering.render_counterfactual`). The mask of a finding is every output pixel whose value
-# can depend on it (its support, widened by the blur kernel and carried through the
-# positioning warp), so the two images must be identical outside it. Here the first test
-# image (in natural order) whose report names Cardiomegaly and a pleural effusion,
-# {glue:text}`cf_image`, rendered as the study renders it (its labels, its seed, the
-# label-noise rates of § Label noise), with Pleural Effusion toggled:
+# (`rendering.render_counterfactual`). A finding's mask is every output pixel that can depend
+# on it (its support, widened by the blur and carried through the positioning warp), so the
+# two images must be identical outside it. Here the first test image whose report names
+# Cardiomegaly and a pleural effusion, {glue:text}`cf_image`, rendered as the study renders
+# it (with the label noise of § Label noise), with Pleural Effusion toggled:
 
 # %%
 noise = rendering.noise_rates(reports)
@@ -276,25 +264,22 @@ toggles
 # %% [markdown]
 # Over all {glue:text}`cf_n_toggles` toggles the largest difference outside the mask is
 # {glue:text}`cf_all_outside`: a change in a model's score between the two images is caused
-# by that finding's pixels and nothing else. Chapter 3 uses exactly this to test whether a
-# probe's score for one finding moves when another finding is added.
+# by that finding's pixels alone. Chapter 3 uses this to test whether a probe's score for one
+# finding moves when another is added.
 #
 # ## Label noise: the images do not simply repeat the labels
 #
-# If every labelled finding were drawn and nothing else, a phantom would be a picture of
-# its label vector, and the text labels would be perfect by construction. Real labels are
-# not: chapter 1 (§ How trustworthy are the labels?) showed the labeler and the MeSH coders
-# disagreeing. The renderer
-# turns that disagreement into label noise, taking MeSH as the image's truth. For each
-# finding $j$, over the reports,
+# If exactly the labelled findings were drawn, the text labels would be perfect by
+# construction. Real labels are not: chapter 1 (§ How trustworthy are the labels?) showed the
+# labeler and the MeSH coders disagreeing. The renderer turns that disagreement into label
+# noise, taking MeSH as the image's truth. For each finding $j$, over the reports,
 #
 # $$ m^{+}_j = P(\text{MeSH}_j = 0 \mid \text{text}_j = 1), \quad
 #    m^{?}_j = P(\text{MeSH}_j = 0 \mid \text{text}_j = -1), \quad
 #    e_j = P(\text{MeSH}_j = 1 \mid \text{text}_j \in \{0, \text{not mentioned}\}), $$ (eq-noise)
 #
-# and a positive finding is left out of the image with probability $m^{+}_j$, an uncertain
-# one with $m^{?}_j$, and an unlabelled one is drawn with probability $e_j$, each from the
-# finding's own stream. In code, from `helpers/phantoms/rendering.py`:
+# and a positive finding is left out with probability $m^{+}_j$, an uncertain one with
+# $m^{?}_j$, and an unlabelled one is drawn with probability $e_j$. In code:
 #
 # ```{literalinclude} ../../helpers/phantoms/rendering.py
 # :pyobject: noise_rates
@@ -307,10 +292,9 @@ toggles
  .format_index(display.header, axis=1))
 
 # %% [markdown]
-# What those rates do to the study's {glue:text}`n_phantoms` images: per finding, the
-# images whose binarised label (uncertain policy: {glue:text}`policy`) is positive, the
-# images in which the finding is drawn, and the two kinds of disagreement. The same pass
-# records each image's cardiothoracic ratio for the next section.
+# What those rates do to the study's {glue:text}`n_phantoms` images, per finding (labels
+# binarised with the {glue:text}`policy` policy); the same pass records each image's
+# cardiothoracic ratio for the next section.
 
 # %%
 glue("policy", uncertain_policy, display=False)
@@ -366,24 +350,22 @@ realised.style.format({"disagree (of labelled or drawn)": "{:.0%}"})
 # The largest miss rate among positives is {glue:text}`top_miss_label`'s
 # ({glue:text}`top_miss`, over {glue:text}`top_miss_n` positive reports); the largest rate of
 # unlabelled findings drawn is {glue:text}`top_extra_label`'s ({glue:text}`top_extra`), which
-# over thousands of unlabelled images draws it in {glue:text}`top_extra_n` images whose label
-# says absent. Altogether {glue:text}`n_not_drawn` of the {glue:text}`n_pos_labels` positive
-# labels have no finding in their image, and {glue:text}`n_unlabelled_drawn` findings are
-# drawn without a label. Uncertain mentions are missed far more often than positive ones:
-# MeSH rarely codes a hedge. Some groups are small (under 30 reports; positive:
-# {glue:text}`small_positive`; uncertain: {glue:text}`small_uncertain`), so their rates rest
-# on a handful of reports. Taking MeSH as the truth is an **upper-end assumption**: MeSH
-# also misses findings, so part of this disagreement is MeSH's error, not the labeler's,
-# and the demo's images probably contradict their labels more often than real films do.
+# draws it in {glue:text}`top_extra_n` images labelled absent. Altogether
+# {glue:text}`n_not_drawn` of the {glue:text}`n_pos_labels` positive labels have no finding in
+# their image, and {glue:text}`n_unlabelled_drawn` findings are drawn without a label.
+# Uncertain mentions are missed far more often: MeSH rarely codes a hedge. Some rates rest on
+# under 30 reports (positive: {glue:text}`small_positive`; uncertain:
+# {glue:text}`small_uncertain`). Taking MeSH as the truth is an **upper-end assumption**: MeSH
+# also misses findings, so the demo's images probably contradict their labels more often than
+# real films do.
 #
 # ## Cardiomegaly: overlapping cardiothoracic ratios
 #
 # Radiologists call a heart enlarged when the {term}`cardiothoracic ratio` (CTR: heart width
 # over thoracic width) is large, classically above 0.5 on a PA film {cite}`danzer1919ctr`,
-# but the ratios of normal and enlarged hearts overlap. The phantoms reproduce that
-# overlap. Each patient has one standard-normal draw $z$ (from the anatomy stream) that
-# places them in both distributions, and the drawn heart grows from the normal ratio towards
-# the enlarged one by the conspicuity $c$ (1, or $h$ when hedged; 0 without Cardiomegaly):
+# but normal and enlarged ratios overlap, and so do the phantoms'. Each patient has one
+# standard-normal draw $z$ that places them in both distributions, and the heart grows from
+# the normal ratio towards the enlarged one by the conspicuity $c$ (0 without Cardiomegaly):
 #
 # $$ \text{CTR} = \mu_n + \sigma_n z
 #    + c\,\big[(\mu_c + \sigma_c z) - (\mu_n + \sigma_n z)\big], $$ (eq-ctr)
@@ -391,14 +373,13 @@ realised.style.format({"disagree (of labelled or drawn)": "{:.0%}"})
 # with $(\mu_n, \sigma_n)$ = ({glue:text}`ctr_n`) (`CTR_NORMAL`) and $(\mu_c, \sigma_c)$ =
 # ({glue:text}`ctr_c`) (`CTR_CARDIOMEGALY`), $z$ clipped to $\pm 3$.
 #
-# In code, from `helpers/phantoms/drawers.py`:
+# In code:
 #
 # ```{literalinclude} ../../helpers/phantoms/drawers.py
 # :pyobject: draw_cardiomegaly
 # ```
 #
-# The CTR the renderer draws for each of the study's images (heart-box width over lung-field
-# width), by the image's Cardiomegaly label:
+# The CTR drawn for each of the study's images, by its Cardiomegaly label:
 
 # %%
 glue("ctr_n", f"{ctr_normal[0]:g}, {ctr_normal[1]:g}", display=False)
@@ -434,20 +415,18 @@ plt.show()
 # The two histograms share {glue:text}`ctr_overlap` of their area
 # ({glue:text}`ctr_n_neg` negatives, {glue:text}`ctr_n_pos` positives): {glue:text}`ctr_neg_above`
 # of the negatives have a CTR above 0.5 and {glue:text}`ctr_pos_below` of the positives are
-# at or below it (hedged reports are drawn halfway, and a few positives are left out by
-# label noise). A scorer that read the drawn CTR exactly would reach an AUROC of
-# {glue:text}`ctr_auroc` for Cardiomegaly: demo AUROCs for this label should be read against
-# that, not against 1.
+# at or below it (hedged ones are drawn part-way, a few are dropped by label noise). A scorer
+# reading the drawn CTR exactly would reach an AUROC of {glue:text}`ctr_auroc`: demo AUROCs for
+# Cardiomegaly should be read against that, not against 1.
 #
 # ## Resolvability: can the model see each finding at all?
 #
 # The demo model reads a {glue:text}`input_px`-pixel image cut into
-# {glue:text}`patch_px`-pixel patches. A finding smaller than one patch, or fainter than the
-# acquisition noise, may be invisible to it whatever it learns. `rendering.resolvability`
-# renders each finding alone (natural conspicuity draws) with and without it, resizes both
-# to the model's input and measures the mask's area and the difference's contrast against
-# the noise (CNR: the 95th percentile of the difference inside the mask over the noise's
-# standard deviation).
+# {glue:text}`patch_px`-pixel patches; a finding smaller than a patch, or fainter than the
+# noise, may be invisible to it whatever it learns. `rendering.resolvability` renders each
+# finding alone, with and without it, at the model's input size and measures the mask's area
+# and the contrast-to-noise ratio (CNR: the 95th percentile of the difference inside the mask
+# over the noise's standard deviation).
 
 # %%
 tiny_config_file = models.TINY_PRETRAINED_DIR / "open_clip_config.json"
@@ -476,62 +455,50 @@ glue("borderline", ", ".join(f"{lab} ({r.frac_resolvable:.0%})"
 # %% [markdown]
 # {glue:text}`n_resolvable` findings pass both tests. Not resolvable:
 # {glue:text}`not_resolvable`. Borderline (resolvable in the median, not in every render):
-# {glue:text}`borderline`. For the findings that fail, a demo model that misses them tells us
-# nothing about the method: the information is gone before the first layer.
+# {glue:text}`borderline`. A demo model that misses a failing finding tells us nothing about
+# the method: the information is gone before the first layer.
 #
 # ## What the demo can and cannot show
 #
-# **It can show** that the study's code runs end to end, offline, through the same calls as
-# the real study; how the *real* labels' imbalance and co-occurrences shape a classifier
-# (the labels, the split and the reports are real); what a style shift between pretraining
-# and target images does to zero-shot scores; whether a model's score for a finding depends
-# on that finding's pixels (counterfactual pairs identical outside the mask, to
-# {glue:text}`cf_all_outside` grey levels); and where saliency falls relative to an exact
-# lesion mask.
+# **It can show** that the study's code runs end to end through the same calls as the real
+# study; how the *real* labels' imbalance and co-occurrences shape a classifier; what a style
+# shift between pretraining and target images does to zero-shot scores; whether a score for a
+# finding depends on that finding's pixels (counterfactual pairs); and where saliency falls
+# relative to an exact lesion mask.
 #
 # **It cannot decide**
 #
 # - anything about BiomedCLIP: the demo model is a small proxy of its architecture,
 #   pretrained on synthetic figure-caption pairs (see {doc}`../demo_profile`);
-# - whether image features of one finding help recognise another: each finding is drawn
-#   independently of the others, so co-occurrence reaches the images only through which
-#   findings the labels switch on, never through how one finding looks beside another;
+# - whether image features of one finding help recognise another: findings are drawn
+#   independently, so co-occurrence reaches the images only through the labels;
 # - whether a model distinguishes findings that share drawing code
 #   ({glue:text}`shared_families`) the way a radiologist does;
 # - per-label verdicts for findings below the resolution limit
 #   ({glue:text}`not_resolvable_names`): a miss there may be the input size, not the model;
 # - how good the real labels are: label noise is MeSH disagreement taken as truth, an
 #   upper-end assumption ({glue:text}`n_not_drawn` positive labels without a finding);
-# - how hard real findings are: conspicuity, subtlety and the CTR overlap are choices written
-#   in `helpers/phantoms/rendering.py`, grounded in real boxes and masks but not measured on IU-Xray's
-#   films. For Cardiomegaly, a perfect reader of heart size would reach AUROC
-#   {glue:text}`ctr_auroc` on these images.
+# - how hard real findings are: conspicuity, subtlety and the CTR overlap are choices in
+#   `helpers/phantoms/rendering.py`, grounded in real boxes and masks but not measured on
+#   IU-Xray's films.
 
 # %% [markdown]
 # ## Summary
 #
-# - Every selected frontal image of the `demo` profile is a phantom drawn from its report's
-#   real three-valued labels, with anatomy and finding positions sampled from radiologists'
-#   masks and boxes and an exact mask for every finding; two acquisition styles give the
-#   distribution shift the study is about.
-# - Findings that share drawing code ({glue:text}`shared_families`) differ only in their
-#   parameters, so on the demo a per-label score inside a family is partly a family score.
-# - A hedged mention is drawn at {glue:text}`hedge_factor` times the conspicuity of a
-#   positive one; the uncertainty policy changes labels, never a pixel.
-# - Counterfactual phantoms differ only inside the toggled finding's mask (at most
-#   {glue:text}`cf_all_outside` grey levels outside it), so a change of score between the two
-#   is caused by that finding.
-# - Label noise taken from MeSH leaves {glue:text}`n_not_drawn` of the
-#   {glue:text}`n_pos_labels` positive labels without a finding in their image, and heart
-#   sizes overlap: a perfect reader of the drawn CTR reaches an AUROC of
-#   {glue:text}`ctr_auroc` for Cardiomegaly.
-# - Findings below the model's resolution ({glue:text}`not_resolvable_names`) cannot be
-#   judged on the demo, and nothing on these images decides anything about BiomedCLIP.
+# - Each `demo` image is a phantom drawn from its report's real three-valued labels, with an
+#   exact mask per finding; two styles give the distribution shift.
+# - A hedged mention is drawn at {glue:text}`hedge_factor` times the conspicuity; the
+#   uncertainty policy changes labels, never a pixel.
+# - Counterfactual phantoms differ only inside the toggled finding's mask.
+# - Label noise leaves {glue:text}`n_not_drawn` of {glue:text}`n_pos_labels` positive labels
+#   without a finding; a perfect reader of heart size reaches AUROC {glue:text}`ctr_auroc`.
+# - Nothing here decides anything about BiomedCLIP, about visual interactions between
+#   findings, or about findings below the model's resolution.
 #
 # ## What's next
 #
 # {doc}`02_zero_shot` asks how well a vision-language model recognises these findings
-# without any training (zero-shot), on these phantoms for the `demo` profile.
+# without training (zero-shot).
 #
 # ## Exercises
 #
@@ -568,10 +535,9 @@ print(f"best threshold {thr[best]:.3f}: sensitivity {tpr[best]:.3f}, "
 # The rule CTR > 0.5 has sensitivity {glue:text}`danzer_sens` and specificity
 # {glue:text}`danzer_spec`. The threshold that maximises $J$ is {glue:text}`youden_thr`,
 # with sensitivity {glue:text}`youden_sens` and specificity {glue:text}`youden_spec`
-# ($J$ = {glue:text}`youden_j`). Because the two CTR distributions share
-# {glue:text}`ctr_overlap` of their area, no threshold separates them: some normal hearts
-# exceed it and some enlarged (or hedged, or noise-dropped) ones do not. No threshold on the
-# drawn CTR has both error rates lower than this one's: lowering one raises the other.
+# ($J$ = {glue:text}`youden_j`). The two CTR distributions share {glue:text}`ctr_overlap`
+# of their area, so no threshold separates them; moving the threshold lowers one error rate
+# only by raising the other.
 #
 # ```{solution-end}
 # ```
@@ -613,9 +579,8 @@ by_finding[by_finding["uncertain"] > 0].sort_values("uncertain", ascending=False
 # is positive, so the {glue:text}`contra_ones` pairs without a drawn finding are labels the
 # image contradicts; under U-Zeros every uncertain label is negative, so the
 # {glue:text}`contra_zeros` drawn findings are. On these images {glue:text}`fewer_contra`
-# leaves fewer labels contradicting their image. The count follows from the MeSH-based miss
-# rates of uncertain mentions, an assumption of the demo, not a measurement of real films:
-# it says which policy fits the phantoms, not which fits IU-Xray.
+# leaves fewer labels contradicting their image; since the miss rates are the demo's MeSH
+# assumption, that says which policy fits the phantoms, not which fits IU-Xray.
 #
 # ```{solution-end}
 # ```
