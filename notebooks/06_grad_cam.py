@@ -1040,7 +1040,6 @@ def say(fid):
 
 
 glue("v_scoring", say("scoring validated"), display=False)
-glue("v_control_rand", say("control: model randomisation"), display=False)
 glue("v_data_rand", say("ft: data randomisation"), display=False)
 for key in ("zs", "zs+", "lp", "ft", "control"):
     glue(f"v_{key}_prior", say(f"{key}: beats the location prior"), display=False)
