@@ -454,7 +454,7 @@ def _fmt(v: float | None, ci: Sequence[float | None] | None) -> str:
 
 def findings_table(df: pd.DataFrame, with_model: bool = True) -> pd.DataFrame:
     """Display table: one row per finding, its estimate [CI], its control, their paired
-    difference against the margin, the control's power and the raw and Holm verdicts. (Show it
+    difference against the margin with the control's power, and the raw and Holm verdicts. (Show it
     with :func:`styled` so its sentences stay left-aligned on the page.)"""
     if df.empty:
         return pd.DataFrame()
@@ -465,10 +465,13 @@ def findings_table(df: pd.DataFrame, with_model: bool = True) -> pd.DataFrame:
         "estimate [95% CI]": [f"{_fmt(e, c)} ({_rule_text(r)})"
                               for e, c, r in zip(df.estimate, df.ci95, df.rule)],
         "control [95% CI]": [_fmt(c.get("estimate"), c.get("ci95")) for c in ctrl],
-        "finding − control": [f"{_fmt(d.get('estimate'), d.get('ci95'))} vs ±{m:g}"
-                              for d, m in zip(diff, df.margin)],
-        "control powered?": ["degenerate" if c.get("degenerate") else
-                             ("yes" if c.get("powered") else "no") for c in ctrl],
+        # the control's power beside the margin it is judged against (one column fewer: the
+        # results page's table of every finding fits a 676 px column)
+        "finding − control (margin; control)": [
+            f"{_fmt(d.get('estimate'), d.get('ci95'))} vs ±{m:g}; control "
+            + ("degenerate" if c.get("degenerate") else
+               "powered" if c.get("powered") else "underpowered")
+            for d, m, c in zip(diff, df.margin, ctrl)],
         "verdict": df.verdict,
         "after Holm": df.get("verdict_holm", pd.Series(["–"] * len(df))),
     })

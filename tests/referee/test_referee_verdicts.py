@@ -151,5 +151,7 @@ def test_findings_round_trip_with_holm(tmp_path, monkeypatch):
     assert len(df) == 2 and set(df.family_size) == {2} and df.model[0] == "tiny@abc"
     assert df.holds_holm.tolist() == [True, False]
     table = findings.findings_table(df)
-    assert {"finding − control", "control powered?", "after Holm"} <= set(table.columns)
+    assert {"finding − control (margin; control)", "after Holm"} <= set(table.columns)
+    power = table["finding − control (margin; control)"].str.extract(r"; control (\w+)$")[0]
+    assert set(power) <= {"powered", "underpowered", "degenerate"} and power.notna().all()
     json.loads(arts.findings("04_x").read_text())  # strict JSON
