@@ -461,7 +461,7 @@ st
 # statistic, the rule its 95% interval must clear, the **margin** by which it must beat its
 # negative control, and the control ({mod}`helpers.analysis.findings`). A finding holds when
 # its interval clears the rule, its paired difference from the control clears the margin, and
-# the control is powered (its own interval narrower than the margin). Rows of kind `finding`
+# the control is powered (its own interval's half-width below the margin). Rows of kind `finding`
 # are the family over which {doc}`07_results` applies Holm's adjustment; rows of kind
 # `validation` check the machinery. Chapter 6's findings stand for one finding per setting:
 
@@ -472,7 +472,9 @@ findings.styled(findings.registry_table())
 # %% [markdown]
 # That makes {glue:text}`n_declared` declared findings. Each margin is the smallest effect a
 # reader would care about, in the statistic's units; the margins live in code
-# (`helpers.analysis.findings.REGISTRY`) and are never tuned on a result.
+# (`helpers.analysis.findings.REGISTRY`) and are never tuned on a finding's estimate; where
+# one was revised after a run (the column *revised* says when and why), the revision is
+# written beside it, and the revised margin is the one every verdict uses.
 #
 # ## Summary
 #

@@ -335,7 +335,7 @@ pd.DataFrame({n: {display.NAMES[k]: display.fmt_ci(v[0], v[1:]) for k, v in c.it
 # embeddings and prompts and cannot over-predict by design. The finding holds if the original
 # rule's CI lies above 1 *and* the paired difference, original rule minus control (the same
 # report resamples), clears the margin declared in chapter 1 ({glue:text}`over_margin`),
-# with a control whose own interval is narrower than that margin ({mod}`helpers.analysis.findings`).
+# with a control whose own interval's half-width is below that margin ({mod}`helpers.analysis.findings`).
 
 # %%
 cos = zeroshot.cosines(img, single_txt)

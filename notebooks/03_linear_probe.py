@@ -317,7 +317,7 @@ shift_tab.style.format({"zero-shot shift": "{:+.3f}", "probe shift": "{:+.3f}"})
 # %% [markdown]
 # Over {glue:text}`n_pairs` co-occurring pairs (both directions), the probe's mean partner
 # shift exceeds zero-shot's by {glue:text}`shift_diff`; over {glue:text}`n_indep`
-# independent pairs, by {glue:text}`shift_ctrl`: observationally, the finding
+# independent pairs, by {glue:text}`shift_ctrl`. The observational finding's verdict:
 # {glue:text}`obs_verdict`. This cannot separate *using the partner as a cue* from *the
 # partner's pixels resembling the finding*: an image with a partner finding also looks
 # different.
@@ -444,7 +444,9 @@ else:  # full profile: real images cannot be re-rendered; the observational test
 glue("cooc_verdict", rec3["verdict"], display=False)
 
 # %% [markdown]
-# {glue:text}`causal_sentence` **Finding 3 (co-occurrence) {glue:text}`cooc_verdict`.**
+# {glue:text}`causal_sentence` **Finding 3 (co-occurrence), raw verdict:
+# {glue:text}`cooc_verdict`.** (A raw verdict: {doc}`07_results` adjusts it for the whole
+# family of declared findings with Holm's method, which can only weaken it.)
 # Pairs shown but not tested (same drawing family, no independent pair to match):
 # {glue:text}`n_unmatched`.
 #
@@ -571,10 +573,13 @@ print("wrote", display.output_name(written), "in the output folder")
 #   test macro AUROC of {glue:text}`lp_auroc` (macro F1 {glue:text}`lp_f1`), in
 #   {glue:text}`lp_fit_s` of fitting; the same probe on permuted labels scores
 #   {glue:text}`ctrl_auroc`.
-# - Part of its LRAP is the label prior that any trained setting learns for free.
-# - Finding 3 (co-occurrence) {glue:text}`cooc_verdict`; its observational version
-#   {glue:text}`obs_verdict`. Against the decorrelated world (no label co-occurs in
-#   training): {glue:text}`decor_verdict`.
+# - Ranking metrics such as LRAP reward knowing the base rates, which a probe with balanced
+#   class weights does not use: read its LRAP against the prevalence scorer's in the table
+#   above.
+# - Finding 3 (co-occurrence), raw verdict: {glue:text}`cooc_verdict` (Holm's adjustment
+#   on {doc}`07_results`). Its observational version: {glue:text}`obs_verdict`. Against the
+#   decorrelated world (no label co-occurs in training; exploratory, outside the declared
+#   family): {glue:text}`decor_verdict`.
 #
 # ## What's next
 #

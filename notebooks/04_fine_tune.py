@@ -70,14 +70,16 @@
 # :pyobject: probe_head
 # ```
 #
-# Adam with a cosine learning-rate schedule and warm-up, batch 32, early stopping on the
-# validation macro AUROC (the best epoch is kept). Each run follows the budget sweep's
+# Adam with a cosine learning-rate schedule and warm-up, batch 32; the weights of the best
+# validation macro AUROC epoch are kept. Each run follows the budget sweep's
 # schedule and stops at the epoch where the sweep's run of the same configuration peaked on
 # validation (`stop_epoch`; the learning rate still follows the whole schedule, so seed 0
 # retraces the sweep's run): the epochs, like the learning rate, are chosen on validation
 # data, and the chapter does not pay again for the epochs the sweep already showed to be
-# past the peak. Checkpoints are written atomically: an interrupted run resumes where it
-# stopped, and a finished run is loaded instead of retrained.
+# past the peak. Up to that epoch, each run keeps its own best validation epoch (the table's
+# `patience` is the sweep's early stopping, which a run this short never reaches; with
+# `-p stop_epoch 0` it applies). Checkpoints are written atomically: an interrupted run
+# resumes where it stopped, and a finished run is loaded instead of retrained.
 #
 # **The label prior.** A model that ignores the image can still learn each label's frequency
 # $\pi_j$; its loss is
@@ -86,8 +88,11 @@
 #    + (1 - y_{ij})\log(1 - \pi_j)\big] , $$ (eq-prior-loss)
 #
 # computed from the training prevalence ({func}`helpers.analysis.baselines.label_prior_loss`). A
-# fine-tune whose validation loss does not go below it has learned nothing a frequency table
-# does not know, and its AUROC stays at 0.5, the prevalence scorer's.
+# fine-tune whose validation loss does not go below it has not learned, *in probability*,
+# anything a frequency table does not know. The converse does not hold for ranking: a model
+# whose logits are badly scaled (a contrastive head at a fixed temperature, barely trained)
+# can have a loss far above the prior's and still rank images better than chance, which is
+# why the AUROC is read beside the loss.
 #
 # **Seeds and control.** The chosen fine-tune is repeated for `n_seeds` training seeds (data
 # order and augmentation), and trained `control_seeds` more times on labels permuted across
@@ -455,7 +460,8 @@ glue("ft_floors", display.floor_sentence(ours, refs, metrics.HEADLINE), display=
 display.against_floors(ours, refs, metrics.HEADLINE)
 
 # %% [markdown]
-# The plain fine-tune's macro AUROC is {glue:text}`ft_auroc` over seeds whose own values are
+# The chosen fine-tune's ({glue:text}`chosen`) macro AUROC is {glue:text}`ft_auroc` over
+# seeds whose own values are
 # {glue:text}`ft_auroc_seeds`; the {glue:text}`other_name`'s (one seed) is
 # {glue:text}`other_auroc`, the probe's
 # {glue:text}`lp_auroc`. Read against the floors (▼: no better than the best
@@ -569,7 +575,7 @@ sep_ft_lp = by_id["separation: fine-tune > linear probe"]
 glue("sep_ft_lp", sep_ft_lp["verdict"], display=False)
 all_hold = all(r["holds"] for r in records[1:])
 glue("sep_overall", "holds at every step" if all_hold else
-     "does not hold at every step (see the verdict column)", display=False)
+     "is not established at every step (see the verdict column)", display=False)
 three = {"zero-shot": sides["zero-shot"], "linear probe": sides["linear probe"],
          "fine-tune (seed mean)": ft_logits,
          **({OTHER: logits[OTHER][0]} if other else {})}
@@ -627,7 +633,7 @@ print(findings.write_findings(arts.findings("04_fine_tune"), records, stamp))
 # - The chosen fine-tune ({glue:text}`chosen`) reaches a test macro AUROC of
 #   {glue:text}`ft_auroc` (macro F1 {glue:text}`ft_f1`), the {glue:text}`other_name`
 #   {glue:text}`other_auroc`, the probe {glue:text}`lp_auroc`.
-# - Finding 2 (fine-tune over probe) {glue:text}`sep_ft_lp`; the original study's full
+# - Finding 2 (fine-tune over probe): {glue:text}`sep_ft_lp`. The original study's full
 #   ordering {glue:text}`sep_overall`.
 #
 # ## What's next

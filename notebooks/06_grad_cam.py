@@ -135,8 +135,8 @@
 # there are that many); otherwise each map gets Otsu's threshold (CheXlocalize's default),
 # and the validation pairs of the scored image's own report are always left out. No
 # threshold is tuned on one or two images. **IoU@0.1** is the share of pairs with IoU at least
-# 0.1, the lenient end of ChestX-ray8's thresholds {cite}`wang2017chestxray8` (this book
-# called it "hit rate" before; CheXlocalize's hit rate is the pointing game).
+# 0.1, the lenient end of ChestX-ray8's thresholds {cite}`wang2017chestxray8` (not to be
+# confused with CheXlocalize's hit rate, which is the pointing game).
 # Every CI resamples reports (1,000 in CheXlocalize; `n_boot` here).
 #
 # **Sanity checks** {cite}`adebayo2018sanity`. *Cascading model randomisation* re-draws the
@@ -1058,7 +1058,9 @@ READINGS = {
           "even where the usual place is no help, and a setting that fails is a "
           "statement about the setting",
     False: "the positive control's own Grad-CAM maps do not beat the location prior "
-           "on the off-prior pairs at this layer: here Grad-CAM cannot show "
+           "on the off-prior pairs by the margin over their randomised copy (the prior "
+           "scores 0 there by construction, so the randomised copy is the bar that "
+           "counts) at this layer: here Grad-CAM cannot show "
            "localisation even where it certainly exists, so the settings' Grad-CAM "
            "verdicts say nothing about where they look. On all test pairs, methods "
            f"whose control maps hit more often than the prior's {prior_hit:.3f} "
