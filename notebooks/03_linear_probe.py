@@ -132,6 +132,7 @@ lp = probe.fit_probe(emb[train], Y[train], emb[val], Y[val], Cs=Cs,
 glue("lp_fit_s", f"{lp.fit_s:.2f} s", display=False)
 glue("lp_C", lp.C, display=False)
 glue("lp_n_C", len(Cs), display=False)
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(4.5, 3))
 ax.semilogx(list(lp.val_auroc_by_C), list(lp.val_auroc_by_C.values()), "o-",
             color="#1b9e77")
@@ -197,6 +198,9 @@ per = pd.DataFrame(result["per_label"]).T[["prevalence", "f1", "auroc", "auprc"]
 per = per.astype(float)
 per.insert(2, "zero-shot AUROC", metrics.per_label_auroc(yt, zs["scores"]))
 per["zero-shot AUPRC"] = metrics.per_label_ap(yt, zs["scores"])
+per.style.format("{:.3f}")
+
+# %% tags=["hide-input"]
 ax = per[["zero-shot AUROC", "auroc"]].rename(columns={"auroc": "linear probe AUROC"}
                                               ).plot.barh(figsize=(6, 5),
                                                           color=["#d95f02", "#7570b3"])
@@ -206,7 +210,6 @@ ax.invert_yaxis()
 plt.tight_layout()
 glue("fig_lp_per_label", ax.figure, display=False)
 plt.close(ax.figure)
-per.style.format("{:.3f}")
 
 # %% [markdown]
 # ```{glue:figure} fig_lp_per_label

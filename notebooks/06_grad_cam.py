@@ -482,7 +482,7 @@ literal
 # convention; where they differ, it is ties (coarse or saturated maps) or empty segmentations
 # that make the difference.
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(6.8, 4.4))
 methods_shown = [m for m in attribution.METHODS if any(mm == m for _, mm in res)]
 width = 0.8 / max(1, len(scorers))
@@ -589,6 +589,7 @@ glue("failed_steps", ", ".join(failed_steps) if failed_steps else
      "differ from the trained model's, and its Grad-CAM maps are not degenerate",
      display=False)
 
+# %% tags=["hide-input"]
 n_panels = max(1, len(casc_keys))
 n_rows = (n_panels + 1) // 2
 fig, axes = plt.subplots(n_rows, 2, figsize=(6.8, 3.3 * n_rows), sharey=True,
@@ -928,7 +929,7 @@ else:
 # positive control (Grad-CAM and Chefer et al.); the control's maps are drawn on the marked
 # image it saw.
 
-# %%
+# %% tags=["hide-input"]
 cols = [(k, m) for k in ("ft", "control") for m in ("gradcam", "chefer")
         if k in ex_maps]
 tb = ex_pairs.table
