@@ -591,8 +591,10 @@ by_id = {r["finding"]: r for r in records}
 sep_ft_lp = by_id["separation: fine-tune > linear probe"]
 glue("sep_ft_lp", sep_ft_lp["verdict"], display=False)
 all_hold = all(r["holds"] for r in records[1:])
+any_hold = any(r["holds"] for r in records[1:])
 glue("sep_overall", "holds at every step" if all_hold else
-     "is not established at every step (see the verdict column)", display=False)
+     "holds at some steps only (see the verdict column)" if any_hold else
+     "is established at no step (see the verdict column)", display=False)
 three = {"zero-shot": sides["zero-shot"], "linear probe": sides["linear probe"],
          "fine-tune (seed mean)": ft_logits,
          **({OTHER: logits[OTHER][0]} if other else {})}
