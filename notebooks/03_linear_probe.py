@@ -68,7 +68,7 @@
 # The objective {eq}`eq-probe` is strictly convex and solved from a fixed start, so the probe
 # has no random element: a second training seed gives the same weights. Its intervals cover
 # test resampling only; the permuted-label control below is random (which report receives
-# which labels) and is fitted `n_seeds` times.
+# which labels) and is fitted {glue:text}`n_perm_glue` times.
 
 # %% tags=["parameters"]
 profile = "demo"  # demo or full
@@ -114,6 +114,7 @@ arts = study.artefacts
 LABELS = study.labels
 stamp = study.stamp()
 show_stamp(stamp)
+glue("n_perm_glue", n_seeds, display=False)
 train, val, test = study.rows("train"), study.rows("val"), study.rows("test")
 Y = study.y()
 yt, groups = Y[test], study.groups(test)

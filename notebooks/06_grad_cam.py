@@ -103,7 +103,7 @@
 # kernel that never forms $A_b$; for explanation the blocks are switched to the explicit
 # softmax and $A_b$ is read by a hook ({func}`helpers.saliency.attribution.attention_capture`). All
 # one-pass methods come from the same forward and backward pass; ScoreCAM needs one forward
-# per channel and runs on a subset of `scorecam_pairs` pairs.
+# per channel and runs on a subset of {glue:text}`scorecam_pairs_glue` pairs.
 #
 # **Scores.** For each (image, label) pair with map $M$ (scaled to $[0, 1]$) and true region
 # $G$, the **hit rate** (CheXlocalize's name for the pointing game {cite}`saporta2022chexlocalize`)
@@ -137,7 +137,7 @@
 # threshold is tuned on one or two images. **IoU@0.1** is the share of pairs with IoU at least
 # 0.1, the lenient end of ChestX-ray8's thresholds {cite}`wang2017chestxray8` (not to be
 # confused with CheXlocalize's hit rate, which is the pointing game).
-# Every CI resamples reports (1,000 in CheXlocalize; `n_boot` here).
+# Every CI resamples reports (1,000 in CheXlocalize; {glue:text}`n_boot_glue` here).
 #
 # **Sanity checks** {cite}`adebayo2018sanity`. *Cascading model randomisation* re-draws the
 # weights from the top down (head, projection, final norm, blocks from last to first, patch
@@ -193,6 +193,9 @@ arts = study.artefacts
 LABELS = study.labels
 stamp = study.stamp()
 show_stamp(stamp)
+for name, value in (("n_boot_glue", n_boot), ("scorecam_pairs_glue", scorecam_pairs),
+                    ("cascade_pairs_glue", cascade_pairs)):
+    glue(name, value, display=False)
 glue("min_tune_pairs", regions.MIN_TUNE_PAIRS, display=False)
 CHAPTER = "06_grad_cam"
 fmt = display.fmt_ci
@@ -432,7 +435,7 @@ for key in [*scorers, *extra]:
 # %% [markdown]
 # Every setting and method: hit rate beside its chance level (the mean area fraction of the
 # regions scored), mIoU, IoU@0.1 and the number of degenerate maps. ScoreCAM rows are scored
-# on a subset of `scorecam_pairs` pairs (so their chance level differs), with Otsu's
+# on a subset of {glue:text}`scorecam_pairs_glue` pairs (so their chance level differs), with Otsu's
 # thresholds (the rule above, with no tuning pairs). The last rows are the
 # model fine-tuned on permuted labels (the data-randomisation check below).
 
@@ -549,7 +552,7 @@ per_path_table
 # ## Sanity checks
 #
 # **Cascading model randomisation.** For the zero-shot, probe, fine-tuned and control
-# settings, on `cascade_pairs` pairs: after each step of re-initialisation from the top
+# settings, on {glue:text}`cascade_pairs_glue` pairs: after each step of re-initialisation from the top
 # down, the Spearman correlation of every method's maps with the original maps, and Grad-CAM's
 # hit rate. Maps that explain the model must move away from the original as its learned
 # weights go.
