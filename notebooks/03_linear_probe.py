@@ -410,6 +410,14 @@ def causal_difference(effects, kind):
     return lambda idx: s_e(idx) - zs_e(idx)
 
 
+def partner_vs_matched(effects):
+    """The setting's causal difference on partner pairs against matched independent
+    ones, on the same report resamples of the counterfactual images."""
+    return findings.compare(causal_difference(effects, "partner"),
+                            causal_difference(effects, "independent"),
+                            cf_groups, n_boot)
+
+
 causal_possible = study.style is not None and n_matched > 0
 if causal_possible:
     cf = cooccurrence.render_counterfactuals(study, design, causal_images)
@@ -417,9 +425,7 @@ if causal_possible:
     cf_groups = study.table.report_id.to_numpy()[cf.row]
     zs_effects = effects_of(zs_scores, zs["scores"])
     lp_effects = effects_of(lp.decision_function, test_logits)
-    causal_cmp = findings.compare(causal_difference(lp_effects, "partner"),
-                                  causal_difference(lp_effects, "independent"),
-                                  cf_groups, n_boot)
+    causal_cmp = partner_vs_matched(lp_effects)
     rec3 = findings.record(
         "co-occurrence (causal)", "03_linear_probe",
         "adding a co-occurring partner to the same image raises the probe's score "
@@ -498,9 +504,7 @@ if causal_possible:
                            class_weight=weights)
     test_d = lp_d.decision_function(emb[test])
     d_effects = effects_of(lp_d.decision_function, test_d)
-    decor_cmp = findings.compare(causal_difference(d_effects, "partner"),
-                                 causal_difference(d_effects, "independent"),
-                                 cf_groups, n_boot)
+    decor_cmp = partner_vs_matched(d_effects)
     rec_decor = findings.record(
         "co-occurrence (causal): against the decorrelated world", "03_linear_probe",
         "the causal partner effect (probe minus zero-shot, partner minus matched "

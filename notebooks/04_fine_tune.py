@@ -160,7 +160,7 @@ other_kind = ("contrastive", "bce") if cfg.objective == "lp-ft" else ("lp-ft",)
 best_other = sweep.best_config(record, other_kind) or {"objective": other_kind[0],
                                                        "lr": cfg.lr}
 cfg_other = replace(cfg, objective=best_other["objective"], lr=float(best_other["lr"]),
-                    stop_epoch=(sweep.best_epoch(best_other)
+                    stop_epoch=(sweep.best_epoch(best_other["curve"])
                                 if cfg.stop_epoch and "curve" in best_other
                                 else cfg.stop_epoch))
 OTHER = "LP-FT" if cfg_other.objective == "lp-ft" else "plain fine-tune"

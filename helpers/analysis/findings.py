@@ -418,7 +418,8 @@ def holm(records: Sequence[dict[str, Any]], alpha: float = ALPHA) -> list[dict[s
         ok = bool(recs[i]["holds"] and p < alpha)
         recs[i].update(p_holm=float(p), holds_holm=ok,
                        verdict_holm="holds after Holm" if ok else
-                       (f"as raw: {recs[i]['verdict'].split(':')[0]}"
+                       (("as raw: not established" if recs[i]["clears_rule"]
+                         else "as raw: does not hold")
                         if not recs[i]["holds"] else
                         f"not established after Holm (adjusted p {p:.3f})"))
     return recs

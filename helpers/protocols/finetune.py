@@ -132,6 +132,11 @@ class FinetuneConfig:
     rate follows the full schedule either way, so a run stopped at the budget sweep's best epoch
     is the sweep's run up to the epoch the sweep chose on validation (part of the run key)."""
 
+    @property
+    def last_epoch(self) -> int:
+        """The epoch (1-based) a run ends at, unless early stopping ends it sooner."""
+        return self.stop_epoch or self.epochs
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
         if self.optimizer not in ("adam", "sgd"):
@@ -455,7 +460,7 @@ def _train_epoch(tr: _Trainer, batches: _Batches, ep: int, progress: bool) -> to
 
     tr.scorer.train()
     losses = []
-    bar = tqdm(total=tr.steps_per_epoch, desc=f"epoch {ep + 1}/{tr.cfg.stop_epoch or tr.cfg.epochs}", disable=not progress)
+    bar = tqdm(total=tr.steps_per_epoch, desc=f"epoch {ep + 1}/{tr.cfg.last_epoch}", disable=not progress)
     for b, (x, yb) in enumerate(batches.epoch(ep)):
         set_lr(tr.opt, cosine_lr(ep * tr.steps_per_epoch + b, tr.total, tr.cfg.lr, tr.warmup))
         losses.append(tr.step(x, yb))
@@ -473,7 +478,7 @@ def _run_epochs(tr: _Trainer, batches: _Batches, val: tuple, ckpt: BackgroundWri
     import torch.distributed as dist
 
     cfg = tr.cfg
-    end = cfg.stop_epoch or cfg.epochs
+    end = cfg.last_epoch
     if tr.history and (tr.start >= end or tr.history[-1].get("stop", False)):
         return  # a finished run: loaded, not retrained
     ran = 0

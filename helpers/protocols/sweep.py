@@ -136,7 +136,7 @@ def _record(profile, study, confs, done, stopped, reached, alive, grid, rungs, e
     """The sweep's record (module docstring): every curve, the selection, the provenance."""
     final = {i: max((h["val_auroc"] for h in done[i]), default=-1.0) for i in alive}
     best = sorted(final, key=lambda i: (-final[i], i))[0]
-    best_epoch = max(done[best], key=lambda h: h["val_auroc"])["epoch"]
+    best_at = best_epoch(done[best])
     return {
         "profile": profile, "model_id": study.info.id, "data_hash": study.split_hash,
         "pixel_key": study.pixels.key, "code_sha256": code_hash(),
@@ -153,7 +153,7 @@ def _record(profile, study, confs, done, stopped, reached, alive, grid, rungs, e
                                                          "val_auroc", "epoch_s")}
                                       for h in done[i]]} for i in range(len(confs))],
         "selected": {**confs[best], "epochs": max_epochs, "patience": patience,
-                     "best_epoch": int(best_epoch), "best_val_auroc": final[best]},
+                     "best_epoch": best_at, "best_val_auroc": final[best]},
         "quick": bool(limit or max_steps_per_epoch or sliced),
         "wall_s": round(wall_s, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -197,9 +197,8 @@ def best_lr(record: dict[str, Any] | None, objective: str) -> float | None:
     return None if c is None else float(c["lr"])
 
 
-def best_epoch(config: dict[str, Any]) -> int:
-    """The epoch (1-based) of a sweep configuration's best validation AUROC."""
-    curve = config["curve"]
+def best_epoch(curve: Sequence[dict[str, Any]]) -> int:
+    """The epoch (1-based) of a validation curve's best AUROC (a configuration's ``curve``)."""
     return int(max(curve, key=lambda h: h["val_auroc"])["epoch"])
 
 
