@@ -102,11 +102,10 @@ import pandas as pd
 from myst_nb import glue
 
 from helpers.analysis import baselines, findings, metrics
-from helpers.book import display
+from helpers.book import artefacts, display
 from helpers.book.stamp import show_stamp
 from helpers.book.study import load_study
 from helpers.protocols import zeroshot
-from helpers.storage import atomic_write_json
 
 study = load_study(profile, model, image_dir=image_dir, style=style,
                    uncertain_policy=uncertain_policy, split_seed=split_seed,
@@ -151,7 +150,7 @@ glue("n_test", len(test), display=False)
 glue("n_draws", baselines.N_DRAWS, display=False)
 refs = baselines.reference_results(Y[train], Y[val], yt, LABELS, groups, n_boot,
                                 scorers=reference_scorers)
-atomic_write_json(arts.reference, {"stamp": stamp, "scorers": refs})
+artefacts.write_result(arts.reference, "reference_scorers", stamp, scorers=refs)
 ref_table = pd.DataFrame({name: {display.NAMES[m]: r[m] for m in metrics.HEADLINE}
                           for name, r in refs.items()})
 glue("prev_lrap", f"{refs['prevalence']['lrap']:.3f}", display=False)

@@ -90,7 +90,6 @@ causal_pairs = 6  # demo: strongest partner pairs with a matched control, re-ren
 causal_images = 30  # demo: test images re-rendered per directed pair
 
 # %%
-import json
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -98,7 +97,7 @@ import pandas as pd
 from myst_nb import glue
 
 from helpers.analysis import cooccurrence, findings, metrics
-from helpers.book import display
+from helpers.book import artefacts, display
 from helpers.book.stamp import show_stamp
 from helpers.book.study import load_study
 from helpers.data import images
@@ -169,8 +168,9 @@ test_logits = lp.decision_function(emb[test])
 thr = metrics.tune_thresholds(Y[val], val_logits)
 result = metrics.evaluate(yt, test_logits, thr, LABELS, groups, n_boot=n_boot)
 result["calibration"] = metrics.calibration(yt, metrics.sigmoid(test_logits))
-zs_json = json.loads(arts.metrics("zs").read_text())
-refs = json.loads(arts.reference.read_text())["scorers"]
+zs_json = artefacts.read_result(arts.metrics("zs"), "metrics", made_by="02_zero_shot")
+refs = artefacts.read_result(arts.reference, "reference_scorers",
+                             made_by="02_zero_shot")["scorers"]
 glue("lp_auroc", f"{result['auroc_macro']:.3f}", display=False)
 glue("lp_f1", f"{result['f1_macro']:.3f}", display=False)
 glue("lp_lrap", f"{result['lrap']:.3f}", display=False)

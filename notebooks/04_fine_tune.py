@@ -128,7 +128,6 @@ compare_other = True  # also one run of the other kind (LP-FT or plain), best bu
 seed_protocol = True  # also one run at the original study's learning rate (1e-6)
 
 # %%
-import json
 from dataclasses import replace
 
 import matplotlib.pyplot as plt
@@ -137,7 +136,7 @@ import pandas as pd
 from myst_nb import glue
 
 from helpers.analysis import baselines, findings, metrics
-from helpers.book import display
+from helpers.book import artefacts, display
 from helpers.book.stamp import show_stamp
 from helpers.book.study import load_study
 from helpers.config import get_profile
@@ -453,7 +452,8 @@ for s in seeds:
                         ft_thr[s])
 zs = metrics.load_scores(arts.scores("zs"), test_ids, made_by="02_zero_shot")
 lp = metrics.load_scores(arts.scores("lp"), test_ids, made_by="03_linear_probe")
-refs = json.loads(arts.reference.read_text())["scorers"]
+refs = artefacts.read_result(arts.reference, "reference_scorers",
+                             made_by="02_zero_shot")["scorers"]
 zs_result = metrics.evaluate(yt, zs["scores"], zs["thresholds"], LABELS, groups, n_boot)
 lp_result = metrics.evaluate(yt, lp["scores"], lp["thresholds"], LABELS, groups, n_boot)
 glue("ft_auroc", display.fmt_ci(result["auroc_macro"], result["ci95"]["auroc_macro"]),

@@ -101,11 +101,10 @@ import pandas as pd
 from myst_nb import glue
 
 from helpers.analysis import findings, geometry, metrics
-from helpers.book import display, results
+from helpers.book import artefacts, display, results
 from helpers.book.stamp import show_stamp
 from helpers.book.study import load_study
 from helpers.protocols import repeats
-from helpers.storage import atomic_write_json
 
 study = load_study(profile, model, image_dir=image_dir, style=style,
                    uncertain_policy=uncertain_policy, split_seed=split_seed,
@@ -281,7 +280,7 @@ plt.close(fig)
 
 # %%
 params = {"model": study.info.spec, "style": style, "limit": limit, "n_boot": n_boot}
-atomic_write_json(arts.geometry, {"stamp": stamp, "params": params, "settings": geo})
+artefacts.write_result(arts.geometry, "geometry", stamp, params, settings=geo)
 written = findings.write_findings(arts.findings("05_embeddings"), [rec4], stamp)
 print("wrote", display.output_name(written), "in the output folder")
 

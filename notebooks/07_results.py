@@ -31,7 +31,6 @@
 profile = "demo"  # whose stamp heads this page; the tables list every profile
 
 # %% tags=["hide-input"]
-import json
 
 import matplotlib.pyplot as plt
 from myst_nb import glue
@@ -48,8 +47,7 @@ if table.empty:
     raise FileNotFoundError(f"no metrics JSON under {artefacts.output_root()}: "
                             "run chapters 2-5 first (python -m helpers.book.runner)")
 mine = [folder for p, _, folder in artefacts.all_pairs() if p == profile]
-stamps = [json.loads(f.read_text())["stamp"] for d in mine
-          for f in sorted(d.glob("*.json")) if "stamp" in json.loads(f.read_text())]
+stamps = [s for folder in mine for s in artefacts.result_stamps(folder)]
 if stamps:
     show_stamp(stamps[0])
 pairs = sorted({(p, m) for p, m in zip(table.profile, table.model_id)})
@@ -160,7 +158,7 @@ findings.styled(findings.findings_table(counted))
 # verdict, so a finding that is not established raw stays so after it. Each chapter explains its test and what
 # it cannot show: {doc}`02_zero_shot` (over-prediction), {doc}`03_linear_probe`
 # (co-occurrence), {doc}`04_fine_tune` (separation), {doc}`05_embeddings` (geometry) and
-# {doc}`06_grad_cam` (localisation).
+# {doc}`06b_sanity` (localisation, on the maps scored in {doc}`06_grad_cam`).
 #
 # **Validation checks** are not findings: they test the machinery (the scoring against
 # oracle maps, the positive control's maps) and are never counted in the family.

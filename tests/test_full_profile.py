@@ -35,7 +35,8 @@ def full_setup(tmp_path_factory, private_outputs):
 
 def test_full_profile_chapters_run_offline(full_setup, tmp_path, capsys):
     model, ann = full_setup
-    chapters = ["02_zero_shot", "03_linear_probe", "04_fine_tune", "05_embeddings", "06_grad_cam", "07_results"]
+    chapters = ["02_zero_shot", "03_linear_probe", "04_fine_tune", "05_embeddings", "06_grad_cam",
+                "06b_sanity", "07_results"]
     args = ["--profile", "full", "--out", str(tmp_path)]
     for k, v in {"model": f"local-dir:{model}", "limit": "8", "n_boot": "5", "epochs": "1",
                  "max_steps_per_epoch": "1", "batch_size": "4", "annotations": str(ann), "n_examples": "1",

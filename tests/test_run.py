@@ -306,3 +306,38 @@ def test_outputs_from_before_the_manifest_are_checked_on_their_recorded_paramete
     (folder / "zero_shot.json").write_text(json.dumps({"params": {"limit": 40}}))
     with pytest.raises(R.UpstreamError, match="limit=40"):
         R.check_upstream(chapters, params, plan, "demo", [])
+
+
+def test_every_chapter_declares_the_data_defaults_of_load_study():
+    """One home for the data defaults: ``load_study``'s signature. A chapter that declared
+    another default would run on other data than its neighbours at the defaults."""
+    import inspect
+
+    from helpers.book.study import load_study
+
+    sig = inspect.signature(load_study).parameters
+    views = sig["views"].default
+    home = {"style": sig["style"].default, "uncertain_policy": sig["uncertain_policy"].default,
+            "split_seed": sig["split_seed"].default, "on_error": sig["on_error"].default,
+            "split_fractions": list(sig["split_fractions"].default),
+            "views": [views] if isinstance(views, str) else list(views),
+            "limit": 0, "model": "", "image_dir": "", "reports_path": ""}
+    seen = set()
+    for c in R.toc_chapters():
+        decl = R.declared_parameters(R.read_notebook(R.notebook_path(c)))
+        for name, want in home.items():
+            if name in decl:
+                seen.add(name)
+                assert decl[name].default == want, (c, name, decl[name].default, want)
+    assert seen == set(home)
+
+
+def test_chapter_6_pages_declare_the_same_pairs_and_control():
+    """06b reads 06's per-pair hits and cached control: their shared parameters have one
+    default, and the runner compares them when 06b reads what 06 wrote (MATCHING)."""
+    first, second = (R.declared_parameters(R.read_notebook(R.notebook_path(c)))
+                     for c in ("06_grad_cam", "06b_sanity"))
+    shared = ("max_pairs", "annotations", "k_folds", "control_epochs", "control_images")
+    for name in shared:
+        assert first[name].default == second[name].default, name
+        assert name in R.MATCHING

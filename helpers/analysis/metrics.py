@@ -30,7 +30,8 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
-from helpers.storage import atomic_write_bytes, atomic_write_json
+from helpers.book.artefacts import write_result
+from helpers.storage import atomic_write_bytes
 
 HEADLINE = ("f1_macro", "f1_micro", "exact_match", "lrap", "coverage_error", "ranking_loss", "auroc_macro",
             "auprc_macro")
@@ -486,10 +487,11 @@ def bootstrap_stat(fn, groups: Sequence, n_boot: int = 500, seed: int = 0,
 
 def write_metrics(path, setting: str, metrics: dict[str, Any], params: dict[str, Any],
                   stamp: dict[str, Any], **extra: Any):
-    """Write one run's metrics JSON atomically: setting, metrics (with CIs), params, stamp."""
+    """Write one run's metrics JSON in the result envelope (:func:`artefacts.write_result`):
+    setting, metrics (with CIs), params, stamp."""
 
-    return atomic_write_json(path, {"setting": setting, "metrics": metrics, "params": params,
-                                    "stamp": stamp, **extra})
+    return write_result(path, "metrics", stamp, params, setting=setting, metrics=metrics,
+                        **extra)
 
 
 def save_scores(path, image_ids: Sequence[str], scores: np.ndarray, y: np.ndarray, groups: Sequence,

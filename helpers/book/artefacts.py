@@ -26,16 +26,28 @@ A *setting* is one of :data:`SETTINGS` (``zs`` zero-shot, ``lp`` linear probe, `
 fine-tune); a *variant* names a training condition of a setting: ``""`` (the real labels),
 ``"permuted"`` (labels permuted across training reports: the negative control) or
 ``"localising"`` (chapter 6's positive-control model). A *seed* numbers a training run.
+
+**One envelope.** Every result a chapter writes for another page to read is one JSON object,
+written by :func:`write_result` and read by :func:`read_result` only: ``format`` (the
+envelope's version), ``kind`` (what it holds: ``metrics``, ``findings``,
+``reference_scorers``, ``geometry``, ``grad_cam``, ``grad_cam_sanity``), ``stamp`` (profile,
+model id, data hash, date: :mod:`helpers.book.stamp`), ``params`` (what the chapter ran with)
+and the payload's own keys. The reader names the file and the chapter that writes it when the
+file is missing, not JSON, not a result, or of another kind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
+
 from helpers.config import REPO_ROOT, data_dir, get_profile
+from helpers.storage import atomic_write_json
 
 SETTINGS = {"zs": "zero-shot", "lp": "linear probe", "ft": "fine-tune"}
 """Setting key -> name used on the pages."""
@@ -43,6 +55,8 @@ VARIANTS = ("", "permuted", "localising", "plain", "lp-ft", "seed-lr")
 METRICS_FILES = {"zs": "zero_shot.json", "lp": "linear_probe.json", "ft": "fine_tune.json"}
 GEOMETRY_FILE = "embedding_geometry.json"
 GRAD_CAM_FILE = "grad_cam.json"
+CAM_HITS_FILE = "grad_cam_hits.npz"
+SANITY_FILE = "grad_cam_sanity.json"
 REFERENCE_FILE = "reference_scorers.json"
 FINDINGS_GLOB = "findings-*.json"
 QUICK_DIR = "quick"
@@ -51,6 +65,67 @@ FULL_N_BOOT = 100
 """Fewer bootstrap resamples than this make a run quick (the chapters' defaults are 200 and 500)."""
 QUICK_ENV = "IUXRAY_QUICK_RUN"
 """Environment variable by which the runner tells a chapter's kernel that its run is quick (and why)."""
+
+
+RESULT_FORMAT = 1
+"""Version of the result envelope (:func:`write_result`)."""
+RESULT_KINDS = ("metrics", "findings", "reference_scorers", "geometry", "grad_cam",
+                "grad_cam_sanity")
+ENVELOPE_KEYS = ("format", "kind", "stamp", "params")
+
+
+def write_result(path: str | os.PathLike, kind: str, stamp: Mapping[str, Any],
+                 params: Mapping[str, Any] | None = None, **payload: Any) -> Path:
+    """Write a chapter's result atomically in the one envelope: ``{"format", "kind", "stamp",
+    "params", **payload}`` (see the module docstring). ``stamp`` must name the profile and
+    the model; a payload key may not shadow an envelope key."""
+    if kind not in RESULT_KINDS:
+        raise ValueError(f"result kind must be one of {RESULT_KINDS}, got {kind!r}")
+    missing = {"profile", "model_id"} - set(stamp or {})
+    if missing:
+        raise ValueError(f"the stamp of {Path(path).name} lacks {sorted(missing)}: pass "
+                         "study.stamp()")
+    clash = set(ENVELOPE_KEYS) & set(payload)
+    if clash:
+        raise ValueError(f"payload keys {sorted(clash)} would shadow the envelope's")
+    return atomic_write_json(path, {"format": RESULT_FORMAT, "kind": kind, "stamp": dict(stamp),
+                                    "params": dict(params or {}), **payload})
+
+
+def read_result(path: str | os.PathLike, kind: str | None = None, made_by: str = "",
+                missing_ok: bool = False) -> dict[str, Any] | None:
+    """Read what :func:`write_result` wrote (``None`` for a missing file with
+    ``missing_ok``). ``kind``: the kind expected; ``made_by``: the chapter that writes the
+    file, named in every error. Files written before the envelope (no ``kind``) are read as
+    the kind asked for."""
+    p = Path(path)
+    again = (f"run {made_by} first (python -m helpers.book.runner {made_by})" if made_by
+             else "re-run the chapter that writes it")
+    if not p.is_file():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{p} is missing; {again}")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p} is not valid JSON ({e}); delete it and {again}") from e
+    if not isinstance(data, dict) or "stamp" not in data:
+        raise ValueError(f"{p} is not a chapter result (no stamp); delete it and {again}")
+    if kind is not None and data.get("kind", kind) != kind:
+        raise ValueError(f"{p} holds a {data.get('kind')!r} result where a {kind!r} result "
+                         f"was expected; {again}")
+    return data
+
+
+def result_stamps(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """The stamps of every result in ``folder`` (files in the envelope, by name order)."""
+    out = []
+    for f in sorted(Path(folder).glob("*.json")):
+        try:
+            out.append(read_result(f)["stamp"])
+        except ValueError:  # an index or manifest beside the results, not a result
+            continue
+    return out
 
 
 def quick_reason(limit: int | None = 0, n_boot: int | None = None) -> str:
@@ -167,6 +242,16 @@ class Artefacts:
     @property
     def grad_cam(self) -> Path:
         return self.dir / GRAD_CAM_FILE
+
+    @property
+    def cam_hits(self) -> Path:
+        """Per-pair Grad-CAM hits of chapter 6's settings, read by its sanity checks (06b)."""
+        return self.dir / CAM_HITS_FILE
+
+    @property
+    def grad_cam_sanity(self) -> Path:
+        """Chapter 6b's record: cascade, randomised copies, off-prior scores."""
+        return self.dir / SANITY_FILE
 
     @property
     def reference(self) -> Path:

@@ -9,13 +9,12 @@ image-independent scorers). :func:`gather` reads whatever is there, for every pa
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from helpers.book.artefacts import GEOMETRY_FILE, METRICS_FILES, REFERENCE_FILE, all_pairs
+from helpers.book.artefacts import GEOMETRY_FILE, METRICS_FILES, REFERENCE_FILE, all_pairs, read_result
 from helpers.book.display import NAMES, best_floor, floor_status, fmt_ci, run_label, table as show
 
 # The original study's test-set values (Sadman et al. 2025, as listed in DESIGN.md): BiomedCLIP on
@@ -54,13 +53,7 @@ EXTRA_ROWS = {"zs": {"seed_protocol": "zs-seed"},
 
 
 def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it and re-run the chapter that "
-                         f"writes it") from e
+    return read_result(path, missing_ok=True)
 
 
 def _row(profile: str, model: str, setting: str, metrics: dict, stamp: dict, **extra) -> dict:

@@ -308,11 +308,15 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "04_fine_tune": ("02_zero_shot", "03_linear_probe"),
     "05_embeddings": ("04_fine_tune",),
     "06_grad_cam": ("02_zero_shot", "03_linear_probe", "04_fine_tune"),
+    "06b_sanity": ("02_zero_shot", "03_linear_probe", "04_fine_tune", "06_grad_cam"),
 }
 """The chapters whose outputs a chapter reads (test scores, probes, fine-tuned runs)."""
 MATCHING = ("uncertain_policy", "split_seed", "split_fractions", "views", "reports_path",
-            "image_dir", "limit", "model", "style", "on_error")
-"""Parameters an upstream chapter must have run with for its outputs to be read: the data."""
+            "image_dir", "limit", "model", "style", "on_error",
+            "max_pairs", "annotations", "k_folds", "control_epochs", "control_images")
+"""Parameters an upstream chapter must have run with for its outputs to be read: the data,
+and (compared only between chapters that both declare them) chapter 6's pairs, probe folds
+and positive control, which its sanity page (06b) reads per pair."""
 MANIFEST = "chapter_parameters.json"
 """In each output folder: the parameters every chapter last ran with there (written by the
 runner after a chapter succeeds)."""

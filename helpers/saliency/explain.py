@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from helpers.book.artefacts import read_result
 from helpers.data.images import to_model_input
 from helpers.phantoms.rendering import mask_of
 from helpers.protocols.probe import fit_probe
@@ -127,13 +128,8 @@ def zero_shot_classifier(study, name: str) -> tuple[np.ndarray, np.ndarray | Non
 
 def selected_classifier(study) -> str:
     """The zero-shot classifier chapter 2 selected on validation (its metrics JSON)."""
-    import json
-
     path = study.artefacts.metrics("zs")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run chapter 2 first: "
-                                "python -m helpers.book.runner 02_zero_shot")
-    sel = json.loads(path.read_text()).get("params", {}).get("selected")
+    sel = read_result(path, "metrics", made_by="02_zero_shot")["params"].get("selected")
     if not sel:
         raise ValueError(f"{path} names no selected classifier under params.selected; re-run chapter 2")
     return str(sel)
@@ -297,13 +293,14 @@ def _is_norm(m: nn.Module) -> bool:
 
 
 def reinitialise(module: nn.Module, gen: torch.Generator) -> None:
-    """Re-draw a module's weights in place: the architecture with none of what it learned.
+    """Re-draw a module's weights in place: the architecture with none of what it
+    learned.
 
     Matrices and token embeddings (CLS, position, register) ``N(0, 0.02)``; every
     normalisation module (found by its type, whatever its parameters are called, so the
     module itself may be a LayerNorm) the identity, weight 1 and bias 0; a LayerScale
-    ``gamma`` 1; other vectors (biases) 0. No re-drawn module outputs a constant: a weight of
-    0 in a norm would zero the whole tower (the bug this replaced).
+    ``gamma`` 1; other vectors (biases) 0. No re-drawn module outputs a constant: a
+    weight of 0 in a norm would zero the whole tower (the bug this replaced).
     """
     with torch.no_grad():
         norm_params = {id(p): name for m in module.modules() if _is_norm(m)

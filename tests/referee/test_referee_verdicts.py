@@ -146,7 +146,7 @@ def test_findings_round_trip_with_holm(tmp_path, monkeypatch):
     arts = artefacts.Artefacts("demo", "tiny")
     recs = [_rec(0.20, 0.03, 0.0, 0.02), _rec(0.01, 0.05, 0.0, 0.02)]
     recs = [dict(r, finding=f, primary=True) for r, f in zip(recs, findings.family()[:2])]
-    findings.write_findings(arts.findings("04_x"), recs, {"model_id": "tiny@abc"})
+    findings.write_findings(arts.findings("04_x"), recs, {"profile": "demo", "model_id": "tiny@abc"})
     df = findings.gather_findings()
     assert len(df) == 2 and set(df.family_size) == {2} and df.model[0] == "tiny@abc"
     assert df.holds_holm.tolist() == [True, False]

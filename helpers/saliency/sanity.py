@@ -1,0 +1,419 @@
+"""Chapter 6's sanity checks and verdicts (``06b_sanity``): do the maps change when what the
+model learned is taken away, and do they find lesions where the location prior cannot help?
+
+* :func:`cascade_curves`: Adebayo et al.'s cascading model randomisation on a subset of pairs,
+  one tidy row per (setting, step, method): the maps' rank correlation with the trained
+  model's (mean over pairs, report-bootstrap CI) and the hit rate, with each step's health.
+* :func:`randomised_copies`: every setting with its whole tower re-drawn (seeds 0 and 1), its
+  Grad-CAM hits on the setting's pairs and its health (:func:`explain.randomisation_health`).
+* :func:`sanity_table`: trained minus randomised, the two randomised copies' difference (the
+  negative control), the cascade's final correlation and, for the fine-tune, trained minus
+  the permuted-label model.
+* :func:`off_prior_scores`: every setting and its randomised copies on the off-prior test
+  pairs (:mod:`helpers.saliency.offprior`).
+* :func:`sanity_findings`: the finding records (:mod:`helpers.analysis.findings`) of the
+  location-prior, model-randomisation and data-randomisation checks, each a paired difference
+  against its negative control on the same report resamples (:func:`versus`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from helpers.analysis import findings
+from helpers.analysis.findings import Comparison
+from helpers.analysis.metrics import bootstrap_stat
+from helpers.book.display import fmt_ci
+from helpers.book.study import LocPairs
+from helpers.saliency import offprior, regions
+from helpers.saliency.attribution import ONE_PASS
+from helpers.saliency.explain import cascade, explain_pairs, randomisation_health, randomised
+from helpers.saliency.offprior import OffPrior
+from helpers.saliency.positive_control import ControlConfig
+from helpers.saliency.settings import CamSettings
+from helpers.book.artefacts import write_result
+
+CHAPTER = "06b_sanity"
+COPY_SEEDS = (0, 1)
+"""Seeds of the two randomised copies of every setting: seed 1 against seed 0 is the control."""
+ALL_PAIRS = " (all test pairs)"
+"""Suffix of the exploratory rows read on all test pairs, where the renderer favours the prior."""
+
+
+def versus(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, pairs: LocPairs,
+           n_boot: int) -> Comparison:
+    """The paired test of mean(a − b) (the finding) against mean(c − d) (its
+    control), all per-pair values (n,) on ``pairs``, on the same report resamples."""
+    finding = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    control = np.asarray(c, dtype=float) - np.asarray(d, dtype=float)
+    return findings.compare(lambda i: float(finding[i].mean()),
+                            lambda i: float(control[i].mean()),
+                            pairs.table.report_id.to_numpy(), n_boot)
+
+
+def mean_ci(values: np.ndarray, pairs: LocPairs, n_boot: int) -> str:
+    """The mean of per-pair ``values`` (n,) with its 95% CI over the pairs' reports."""
+    v = np.asarray(values, dtype=float)
+    est, lo, hi = bootstrap_stat(lambda i: float(v[i].mean()),
+                                 pairs.table.report_id.to_numpy(), n_boot)
+    return fmt_ci(est, [lo, hi])
+
+
+# --------------------------------------------------------------------------------------
+# Cascading randomisation
+# --------------------------------------------------------------------------------------
+
+
+def cascade_curves(cs: CamSettings, pairs: LocPairs, n_boot: int
+                   ) -> tuple[pd.DataFrame, dict[tuple[str, str], dict]]:
+    """The cascade of every cascade setting on ``pairs``.
+
+    Returns (curves, health). ``curves``: one row per (setting, step, method) with columns
+    ``setting``, ``step`` (``trained`` first, then the re-drawn part, top down), ``method``,
+    ``spearman`` and ``spearman_lo``/``spearman_hi`` (mean rank correlation of the step's maps
+    with the trained model's over pairs whose correlation is defined, 95% CI over reports;
+    NaN for a failed step or fewer than two defined pairs), ``n_defined``, ``failed_step`` and
+    ``hit_rate`` (None for a failed step). ``health``: (setting, step) -> the step's
+    :func:`explain.randomisation_health`.
+    """
+    rows, health = [], {}
+    groups = pairs.table.report_id.to_numpy()
+    for key in cs.cascade_keys() if len(pairs) else []:
+        trained = cs.scorers[key]
+        orig = cs.explain(key, pairs, scorer=trained, small=True)
+        steps = [("trained", orig)]
+        for step, copy in cascade(trained, seed=0):
+            e = cs.explain(key, pairs, scorer=copy, small=True)
+            health[(key, step)] = randomisation_health(
+                trained, copy, cs.study, pairs, e.stats["gradcam"]["degenerate"],
+                cs.pixels.get(key))
+            steps.append((step, e))
+        for step, e in steps:
+            failed = health.get((key, step), {}).get("failed", False)
+            for m in ONE_PASS:
+                rho = regions.rank_correlation(orig.small[m], e.small[m])
+                ok = np.isfinite(rho)
+                v = lo = hi = np.nan
+                if ok.sum() > 1 and not failed:
+                    v, lo, hi = bootstrap_stat(lambda i, r=rho[ok]: float(r[i].mean()),
+                                               groups[ok], n_boot)
+                rows.append({"setting": key, "step": step, "method": m, "spearman": v,
+                             "spearman_lo": lo, "spearman_hi": hi, "n_defined": int(ok.sum()),
+                             "failed_step": failed,
+                             "hit_rate": None if failed else float(e.stats[m]["hit"].mean())})
+    return pd.DataFrame(rows), health
+
+
+# --------------------------------------------------------------------------------------
+# Randomised copies of every setting
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Randomised:
+    """A setting with its whole tower re-drawn: the copy, its Grad-CAM hits on the setting's
+    pairs (n,) and its health (:func:`explain.randomisation_health`)."""
+
+    model: nn.Module
+    hits: np.ndarray
+    health: dict
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.health["failed"])
+
+
+def randomised_copies(cs: CamSettings, seeds: Sequence[int] = COPY_SEEDS
+                      ) -> dict[tuple[str, int], Randomised]:
+    """Every setting's randomised copies, keyed (setting, seed)."""
+    out = {}
+    for key, trained in cs.scorers.items():
+        for seed in seeds:
+            copy = randomised(trained, seed=seed)
+            e = cs.explain(key, cs.scored[key], ("gradcam",), scorer=copy)
+            out[(key, seed)] = Randomised(copy, e.stats["gradcam"]["hit"], randomisation_health(
+                trained, copy, cs.study, cs.scored[key], e.stats["gradcam"]["degenerate"],
+                cs.pixels.get(key)))
+    return out
+
+
+def copies_ok(copies: Mapping[tuple[str, int], Randomised], key: str) -> bool:
+    """Whether both randomised copies of a setting passed their health check."""
+    return not any(copies[(key, s)].failed for s in COPY_SEEDS)
+
+
+def final_spearman(curves: pd.DataFrame, key: str) -> tuple[float, list[float]]:
+    """Grad-CAM's rank correlation with the trained maps after the whole cascade (NaN when the
+    setting was not cascaded)."""
+    last = curves[(curves.setting == key) & (curves.method == "gradcam")] if len(curves) else curves
+    if not len(last):
+        return float("nan"), [float("nan"), float("nan")]
+    r = last.iloc[-1]
+    return float(r.spearman), [float(r.spearman_lo), float(r.spearman_hi)]
+
+
+def sanity_table(cs: CamSettings, hits: Mapping[str, np.ndarray],
+                 copies: Mapping[tuple[str, int], Randomised], curves: pd.DataFrame,
+                 n_boot: int) -> pd.DataFrame:
+    """Per setting: trained − randomised copy, randomised (1) − randomised (0), the final
+    Spearman of the cascade, (fine-tune) trained − permuted-label model, each with its 95% CI,
+    and the copies' health."""
+    rows = {}
+    for key in cs.scorers:
+        groups = cs.scored[key].table.report_id.to_numpy()
+        h0, h1 = copies[(key, 0)].hits, copies[(key, 1)].hits
+        cells = {"trained − randomised": regions.paired_gain(hits[key], h0, groups, n_boot),
+                 "randomised (1) − randomised (0)": regions.paired_gain(h1, h0, groups, n_boot),
+                 "final Spearman": final_spearman(curves, key)}
+        if key == "ft" and "ft-permuted" in hits:
+            cells["trained − permuted-label model"] = regions.paired_gain(
+                hits["ft"], hits["ft-permuted"], groups, n_boot)
+        row = {name: fmt_ci(v, ci, signed=True) for name, (v, ci) in cells.items()}
+        row["randomised copies (0 / 1)"] = " / ".join(
+            "failed" if copies[(key, s)].failed else
+            f"ok, {copies[(key, s)].health['degenerate_share']:.0%} degenerate"
+            for s in COPY_SEEDS)
+        rows[cs.names[key]] = row
+    return pd.DataFrame(rows).T
+
+
+# --------------------------------------------------------------------------------------
+# Off the prior
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class OffPriorScores:
+    """Grad-CAM on the off-prior pairs: every setting's hits (``hits``, (n,)), its randomised
+    copies' (``randomised``, keyed (setting, seed)), the location prior's (``prior_hit``), the
+    grid chance level (``chance``) and the fine-tune's maps of the first pairs (``maps``)."""
+
+    off: OffPrior
+    hits: dict[str, np.ndarray]
+    randomised: dict[tuple[str, int], np.ndarray]
+    prior_hit: np.ndarray
+    chance: np.ndarray
+    maps: np.ndarray
+
+    @property
+    def pairs(self) -> LocPairs:
+        return self.off.pairs
+
+    @property
+    def bar(self) -> np.ndarray:
+        """Per pair, what a map must beat: the better of the prior's hit and the grid chance
+        level (the prior alone scores almost nothing here by construction)."""
+        return np.maximum(self.prior_hit, self.chance)
+
+    def mean_ci(self, values: np.ndarray, n_boot: int) -> str:
+        """The mean of per-pair ``values`` with its 95% CI over off-prior reports."""
+        return mean_ci(values, self.pairs, n_boot)
+
+    def table(self, cs: CamSettings, n_boot: int) -> pd.DataFrame:
+        """Per setting: hit rate, its randomised copies', the prior's and the grid chance
+        level, each with its 95% CI."""
+        t = pd.DataFrame({cs.names[k]: {
+            "hit rate": self.mean_ci(self.hits[k], n_boot),
+            **{f"randomised copy (seed {s})": self.mean_ci(self.randomised[(k, s)], n_boot)
+               for s in COPY_SEEDS}} for k in self.hits}).T
+        t["location prior"] = self.mean_ci(self.prior_hit, n_boot)
+        t["chance level (grid)"] = self.mean_ci(self.chance, n_boot)
+        return t
+
+
+def off_prior_scores(cs: CamSettings, copies: Mapping[tuple[str, int], Randomised],
+                     control_config: ControlConfig | None, n_keep: int = 4
+                     ) -> OffPriorScores | None:
+    """Every setting and its randomised copies on as many off-prior pairs as there are base
+    pairs (``demo`` only: ``None`` without a location prior or pairs). The positive control
+    sees the off-prior images marked, as it sees every image; the fine-tune's maps of the
+    first ``n_keep`` pairs are kept."""
+    if cs.prior is None or not len(cs.base):
+        return None
+    off = offprior.off_prior_pairs(cs.study, cs.prior, n_pairs=len(cs.base))
+    if not len(off.pairs):
+        return None
+    keep = np.arange(min(n_keep, len(off.pairs)))
+    hits, rand, maps = {}, {}, np.zeros((0,))
+    for key, trained in cs.scorers.items():
+        px = off.marked(cs.study.labels, control_config) if key == "control" else off.pixels
+        kw = dict(layer=cs.layer, progress=False, pixels=px)
+        e = explain_off(trained, cs, off, keep if key == "ft" else (), **kw)
+        hits[key] = e.stats["gradcam"]["hit"]
+        if key == "ft":
+            maps = e.kept["gradcam"]
+        for seed in COPY_SEEDS:
+            rand[(key, seed)] = explain_off(copies[(key, seed)].model, cs, off, (),
+                                            **kw).stats["gradcam"]["hit"]
+    size = cs.study.info.image_size
+    prior_hit = regions.pointing_game(regions.prior_maps(cs.prior, off.pairs.table.label, size),
+                                      off.pairs.masks)
+    return OffPriorScores(off, hits, rand, prior_hit, regions.grid_chance(off.pairs.masks, cs.grid),
+                          maps)
+
+
+def explain_off(scorer: nn.Module, cs: CamSettings, off: OffPrior, keep: Sequence[int], **kw):
+    """Grad-CAM of ``scorer`` on the off-prior pairs (their rows index ``off``'s images)."""
+    return explain_pairs(scorer, cs.study, off.pairs, ("gradcam",), keep=keep, **kw)
+
+
+def label_mix(cs: CamSettings, scores: OffPriorScores) -> pd.DataFrame:
+    """Per label: test pairs scored, pairs examined in fresh renders, how many were off the
+    prior, how many off-prior pairs were scored, and the off-prior share, most often off
+    first."""
+    off = scores.off
+    mix = pd.DataFrame({"test pairs (scored above)": cs.base.table.label.value_counts(),
+                        "examined (fresh renders)": pd.Series(off.examined_by_label),
+                        "of them off-prior": pd.Series(off.found_by_label),
+                        "off-prior pairs scored": off.pairs.table.label.value_counts()})
+    mix = mix.fillna(0).astype(int)
+    mix["off-prior share"] = mix["of them off-prior"] / mix["examined (fresh renders)"]
+    return mix.sort_values("off-prior share", ascending=False)
+
+
+# --------------------------------------------------------------------------------------
+# Verdicts
+# --------------------------------------------------------------------------------------
+
+
+def sanity_findings(cs: CamSettings, hits: Mapping[str, np.ndarray],
+                    prior_hits: np.ndarray | None, copies: Mapping[tuple[str, int], Randomised],
+                    curves: pd.DataFrame, off: OffPriorScores | None, n_boot: int
+                    ) -> list[dict]:
+    """The finding records of the sanity checks, for every setting whose randomised copies
+    are healthy: beats the location prior on off-prior pairs (against its randomised copy on
+    the same pairs), the same on all test pairs (exploratory, labelled), model
+    randomisation (trained against copy 0; control copy 1 against copy 0) and, for the
+    fine-tune, data randomisation (against the permuted-label model). ``prior_hits``: the
+    location prior's per-pair hit on the base pairs (``None`` without a prior)."""
+    recs = []
+    for key in cs.scorers:
+        if not copies_ok(copies, key):
+            continue
+        pairs, h0, h1 = cs.scored[key], copies[(key, 0)].hits, copies[(key, 1)].hits
+        name = cs.names[key]
+        if off is not None and key in off.hits:
+            recs.append(findings.record(
+                f"{key}: beats the location prior", CHAPTER,
+                f"{name} Grad-CAM maps hit more often than the better of the location "
+                "prior and the grid chance level, on off-prior test pairs (lesions away from "
+                "the prior's mass)",
+                versus(off.hits[key], off.bar, off.randomised[(key, 0)], off.bar, off.pairs,
+                       n_boot), {"above": 0.0},
+                "its randomised copy against the same bar, on the same off-prior pairs",
+                n=len(off.pairs), pairs="off-prior"))
+        if prior_hits is not None:
+            recs.append(findings.record(
+                f"{key}: beats the location prior{ALL_PAIRS}", CHAPTER,
+                f"{name} Grad-CAM maps hit more often than the location prior on all test "
+                "pairs, where lesions lie where the prior puts its mass",
+                versus(hits[key], prior_hits, h0, prior_hits, pairs, n_boot), {"above": 0.0},
+                "its randomised copy against the location prior",
+                margin=findings.declared(f"{key}: beats the location prior").margin,
+                n=len(pairs), pairs="all test pairs"))
+        recs.append(findings.record(
+            f"{key}: model randomisation", CHAPTER,
+            f"{name} Grad-CAM maps hit more often than its randomised copy's",
+            versus(hits[key], h0, h1, h0, pairs, n_boot), {"above": 0.0},
+            "randomised copy (seed 1) against (seed 0)", n=len(pairs),
+            final_spearman=final_spearman(curves, key)[0]))
+    if "ft-permuted" in hits and "ft" in cs.scorers and copies_ok(copies, "ft"):
+        pairs, h0, h1 = cs.scored["ft"], copies[("ft", 0)].hits, copies[("ft", 1)].hits
+        recs.append(findings.record(
+            "ft: data randomisation", CHAPTER,
+            "fine-tuned Grad-CAM maps hit more often than those of the model fine-tuned on "
+            "permuted labels", versus(hits["ft"], hits["ft-permuted"], h1, h0, pairs, n_boot),
+            {"above": 0.0}, "randomised copy (seed 1) against (seed 0)", n=len(pairs)))
+    return recs
+
+
+def verdict_text(recs: Sequence[dict], finding_id: str, copies_failed: bool = False) -> str:
+    """One finding's verdict for the prose: the verdict, its estimate and its difference from
+    the control with CIs and the margin; or why it was not tested."""
+    r = next((r for r in recs if r["finding"] == finding_id), None)
+    if r is None:
+        return ("not tested: a randomised copy failed its check" if copies_failed
+                else "not tested in this profile")
+    d = r["difference"]
+    return (f"{r['verdict']} (estimate {fmt_ci(r['estimate'], r['ci95'], signed=True)}; "
+            f"minus its control {fmt_ci(d['estimate'], d['ci95'], signed=True)}, margin "
+            f"{r['margin']:g})")
+
+
+def control_reading(records: Sequence[dict], cs: CamSettings, off: OffPriorScores | None) -> str:
+    """What the positive control's off-prior verdict says about every other verdict."""
+    rec = next((r for r in records if r["finding"] == "control: beats the location prior"), None)
+    if rec is None:
+        return ("no positive control in this profile: a failing setting cannot be told apart "
+                "from a method that cannot show localisation")
+    if rec["holds"]:
+        return ("the positive control's Grad-CAM maps beat the location prior and the grid "
+                "chance level on the off-prior pairs, by the margin over their randomised "
+                "copy, at this layer: the method can show localisation here even where the "
+                "usual place is no help, so a setting that fails is a statement about the "
+                "setting")
+    hit = off.hits["control"].mean() if off is not None else float("nan")
+    copy = off.randomised[("control", 0)].mean() if off is not None else float("nan")
+    return ("the positive control's own Grad-CAM maps do not beat the bar on the off-prior "
+            f"pairs by the margin over their randomised copy (hit {hit:.3f} against the "
+            f"copy's {copy:.3f}; {rec['verdict']}): at this layer Grad-CAM cannot be shown "
+            "to report localisation even where it certainly exists, so the settings' "
+            "Grad-CAM verdicts say nothing about where they look")
+
+
+def data_randomisation_reading(records: Sequence[dict]) -> str:
+    """The fine-tune against its permuted-label twin, read in words from its record."""
+    rec = next((r for r in records if r["finding"] == "ft: data randomisation"), None)
+    if rec is None:
+        return "Not tested in this run (no permuted-label model, or a failed randomised copy)."
+    est, (lo, hi) = rec["estimate"], rec["ci95"]
+    said = f"fine-tuned minus permuted-label hit rate {fmt_ci(est, [lo, hi], signed=True)}"
+    if hi is not None and hi < 0:
+        return (f"Its maps hit *more* often than the fine-tuned model's ({said}). Labels "
+                "that carry no information still train the tower, and what it learns from "
+                "them is image structure, which on phantoms lies where the lesions are; the "
+                "real labels' model does worse. The check fails in the direction that "
+                "matters: the fine-tune's maps are not explained by what its labels taught "
+                "it.")
+    if lo is not None and lo > 0:
+        return (f"Its maps hit less often than the fine-tuned model's ({said}): the real "
+                "labels taught the tower something its maps show. The verdict above says "
+                "whether the difference clears the margin against two randomised copies.")
+    return (f"Its maps and the fine-tuned model's cannot be told apart ({said}): the real "
+            "labels add nothing to where the maps point that labels without information "
+            "do not.")
+
+
+def write_record(path, cs: CamSettings, curves: pd.DataFrame,
+                 step_health: Mapping[tuple[str, str], dict],
+                 copies: Mapping[tuple[str, int], Randomised], off: OffPriorScores | None,
+                 stamp: dict, params: dict):
+    """The sanity page's JSON record: the cascade's curves and step health, the randomised
+    copies' health, and the off-prior selection and scores, with the stamp and parameters."""
+    off_rec = None
+    if off is not None:
+        o = off.off
+        off_rec = {
+            "n_pairs": len(o.pairs), "n_rendered": o.n_rendered, "n_examined": o.n_examined,
+            "top_mass": offprior.TOP_MASS, "max_overlap": offprior.MAX_OVERLAP,
+            "examined_by_label": o.examined_by_label, "off_prior_by_label": o.found_by_label,
+            "labels": o.pairs.table.label.value_counts().to_dict(),
+            "location_prior_hit": float(off.prior_hit.mean()),
+            "grid_chance": float(off.chance.mean()), "bar": float(off.bar.mean()),
+            "gradcam_hit": {k: float(v.mean()) for k, v in off.hits.items()},
+            "randomised_hit": [{"setting": k, "seed": s, "hit": float(v.mean())}
+                               for (k, s), v in off.randomised.items()]}
+    return write_result(
+        path, "grad_cam_sanity", stamp, params,
+        cascade=[{k: None if isinstance(v, float) and not np.isfinite(v) else v
+                  for k, v in row.items()} for row in curves.to_dict(orient="records")],
+        cascade_health=[{"setting": k, "step": step, **h}
+                        for (k, step), h in step_health.items()],
+        randomised_copies=[{"setting": k, "seed": s, **c.health}
+                           for (k, s), c in copies.items()],
+        names=cs.names, off_prior=off_rec)
