@@ -192,6 +192,20 @@ def test_default_layer_is_the_last_one_whose_patches_reach_the_score(tiny):
     assert regions.is_degenerate(maps["gradcam"])[0]  # no patch gradient at the output
 
 
+def test_each_setting_is_explained_at_its_own_layer(tiny):
+    """The positive control pools its patch tokens: its CAM target is the final norm, not the
+    CLS-pooled settings' last block input (reading it at theirs was a bug)."""
+    import copy
+
+    from helpers.saliency import settings
+
+    model, info, cache, scorer = tiny
+    control = positive_control.LocalisingNet(copy.deepcopy(model.visual.trunk), 2)
+    layers = settings.cam_layers({"zs": scorer, "control": control})
+    assert layers == {"zs": 1, "control": 2}
+    assert attribution.layer_positions(control)[layers["control"]] == "final norm"
+
+
 def test_every_method_returns_maps_of_the_input_size(tiny):
     model, info, cache, scorer = tiny
     for sl, maps in attribution.iter_maps(scorer, cache, [0, 1, 2], [0, 1, 0], info.mean, info.std,

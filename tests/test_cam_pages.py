@@ -27,7 +27,8 @@ def fake_settings(scored):
         study=None, scorers={"zs": None, "ft": None}, controls={"ft-permuted": None},
         names={"zs": "zero-shot (x)", "ft": "fine-tuned", "ft-permuted": "permuted"},
         pixels={}, scored={"zs": scored, "ft": scored, "ft-permuted": scored}, tune=scored,
-        prior=None, control=None, zs_name="x", layer=0, grid=4)
+        prior=None, control=None, zs_name="x", layers={"zs": 3, "ft": 3, "ft-permuted": 3},
+        grid=4)
 
 
 def summary(hit):
@@ -114,3 +115,20 @@ def test_verdict_text_says_why_a_finding_was_not_tested():
     assert sanity.verdict_text([], "ft: model randomisation") == "not tested in this profile"
     rec = record_with(0.1, [0.05, 0.15], "ft: model randomisation")
     assert sanity.verdict_text([rec], "ft: model randomisation").startswith(rec["verdict"])
+
+
+def test_the_grid_check_says_when_it_fails():
+    ok = {"draws": 20, "hit": 0.05, "chance": 0.05, "difference": 0.0,
+          "difference_ci": [-0.01, 0.01], "consistent": True}
+    assert settings.grid_check_text(ok).endswith("the level is confirmed")
+    bad = dict(ok, difference=-0.03, difference_ci=[-0.05, -0.01], consistent=False)
+    assert "this check fails" in settings.grid_check_text(bad)
+
+
+@pytest.mark.parametrize("shares,words", [([1.0, 1.0], "one control, not two"),
+                                          ([0.95, 1.0], "nearly one control"),
+                                          ([0.5, 0.6], "two controls")])
+def test_copies_alike_reading_follows_the_shares(shares, words):
+    text = sanity.copies_alike_reading(shares, "lp-ft")
+    assert words in text and "LP-FT" in text
+    assert "objective bce" in sanity.copies_alike_reading(shares, "bce")

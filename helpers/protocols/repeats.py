@@ -16,17 +16,21 @@ chapters load them by (variant, seed) instead of by file name:
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-from typing import Sequence
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from helpers.book.artefacts import Artefacts
+from helpers.book.progress import bar
 from helpers.config import data_dir
 from helpers.protocols.embeddings import compute_image_embeddings
-from helpers.protocols.finetune import finetune, load_finetuned
+from helpers.protocols.finetune import FinetuneConfig, finetune, load_finetuned
 from helpers.protocols.training import rank_and_world
 from helpers.storage import atomic_write_json
+from helpers.workers import pool
 
 PERMUTATION_SEED = 1_000
 """Offset of the label permutation's random seed (permutation ``s`` uses ``PERMUTATION_SEED + s``)."""
@@ -59,6 +63,76 @@ def control_targets(study, seed: int) -> np.ndarray:
     return y
 
 
+@dataclass
+class RunPlan:
+    """Runs of one fine-tuned model: its config, training seeds, variant (``""``,
+    ``"permuted"``, ...) and, for ``lp-ft``, the head's start (a probe, or a function of
+    ``(seed, targets)`` returning one; see :func:`finetune_runs`)."""
+
+    cfg: FinetuneConfig
+    seeds: Sequence[int]
+    variant: str = ""
+    probe: Any = None
+
+
+SIDE_BY_SIDE = 2
+"""Runs trained at once on a CPU, one thread each: on the 2-core machine two one-thread runs
+train about 1.7 times as many steps per second as one two-thread run (``make bench`` times
+the step at each thread count)."""
+_PLANNED: tuple | None = None
+"""(study, jobs) of :func:`train_side_by_side`, inherited by its forked workers."""
+
+
+def _one_run(study, cfg: FinetuneConfig, seed: int, variant: str, probe, progress: bool):
+    """Train (or load) one run: the targets of its variant and seed, its LP-FT head."""
+    y = control_targets(study, seed) if variant == "permuted" else study.y()
+    head = None
+    if cfg.objective == "lp-ft":
+        head = probe(seed, y) if callable(probe) else probe
+    return finetune(study.model, study.tokenizer, study.pixels, y, study.rows("train"),
+                    study.rows("val"), study.labels, study.info.mean, study.info.std,
+                    study.info.weights_sha256, replace(cfg, seed=seed),
+                    study.artefacts.finetune_runs(variant), device=study.device,
+                    progress=progress, probe=head)
+
+
+def _train_job(i: int) -> int:
+    """Worker: train job ``i`` of :data:`_PLANNED` on one thread, without a progress bar."""
+    study, jobs = _PLANNED
+    plan, seed = jobs[i]
+    torch.set_num_threads(1)
+    _one_run(study, plan.cfg, seed, plan.variant, plan.probe, progress=False)
+    return i
+
+
+def train_side_by_side(study, plans: Sequence[RunPlan], workers: int = SIDE_BY_SIDE,
+                       progress: bool = True) -> list[list]:
+    """Every plan's runs (:class:`finetune.FinetuneResult` per seed, per plan).
+
+    On a CPU with at least ``workers`` cores, every run first trains in one of ``workers``
+    forked processes with one thread each (a finished run returns at once), with one
+    progress bar on the console; then :func:`finetune_runs` loads each finished run here and
+    records it. Each run is deterministic at its thread count. Elsewhere (a GPU, one core,
+    ``workers`` 1) the runs train one after another in this process.
+    """
+    global _PLANNED
+    plans = [replace(p, cfg=replace(p.cfg, cpu_threads=1)) for p in plans]
+    # the longest runs first, so that no long run is left to train alone at the end
+    jobs = sorted(((p, s) for p in plans for s in p.seeds), key=lambda j: -j[0].cfg.last_epoch)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if study.device.type == "cpu" and min(workers, cores or 1, len(jobs)) > 1:
+        _PLANNED = (study, jobs)
+        try:
+            with pool(min(workers, len(jobs))) as p:
+                for _ in bar(p.imap_unordered(_train_job, range(len(jobs))), total=len(jobs),
+                             desc="fine-tuning runs, side by side", disable=not progress):
+                    pass
+        finally:
+            _PLANNED = None
+    return [finetune_runs(study, p.cfg, list(p.seeds), p.variant, progress, p.probe)
+            if len(p.seeds) else [] for p in plans]
+
+
 def finetune_runs(study, cfg, seeds: Sequence[int], variant: str = "", progress: bool = True,
                   probe=None) -> list:
     """Fine-tune one run per seed (``cfg.seed`` replaced); resumed or reloaded when already done.
@@ -71,18 +145,8 @@ def finetune_runs(study, cfg, seeds: Sequence[int], variant: str = "", progress:
     :class:`finetune.FinetuneResult` of every seed, in order.
     """
 
-    arts = study.artefacts
-    out = []
-    for s in seeds:
-        y = control_targets(study, s) if variant == "permuted" else study.y()
-        head = None
-        if cfg.objective == "lp-ft":
-            head = probe(s, y) if callable(probe) else probe
-        out.append(finetune(study.model, study.tokenizer, study.pixels, y, study.rows("train"),
-                            study.rows("val"), study.labels, study.info.mean, study.info.std,
-                            study.info.weights_sha256, replace(cfg, seed=s), arts.finetune_runs(variant),
-                            device=study.device, progress=progress, probe=head))
-    _record(arts, variant, {s: r.run_dir for s, r in zip(seeds, out)})
+    out = [_one_run(study, cfg, s, variant, probe, progress) for s in seeds]
+    _record(study.artefacts, variant, {s: r.run_dir for s, r in zip(seeds, out)})
     return out
 
 

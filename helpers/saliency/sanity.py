@@ -207,7 +207,7 @@ class OffPriorScores:
     @property
     def bar(self) -> np.ndarray:
         """Per pair, what a map must beat: the better of the prior's hit and the grid chance
-        level (the prior alone scores almost nothing here by construction)."""
+        level (the off-prior pairs were selected for the prior to miss them)."""
         return np.maximum(self.prior_hit, self.chance)
 
     def mean_ci(self, values: np.ndarray, n_boot: int) -> str:
@@ -242,7 +242,7 @@ def off_prior_scores(cs: CamSettings, copies: Mapping[tuple[str, int], Randomise
     hits, rand, maps = {}, {}, np.zeros((0,))
     for key, trained in cs.scorers.items():
         px = off.marked(cs.study.labels, control_config) if key == "control" else off.pixels
-        kw = dict(layer=cs.layer, progress=False, pixels=px)
+        kw = dict(layer=cs.layers[key], progress=False, pixels=px)
         e = explain_off(trained, cs, off, keep if key == "ft" else (), **kw)
         hits[key] = e.stats["gradcam"]["hit"]
         if key == "ft":
@@ -374,12 +374,12 @@ def data_randomisation_reading(records: Sequence[dict]) -> str:
     est, (lo, hi) = rec["estimate"], rec["ci95"]
     said = f"fine-tuned minus permuted-label hit rate {fmt_ci(est, [lo, hi], signed=True)}"
     if hi is not None and hi < 0:
-        return (f"Its maps hit *more* often than the fine-tuned model's ({said}). Labels "
-                "that carry no information still train the tower, and what it learns from "
-                "them is image structure, which on phantoms lies where the lesions are; the "
-                "real labels' model does worse. The check fails in the direction that "
-                "matters: the fine-tune's maps are not explained by what its labels taught "
-                "it.")
+        return (f"Its maps hit more often than the fine-tuned model's ({said}). Labels "
+                "that carry no information still change the tower, and the real labels' "
+                "model localises worse than that. Why is not tested here (one possibility: "
+                "such a run learns image structure, which on phantoms lies where the lesions "
+                "are). The check fails in the direction that matters: the fine-tune's maps "
+                "are not explained by what its labels taught it.")
     if lo is not None and lo > 0:
         return (f"Its maps hit less often than the fine-tuned model's ({said}): the real "
                 "labels taught the tower something its maps show. The verdict above says "
@@ -417,3 +417,34 @@ def write_record(path, cs: CamSettings, curves: pd.DataFrame,
         randomised_copies=[{"setting": k, "seed": s, **c.health}
                            for (k, s), c in copies.items()],
         names=cs.names, off_prior=off_rec)
+
+
+def copies_alike_reading(same_share: Sequence[float], objective: str) -> str:
+    """The probe's and the fine-tune's randomised copies compared, in words: ``same_share``
+    is, per copy seed, the share of pairs on which the two copies score the same hit."""
+    shares = " and ".join(f"{v:.0%}" for v in same_share)
+    start = ("LP-FT, whose head starts from the probe's" if objective == "lp-ft"
+             else f"objective {objective}")
+    if all(v == 1.0 for v in same_share):
+        verdict = "The two rows are one control, not two."
+    elif all(v >= 0.9 for v in same_share):
+        verdict = "The two rows are nearly one control, not two."
+    else:
+        verdict = "The two rows are two controls."
+    return (f"The probe's and the fine-tune's randomised copies score the same hit on "
+            f"{shares} of the pairs (seeds {', '.join(map(str, COPY_SEEDS))}): each copy "
+            "is a linear read-out of the same re-drawn tower (same architecture, same seed), "
+            f"and the fine-tune was trained as {start}. {verdict}")
+
+
+def noisy_controls(cs: CamSettings, copies: Mapping[tuple[str, int], Randomised],
+                   n_boot: int) -> str:
+    """The settings whose two randomised copies differ (the 95% CI of copy 1 − copy 0 over
+    reports excludes 0), with that difference; or ``"none"``."""
+    out = []
+    for key in cs.scorers:
+        v, (lo, hi) = regions.paired_gain(copies[(key, 1)].hits, copies[(key, 0)].hits,
+                                          cs.scored[key].table.report_id.to_numpy(), n_boot)
+        if lo > 0 or hi < 0:
+            out.append(f"{cs.names[key]}, {fmt_ci(v, [lo, hi], signed=True)}")
+    return "; ".join(out) or "none"

@@ -77,8 +77,11 @@ class CamSettings:
     cache other than the study's for a key (the positive control sees marked images);
     ``scored``: the pairs each key is scored on (``demo``: the test pairs; ``full``: every
     annotated image its model did not train on); ``tune``: validation pairs for thresholds;
-    ``prior``: the location prior per label (S, S), ``demo`` only; ``layer``: the CAM target
-    (:func:`attribution.default_layer`); ``grid``: the tower's patch grid side.
+    ``prior``: the location prior per label (S, S), ``demo`` only; ``layers``: each key's CAM
+    target, the last layer whose patch tokens reach its score
+    (:func:`attribution.default_layer`: the last block's input for a CLS-pooled tower, the
+    final norm for the positive control, which pools its patches); ``grid``: the tower's
+    patch grid side.
     """
 
     study: Study
@@ -91,7 +94,7 @@ class CamSettings:
     prior: dict[str, np.ndarray] | None
     control: Control | None
     zs_name: str
-    layer: int
+    layers: dict[str, int]
     grid: int
     k_folds: int = 5
     probe: object = field(default=None, repr=False)
@@ -119,7 +122,7 @@ class CamSettings:
         """Maps of setting ``key`` (or of ``scorer``, a randomised copy of it) on ``pairs``,
         scored. Without masks (``full``) the trained probe explains each pair with a probe
         that never saw the pair's report."""
-        kw = dict(layer=self.layer, progress=False, pixels=self.pixels.get(key))
+        kw = dict(layer=self.layers[key], progress=False, pixels=self.pixels.get(key))
         if scorer is not None or key != "lp" or self.has_masks:
             model = scorer if scorer is not None else {**self.scorers, **self.controls}[key]
             return explain_pairs(model, self.study, pairs, methods, layers, keep, small, **kw)
@@ -192,10 +195,17 @@ def build(study: Study, max_pairs: int = 200, annotations: str = "",
         perm = repeats.finetuned_scorer(study, "permuted")
         controls["ft-permuted"] = EmbeddingScorer(perm.clip.visual, finetuned_head(perm))
     names = {"zs": f"zero-shot ({zs_name})", **SETTING_NAMES}
+    every = {**scorers, **controls}
     return CamSettings(study, scorers, controls, names, pixels,
-                       {k: pairs_of(splits[k]) for k in [*scorers, *controls]},
-                       pairs_of(("val",)), prior, control, zs_name,
-                       default_layer(scorers["zs"]), native_grid(visual), k_folds, probe)
+                       {k: pairs_of(splits[k]) for k in every}, pairs_of(("val",)), prior,
+                       control, zs_name, cam_layers(every), native_grid(visual), k_folds,
+                       probe)
+
+
+def cam_layers(models: Mapping[str, nn.Module]) -> dict[str, int]:
+    """Each model's own CAM target (:func:`attribution.default_layer`): a CLS-pooled setting
+    at its last block's input, the positive control (patch-pooled) at its final norm."""
+    return {k: default_layer(m) for k, m in models.items()}
 
 
 def finetune_objective(study: Study) -> str:
@@ -451,6 +461,40 @@ def write_record(path: str | Path, cs: CamSettings, every: EverySetting,
                   for (k, m), r in every.methods.items()],
         layers=[{"setting": k, "layer": positions[b], "layer_index": b, **strip_pairs(r)}
                 for (k, b), r in every.layers.items()],
-        names=cs.names, native_grid=cs.grid, cam_layer=cs.layer,
+        names=cs.names, native_grid=cs.grid,
+        cam_layer={k: positions[b] for k, b in cs.layers.items()},
         control=None if cs.control is None else cs.control.record,
         human_reference=human)
+
+
+GRID_CHECK_DRAWS = 20
+"""Random grid maps drawn per pair by :func:`grid_chance_check`."""
+
+
+def grid_chance_check(cs: CamSettings, n_boot: int, draws: int = GRID_CHECK_DRAWS
+                      ) -> dict[str, float | list[float] | bool]:
+    """The grid chance level checked by simulation: each base pair's hit averaged over
+    ``draws`` random grid maps (seeds 0 ..), minus the pair's grid chance level (Monte
+    Carlo, :func:`regions.grid_chance`). Returns the mean hit, the mean chance, their
+    difference with its 95% CI over reports, and ``consistent`` (the CI contains 0)."""
+    masks = cs.base.masks
+    hit = np.mean([regions.pointing_game(regions.reference_maps("random grid", masks, seed=s,
+                                                                grid=cs.grid), masks)
+                   for s in range(draws)], axis=0)
+    chance = regions.grid_chance(masks, cs.grid)
+    diff, lo, hi = bootstrap_stat(lambda i: float((hit[i] - chance[i]).mean()),
+                                  cs.base.table.report_id.to_numpy(), n_boot)
+    return {"hit": float(hit.mean()), "chance": float(chance.mean()), "difference": diff,
+            "difference_ci": [lo, hi], "draws": draws, "consistent": bool(lo <= 0 <= hi)}
+
+
+def grid_check_text(check: Mapping) -> str:
+    """:func:`grid_chance_check` in words, saying plainly when the check fails."""
+    diff = fmt_ci(check["difference"], check["difference_ci"], signed=True)
+    said = (f"averaged over {check['draws']} random grid maps per pair they hit "
+            f"{check['hit']:.3f} against a grid chance level of {check['chance']:.3f} "
+            f"(difference {diff})")
+    if check["consistent"]:
+        return said + ": the level is confirmed"
+    return (said + ": the level is not confirmed, so this check fails, and every "
+            "'hit − chance' below is read against a level the simulation does not reproduce")
