@@ -322,3 +322,35 @@ def test_lp_ft_trains_reloads_and_needs_its_probe(setup, tmp_path):
     a = F.predict_logits(back, cache, np.arange(4), info.mean, info.std)
     b = F.predict_logits(r.scorer, cache, np.arange(4), info.mean, info.std)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_runs_side_by_side_equal_runs_one_after_another(setup, tmp_path, monkeypatch):
+    """Chapter 4 trains its runs two at a time in forked one-thread workers: each run's
+    history and weights are those of the same run trained alone on one thread."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from helpers.protocols import repeats
+
+    model, tok, info, cache, y, _ = setup
+    monkeypatch.setenv("IUXRAY_DATA_DIR", str(tmp_path))
+
+    def study(folder):
+        arts = SimpleNamespace(finetune_runs=lambda variant: tmp_path / folder / (variant or "real"),
+                               finetune_index=lambda: tmp_path / folder / "index.json")
+        return SimpleNamespace(model=model, tokenizer=tok, pixels=cache, y=lambda: y,
+                               rows=lambda s: np.arange(16, 48) if s == "train" else np.arange(16),
+                               labels=list(CHEXPERT_LABELS), info=info, artefacts=arts,
+                               device=torch.device("cpu"))
+
+    cfg = F.FinetuneConfig(epochs=2, batch_size=8, lr=1e-3, patience=5, max_steps_per_epoch=2)
+    plans = [repeats.RunPlan(cfg, [0, 1]), repeats.RunPlan(cfg, [])]
+    side = repeats.train_side_by_side(study("side"), plans, workers=2, progress=False)
+    alone = repeats.train_side_by_side(study("alone"), plans, workers=1, progress=False)
+    assert [len(r) for r in side] == [2, 0]
+    for a, b in zip(side[0], alone[0]):
+        assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+        for (k, va), vb in zip(a.scorer.state_dict().items(), b.scorer.state_dict().values()):
+            assert torch.equal(va, vb), k
+    assert a.resumed_from == a.history[-1]["epoch"]  # loaded here, trained in a worker

@@ -87,22 +87,27 @@ def per_label_auroc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
 def per_label_ap(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Per-label average precision (k,): ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct
     score thresholds, exactly as sklearn's ``average_precision_score`` (ties share a threshold);
-    NaN for a label with no positive. Its chance level is the label's prevalence."""
+    NaN for a label with no positive. Its chance level is the label's prevalence.
+
+    Vectorised over labels: the sum over thresholds equals the mean, over the positives, of
+    the precision at the end of each positive's run of tied scores."""
     y = np.asarray(y).astype(bool)
     s = np.asarray(s, dtype=float)
-    out = np.full(y.shape[1], np.nan)
-    for j in range(y.shape[1]):
-        npos = int(y[:, j].sum())
-        if npos == 0:
-            continue
-        order = np.argsort(-s[:, j], kind="stable")
-        sj, yj = s[order, j], y[order, j]
-        last = np.r_[sj[1:] != sj[:-1], True]  # the end of each run of tied scores
-        tp = np.cumsum(yj)[last]
-        k = np.flatnonzero(last) + 1
-        recall = tp / npos
-        out[j] = float(np.sum(np.diff(np.r_[0.0, recall]) * tp / k))
-    return out
+    n = len(y)
+    if n == 0:
+        return np.full(y.shape[1], np.nan)
+    order = np.argsort(-s, axis=0, kind="stable")
+    ss, yy = np.take_along_axis(s, order, 0), np.take_along_axis(y, order, 0)
+    last = np.ones_like(yy)
+    last[:-1] = ss[1:] != ss[:-1]  # the end of each run of tied scores
+    rows = np.arange(n)[:, None]
+    end = np.minimum.accumulate(np.where(last, rows, n)[::-1], axis=0)[::-1]
+    tp = np.cumsum(yy, axis=0)
+    precision_at_end = np.take_along_axis(tp, end, 0) / (end + 1)
+    npos = yy.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (precision_at_end * yy).sum(0) / npos
+    return np.where(npos > 0, ap, np.nan)
 
 
 def _nanmean(v: np.ndarray) -> float:
@@ -267,6 +272,78 @@ def point_metrics(y: np.ndarray, s: np.ndarray, pred: np.ndarray,
     return out
 
 
+def _ranking_rows(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image LRAP, coverage and ranking loss (n,) each (see :func:`ranking_metrics`)."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(s, dtype=float)
+    k = y.shape[1]
+    npos = y.sum(1)
+    ge = s[:, None, :] >= s[:, :, None]
+    rank = ge.sum(2)
+    hits = (ge & y[:, None, :]).sum(2)
+    prec = np.where(y, hits / rank, 0.0).sum(1) / np.maximum(npos, 1)
+    lrap = np.where((npos == 0) | (npos == k), 1.0, prec)
+    cover = np.where(y, rank, 0).max(1)
+    bad = (y[:, :, None] & ~y[:, None, :] & (s[:, :, None] <= s[:, None, :])).sum((1, 2))
+    denom = npos * (k - npos)
+    return lrap, cover, np.where(denom > 0, bad / np.maximum(denom, 1), 0.0)
+
+
+class WeightedRun:
+    """One run's targets, scores and predictions (n, k) prepared once, so that the headline
+    metrics of any bootstrap resample come from the rows' multiplicities without sorting
+    again (:meth:`headline`): the scores are sorted per label once, with each position's
+    run of tied scores; per-image ranking metrics do not depend on the resample at all."""
+
+    def __init__(self, y: np.ndarray, s: np.ndarray, pred: np.ndarray):
+        self.y = np.asarray(y).astype(bool)
+        s = np.asarray(s, dtype=float)
+        self.pred = np.asarray(pred).astype(bool)
+        n = len(s)
+        self.order = np.argsort(-s, axis=0, kind="stable")
+        ss = np.take_along_axis(s, self.order, 0)
+        self.ys = np.take_along_axis(self.y, self.order, 0)
+        rows = np.arange(n)[:, None]
+        same = ss[1:] == ss[:-1]
+        last = np.ones_like(ss, bool)
+        last[:-1] = ~same
+        first = np.ones_like(ss, bool)
+        first[1:] = ~same
+        self.end = np.minimum.accumulate(np.where(last, rows, n)[::-1], axis=0)[::-1]
+        self.start = np.maximum.accumulate(np.where(first, rows, 0), axis=0)
+        self.rows = np.column_stack(_ranking_rows(self.y, s))  # lrap, coverage, ranking loss
+        self.exact = (self.pred == self.y).all(1)
+
+    def headline(self, m: np.ndarray) -> np.ndarray:
+        """:data:`HEADLINE` of the resample in which image ``i`` appears ``m[i]`` times;
+        equal to :func:`_headline` on the repeated rows (the tests check it)."""
+        m = np.asarray(m, dtype=float)
+        ms = m[self.order]
+        mpos, mneg = ms * self.ys, ms * ~self.ys
+        cum_pos, cum_neg, cum_all = (np.cumsum(a, axis=0) for a in (mpos, mneg, ms))
+        npos, nneg = cum_pos[-1], cum_neg[-1]
+        neg_to_end = np.take_along_axis(cum_neg, self.end, 0)
+        neg_before = (np.take_along_axis(cum_neg, self.start, 0)
+                      - np.take_along_axis(mneg, self.start, 0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            auc = (mpos * ((nneg - neg_to_end) + 0.5 * (neg_to_end - neg_before))).sum(0) / (
+                npos * nneg)
+            precision = (np.take_along_axis(cum_pos, self.end, 0)
+                         / np.take_along_axis(cum_all, self.end, 0))
+            ap = (mpos * np.nan_to_num(precision)).sum(0) / npos
+        auc = np.where((npos > 0) & (nneg > 0), auc, np.nan)
+        ap = np.where(npos > 0, ap, np.nan)
+        tp = m @ (self.pred & self.y)
+        fp = m @ (self.pred & ~self.y)
+        fn = m @ (~self.pred & self.y)
+        per = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-300), 0.0)
+        micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1e-300)
+        total = m.sum()
+        lrap, cover, loss = (m @ self.rows) / total
+        return np.array([per.mean(), micro, (m @ self.exact) / total, lrap, cover, loss,
+                         _nanmean(auc), _nanmean(ap)])
+
+
 def _headline(y: np.ndarray, s: np.ndarray, pred: np.ndarray) -> np.ndarray:
     y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
     r = ranking_metrics(y, s)
@@ -310,7 +387,7 @@ def _run_draws(n_runs: Sequence[int], rng: np.random.Generator) -> list[tuple[tu
 
 
 def bootstrap_replicates(fn, groups: Sequence, n_runs: Sequence[int] = (1,), n_boot: int = 500,
-                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                         seed: int = 0, average=None) -> tuple[np.ndarray, np.ndarray]:
     """Point value and the ``n_boot`` bootstrap replicates of ``fn(idx, runs)``.
 
     ``n_runs[s]`` is the number of training runs (seeds, random draws) of source ``s``;
@@ -321,6 +398,8 @@ def bootstrap_replicates(fn, groups: Sequence, n_runs: Sequence[int] = (1,), n_b
     ``fn(all rows, runs)`` over every combination of runs. ``fn`` may return a float or a
     vector. The report resamples depend only on ``(groups, n_boot, seed)``, so two calls with
     the same arguments are paired (the same resamples), whatever their ``fn``.
+    ``average(idx, combos)``, when given, returns that weighted mean for all of a
+    replicate's ``(runs, weight)`` combinations in one call (a vectorised ``fn``).
     Returns ``(point, replicates)``, shapes ``fn``'s and ``(n_boot, *fn's)``.
     """
     import itertools
@@ -329,6 +408,9 @@ def bootstrap_replicates(fn, groups: Sequence, n_runs: Sequence[int] = (1,), n_b
     reps = []
     for idx in _resamples(groups, n_boot, seed):
         combos = _run_draws(n_runs, rng)
+        if average is not None:
+            reps.append(np.asarray(average(idx, combos), dtype=float))
+            continue
         total = sum(w for _, w in combos)
         reps.append(sum(w * np.asarray(fn(idx, c), dtype=float) for c, w in combos) / total)
     everything = np.arange(len(groups))
@@ -351,7 +433,7 @@ def percentile_ci(replicates: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarr
 
 
 def bootstrap_runs(fn, groups: Sequence, n_runs: Sequence[int] = (1,),
-                   n_boot: int = 500, seed: int = 0, alpha: float = 0.05
+                   n_boot: int = 500, seed: int = 0, alpha: float = 0.05, average=None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point value and 95% CI of ``fn(idx, runs)`` over reports *and* training runs.
 
@@ -361,7 +443,7 @@ def bootstrap_runs(fn, groups: Sequence, n_runs: Sequence[int] = (1,),
     value (with 3 seeds a sensitivity check, not an estimate of the seed variance).
     Returns ``(point, low, high)``.
     """
-    point, reps = bootstrap_replicates(fn, groups, n_runs, n_boot, seed)
+    point, reps = bootstrap_replicates(fn, groups, n_runs, n_boot, seed, average)
     lo, hi = percentile_ci(reps, alpha)
     return point, lo, hi
 
@@ -384,8 +466,16 @@ def bootstrap_ci(y: np.ndarray, s: np.ndarray, pred: np.ndarray, groups: Sequenc
     Returns metric -> [low, high].
     """
     s, pred = (np.asarray(a)[None] if np.asarray(a).ndim == 2 else np.asarray(a) for a in (s, pred))
+
+    prepared = [WeightedRun(y, s[r], pred[r]) for r in range(len(s))]
+
+    def average(idx, combos):  # a resample is its rows' multiplicities: nothing is re-sorted
+        m = np.bincount(idx, minlength=len(y))
+        total = sum(w for _, w in combos)
+        return sum(w * prepared[c[0]].headline(m) for c, w in combos) / total
+
     _, lo, hi = bootstrap_runs(lambda idx, r: _headline(y[idx], s[r[0]][idx], pred[r[0]][idx]), groups,
-                               (len(s),), n_boot, seed, alpha)
+                               (len(s),), n_boot, seed, alpha, average)
     return {m: [float(a), float(b)] for m, a, b in zip(HEADLINE, lo, hi)}
 
 

@@ -108,3 +108,38 @@ def test_empty_input_is_refused_with_a_message():
         M.evaluate(np.zeros((0, 3)), np.zeros((0, 3)), 0.5, list("abc"))
     with pytest.raises(ValueError, match="empty"):
         M.calibration(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def test_bootstrap_ci_is_unchanged_by_the_vectorised_average():
+    rng = np.random.default_rng(5)
+    n, k = 40, 4
+    y = (rng.random((n, k)) < 0.4).astype(int)
+    s = rng.random((6, n, k))
+    pred = s >= 0.5
+    groups = np.repeat(np.arange(20), 2)
+    fast = M.bootstrap_ci(y, s, pred, groups, n_boot=30)
+    _, lo, hi = M.bootstrap_runs(lambda idx, r: M._headline(y[idx], s[r[0]][idx], pred[r[0]][idx]),
+                                 groups, (6,), 30)
+    for j, m in enumerate(M.HEADLINE):
+        assert fast[m] == pytest.approx([lo[j], hi[j]], rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_weighted_headline_equals_the_repeated_rows(seed):
+    """A bootstrap resample as multiplicities (nothing re-sorted) against the headline of
+    the resampled rows themselves: ties, duplicates, a label without positives, one with
+    every image positive, images left out (multiplicity 0)."""
+    rng = np.random.default_rng(seed)
+    n, k = 25, 6
+    y = (rng.random((n, k)) < 0.3).astype(int)
+    y[:, 0], y[:, 1] = 0, 1
+    s = np.round(rng.random((n, k)), 1)
+    pred = rng.random((n, k)) < 0.4
+    run = M.WeightedRun(y, s, pred)
+    for _ in range(5):
+        idx = rng.integers(0, n, n)
+        want = M._headline(y[idx], s[idx], pred[idx])
+        got = run.headline(np.bincount(idx, minlength=n))
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(run.headline(np.ones(n)), M._headline(y, s, pred), rtol=1e-10,
+                               equal_nan=True)
