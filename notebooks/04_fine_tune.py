@@ -263,9 +263,11 @@ else:
 # LP-FT starts its head from chapter 3's probe; its permuted-label control starts from a
 # probe fitted the same way on the permuted labels, so the control differs from the real run
 # only in the labels. On a CPU the runs train two at a time, one thread each
-# ({func}`helpers.protocols.repeats.train_side_by_side`): on two cores that trains about 1.7
-# times as many steps per second as one run on two threads, and fixes every run's thread
-# count, so a run gives the same numbers however busy the machine is.
+# ({func}`helpers.protocols.repeats.train_side_by_side`): a step of the demo model does not
+# use two threads fully (the {doc}`08_benchmarks` page times it at each thread count), so two
+# one-thread runs side by side train more steps per second than one run on two threads, and
+# every run's thread count is fixed, so a run gives the same numbers however busy the
+# machine is.
 
 # %%
 lp_probe = probe.load_probe(arts.probe())  # chapter 3's: LP-FT's head starts here

@@ -167,8 +167,8 @@ curves, step_health = sanity.cascade_curves(
 failed_steps = [f"{cs.names[k]} · {step}" for (k, step), h in step_health.items()
                 if h["failed"]]
 glue("failed_steps", ", ".join(failed_steps) if failed_steps else
-     "none: at every step the randomised scores and input gradients are non-zero and "
-     "differ from the trained model's, and its Grad-CAM maps are not degenerate",
+     "none (at every step the randomised scores and input gradients are non-zero and "
+     "differ from the trained model's, and its Grad-CAM maps are not degenerate)",
      display=False)
 
 # %% tags=["hide-input"]

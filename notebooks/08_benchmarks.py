@@ -188,7 +188,8 @@ chapters = report.book_chapters(devices)
 #
 # ### Where each chapter spends its time
 #
-# The three cells of each chapter that took longest (papermill's wall time per cell, kept in the
+# On the machine benchmarked last, the three cells of each chapter that took longest
+# (papermill's wall time per cell, kept in the
 # executed notebook), this run's beside the previous run's. *cell* counts the chapter's code
 # cells from the top, *section* is the heading it stands under and *code* its first statement
 # (imports and glue calls passed over). A "no" under *this run's notebook* means
@@ -196,7 +197,9 @@ chapters = report.book_chapters(devices)
 # re-executed on its own since).
 
 # %% tags=["hide-input"]
-cells = report.costliest_cells(devices)
+latest = report.latest_device(devices)
+cells = report.costliest_cells({latest: devices[latest]} if latest else {})
+cells = cells.droplevel(0).dropna(axis=1, how="all") if len(cells) else cells
 (cells.style.format(precision=1, na_rep="–") if len(cells)
  else Markdown("*No executed chapter with cell times was found by the benchmark.*"))
 
@@ -218,7 +221,7 @@ glue("load_study_s", "; ".join(
     f"{r['call s (median)']:.2f} s on {k} (median of {r['processes']} processes, "
     f"load average up to {r['load average']:.1f})" for k, r in now.iterrows())
     or "(not measured yet: run `make bench`)", display=False)
-(starts.style.format(precision=2, na_rep="–") if len(starts)
+(starts.T.style.format(precision=2, na_rep="–") if len(starts)  # a column per run
  else Markdown("*`load_study` has not been timed yet.*"))
 
 # %% [markdown]

@@ -50,6 +50,12 @@ def benched(devices: Devices) -> Devices:
     return {k: r for k, r in devices.items() if "probe_fit" in r}
 
 
+def latest_device(devices: Devices) -> str | None:
+    """The device whose ``make bench`` ran last (by its machine's date), or ``None``."""
+    dated = {k: r.get("machine", {}).get("date") or "" for k, r in benched(devices).items()}
+    return max(dated, key=dated.get) if dated else None
+
+
 def gpu_names(devices: Devices) -> list[str]:
     """Devices whose key names a CUDA device."""
     return [k for k in devices if k.startswith("cuda")]
@@ -229,10 +235,20 @@ def book_chapters(devices: Devices) -> pd.DataFrame:
         if len(df) else df
 
 
+CODE_WIDTH = 34
+"""Characters of a cell's first statement shown in the costliest-cells table."""
+
+
+def _short(code: str, width: int = CODE_WIDTH) -> str:
+    """A cell's first statement cut to ``width`` characters (with an ellipsis) for a table."""
+    return code if len(code) <= width else code[:width - 1].rstrip() + "…"
+
+
 def costliest_cells(devices: Devices) -> pd.DataFrame:
     """The three costliest cells of each chapter per (device, chapter, rank), this run's and the
-    previous run's side by side: the cell's position among the chapter's code cells, its
-    seconds, the heading it stands under and its first statement
+    previous run's side by side (position and seconds; its code is the same cell's when the
+    position is): the cell's position among the chapter's code cells, its seconds, the
+    heading it stands under and its first statement
     (:func:`bench_book.cell_label`). ``this run's notebook`` says whether the executed
     notebook the cells were read from is the one the chapter's time belongs to."""
     rows = {}
@@ -244,9 +260,8 @@ def costliest_cells(devices: Devices) -> pd.DataFrame:
                 p = before[i] if i < len(before) else {}
                 rows[(k, c, i + 1)] = {
                     "cell": cell["cell"], "seconds": cell["seconds"],
-                    "section": cell.get("section") or "–", "code": cell["code"],
+                    "section": cell.get("section") or "–", "code": _short(cell["code"]),
                     "previous run: cell": p.get("cell"), "previous run: seconds": p.get("seconds"),
-                    "previous run: code": p.get("code", "–"),
                     "this run's notebook": "yes" if d.get("cells_from_this_run") else "no"}
     return pd.DataFrame(rows).T
 

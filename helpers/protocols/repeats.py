@@ -76,9 +76,9 @@ class RunPlan:
 
 
 SIDE_BY_SIDE = 2
-"""Runs trained at once on a CPU, one thread each: on the 2-core machine two one-thread runs
-train about 1.7 times as many steps per second as one two-thread run (``make bench`` times
-the step at each thread count)."""
+"""Runs trained at once on a CPU, one thread each. A training step of the demo model does not
+use two threads fully (``make bench`` times the step at each thread count), so on two cores
+two one-thread runs side by side train more steps per second than one run on two threads."""
 _PLANNED: tuple | None = None
 """(study, jobs) of :func:`train_side_by_side`, inherited by its forked workers."""
 

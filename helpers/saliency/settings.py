@@ -412,7 +412,7 @@ def pairs_table(cs: CamSettings) -> pd.DataFrame:
                 "reports": pairs.table.report_id.nunique()}
 
     splits = scored_splits(cs.has_masks)
-    rows = {k: counts(", ".join(splits[k]), cs.scored[k]) for k in cs.keys()}
+    rows = {cs.names[k]: counts(", ".join(splits[k]), cs.scored[k]) for k in cs.keys()}
     rows["threshold tuning (val)"] = counts("val", cs.tune)
     return pd.DataFrame(rows).T
 
