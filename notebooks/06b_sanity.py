@@ -69,10 +69,13 @@
 # :pyobject: reinitialise
 # ```
 #
-# **Randomised copies.** Every setting with its whole tower re-drawn, twice (seeds 0 and 1).
-# With $h$ the trained model's per-pair hit and $h^{(0)}, h^{(1)}$ its copies', the finding
-# is the mean of $h - h^{(0)}$ and its negative control the mean of $h^{(1)} - h^{(0)}$, two
-# models that learned nothing, on the same report resamples:
+# **Randomised copies.** Every setting with its whole tower re-drawn
+# {glue:text}`n_copies` times (seeds 0, 1, …), in two groups of three: A and B. With $h$
+# the trained model's per-pair hit and $\bar h^{A}, \bar h^{B}$ the per-pair mean hit of
+# each group, the finding is the mean of $h - \bar h^{A}$ and its negative control the mean
+# of $\bar h^{B} - \bar h^{A}$, two groups of models that learned nothing, on the same
+# report resamples (the CIs resample reports; the copies enter as group means, which cut the
+# noise of re-drawing a tower):
 #
 # ```{literalinclude} ../../helpers/saliency/sanity.py
 # :pyobject: versus
@@ -84,11 +87,12 @@
 # **Off the prior.** A finding about the location prior is decided on pairs where the prior
 # cannot help (§ Off the prior). There the prior hits {glue:text}`off_prior_hit`, so the
 # bar a map must clear per pair is the better of the prior's hit and the grid chance level,
-# $b = \max(h_{\text{prior}}, c_{\text{grid}})$, and the control is the randomised copy
-# against the same bar. In the paired difference the bar cancels: finding minus control is
-# the setting's hit minus its copy's. The bar enters only the finding's own rule (its CI
+# $b = \max(h_{\text{prior}}, c_{\text{grid}})$, and the control is the mean of its
+# randomised copies A against the same bar. In the paired difference the bar cancels:
+# finding minus control is the setting's hit minus its copies' mean. The bar enters only
+# the finding's own rule (its CI
 # must clear 0), which on these pairs asks for hits beyond chance. "Beats the location
-# prior" is therefore decided as "beats chance, and its randomised copy by the margin, on
+# prior" is therefore decided as "beats chance, and its randomised copies by the margin, on
 # lesions the prior misses". The bar and the off-prior pairs were chosen after the first
 # runs, when the prior proved unbeatable on the renderer's usual positions (the registry's
 # note says so).
@@ -135,6 +139,7 @@ arts = study.artefacts
 stamp = study.stamp()
 show_stamp(stamp)
 glue("cascade_pairs_glue", cascade_pairs, display=False)
+glue("n_copies", len(sanity.COPY_SEEDS), display=False)
 fmt = display.fmt_ci
 
 # %% [markdown]
@@ -218,9 +223,9 @@ plt.close(fig)
 #
 # ## Randomised copies
 #
-# Grad-CAM of each setting with the whole tower re-initialised (seeds 0 and 1), on all its
-# pairs: a setting passes when its hit rate is above its randomised copy's; the difference
-# between the two randomised draws is the negative control. For the fine-tune, the column
+# Grad-CAM of each setting with the whole tower re-initialised ({glue:text}`n_copies`
+# copies), on all its pairs: a setting passes when its hit rate is above the mean of its
+# copies A; copies B against copies A is the negative control. For the fine-tune, the column
 # "trained − permuted-label model" is the data randomisation.
 
 # %% tags=["nbval-ignore-output"]
@@ -235,9 +240,9 @@ sanity.sanity_table(cs, hits, copies, curves, n_boot)
 # a failed copy could only score the chance level, and the verdicts below then say so. The
 # "final Spearman" column is the rank correlation of Grad-CAM maps with the trained model's
 # after the whole cascade (pairs with a constant map left out, as their correlation is
-# undefined). The control column, two copies against each other, is the noise of
-# re-drawing a tower: where its interval excludes 0 ({glue:text}`noisy_controls`), two
-# towers that learned nothing differ by about the margin, and a trained model must beat
+# undefined). The control column, copies B against copies A, is the noise of re-drawing a
+# tower: where its interval excludes 0 ({glue:text}`noisy_controls`), two groups of towers
+# that learned nothing differ by that much, and a trained model must beat
 # that noise before its maps count as showing what it learned.
 #
 # {glue:text}`copies_alike`
@@ -402,8 +407,8 @@ print("wrote", ", ".join(display.output_name(p) for p in written),
 # %% [markdown]
 # ## What it means, and what it cannot mean
 #
-# A setting that beats the location prior *and* its randomised copy has maps that use what
-# the model learned to point at the finding. A setting that fails either has maps that do not
+# A setting whose maps beat the location prior *and* its randomised copies uses what the
+# model learned to point at the finding. A setting that fails either has maps that do not
 # show where its evidence is, or evidence that is not local: the two cannot be told apart
 # from these scores alone, which is why the positive control matters. If the control passes,
 # the methods and scores can detect localisation on these images; a failing setting is then
@@ -429,9 +434,9 @@ print("wrote", ", ".join(display.output_name(p) for p in written),
 #   {glue:text}`v_zs+_prior`; on all test pairs: {glue:text}`v_zs+_prior_all`; against its
 #   randomised copy: {glue:text}`v_zs+_rand`.
 # - Linear probe against the prior on off-prior pairs: {glue:text}`v_lp_prior`; on all test
-#   pairs: {glue:text}`v_lp_prior_all`; against its randomised copy: {glue:text}`v_lp_rand`.
+#   pairs: {glue:text}`v_lp_prior_all`; against its randomised copies: {glue:text}`v_lp_rand`.
 # - Fine-tuned against the prior on off-prior pairs: {glue:text}`v_ft_prior`; on all test
-#   pairs: {glue:text}`v_ft_prior_all`; against its randomised copy:
+#   pairs: {glue:text}`v_ft_prior_all`; against its randomised copies:
 #   {glue:text}`v_ft_rand`; data randomisation (permuted labels): {glue:text}`v_data_rand`.
 #
 # ## What's next
@@ -470,7 +475,7 @@ else:
 # The two estimates differ by the grid chance level wherever the prior misses
 # ({glue:text}`bar_gap` on average): against the prior alone, any map that hits anything
 # clears the rule, even random grid values. The rule on the better of the two asks for hits
-# beyond what chance gives; the margin against the randomised copy then asks for hits
+# beyond what chance gives; the margin against the randomised copies then asks for hits
 # beyond what an untrained tower gives.
 #
 # ```{solution-end}

@@ -130,5 +130,5 @@ def test_the_grid_check_says_when_it_fails():
                                           ([0.5, 0.6], "two controls")])
 def test_copies_alike_reading_follows_the_shares(shares, words):
     text = sanity.copies_alike_reading(shares, "lp-ft")
-    assert words in text and "LP-FT" in text
+    assert words in text and "LP-FT" in text and f"each of {len(shares)} seeds" in text
     assert "objective bce" in sanity.copies_alike_reading(shares, "bce")

@@ -156,6 +156,13 @@ def test_padded_vocabulary_has_the_asked_size_and_tokenizes_alike(tmp_path):
     padded = AutoTokenizer.from_pretrained(M.train_wordpiece(CORPUS, tmp_path / "b", 500, pad=True))
     assert len(plain) < 500 and len(padded) == 500
     assert "[unused0]" in padded.get_vocab() and "[unused0]" not in plain.get_vocab()
-    for s in CORPUS[:5]:  # (words unseen in training may split differently: the trainer breaks ties freely)
-        assert padded.tokenize(s) == plain.tokenize(s)
+    # two trainings may break ties differently (the trainer is not deterministic), so the
+    # padded tokenizer is compared with its own vocabulary less the padding, not with `plain`
+    from tokenizers import Tokenizer, models
+
+    own = {t: i for t, i in padded.get_vocab().items() if not t.startswith("[unused")}
+    unpadded = Tokenizer.from_str(padded.backend_tokenizer.to_str())
+    unpadded.model = models.WordPiece(own, unk_token="[UNK]")
+    for s in CORPUS[:5]:
+        assert padded(s)["input_ids"] == unpadded.encode(s).ids
     assert max(padded("effusion [unused0] [unused7]")["input_ids"]) < len(plain)  # text never hits padding

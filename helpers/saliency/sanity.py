@@ -39,8 +39,20 @@ from helpers.saliency.settings import CamSettings
 from helpers.book.artefacts import write_result
 
 CHAPTER = "06b_sanity"
-COPY_SEEDS = (0, 1)
-"""Seeds of the two randomised copies of every setting: seed 1 against seed 0 is the control."""
+COPY_SEEDS = (0, 1, 2, 3, 4, 5)
+"""Seeds of the randomised copies of every setting."""
+FINDING_COPIES = (0, 1, 2)
+"""Copies whose mean a trained setting is compared with."""
+CONTROL_COPIES = (3, 4, 5)
+"""Copies whose mean, against the mean of :data:`FINDING_COPIES`, is the negative control: two
+groups of towers that learned nothing. Averaging three copies per side cuts the noise of
+re-drawing a tower, which with one copy per side was as large as the margin."""
+
+
+def copy_mean(per_seed: Mapping[tuple[str, int], np.ndarray], key: str,
+              seeds: Sequence[int]) -> np.ndarray:
+    """Per-pair mean (n,) of a setting's copies' values over ``seeds``."""
+    return np.mean([per_seed[(key, s)] for s in seeds], axis=0)
 ALL_PAIRS = " (all test pairs)"
 """Suffix of the exploratory rows read on all test pairs, where the renderer favours the prior."""
 
@@ -142,6 +154,12 @@ def randomised_copies(cs: CamSettings, seeds: Sequence[int] = COPY_SEEDS
     return out
 
 
+def copy_hits(copies: Mapping[tuple[str, int], "Randomised"], key: str,
+              seeds: Sequence[int]) -> np.ndarray:
+    """Per-pair Grad-CAM hit (n,) of a setting's copies, averaged over ``seeds``."""
+    return copy_mean({k: c.hits for k, c in copies.items()}, key, seeds)
+
+
 def copies_ok(copies: Mapping[tuple[str, int], Randomised], key: str) -> bool:
     """Whether both randomised copies of a setting passed their health check."""
     return not any(copies[(key, s)].failed for s in COPY_SEEDS)
@@ -166,18 +184,18 @@ def sanity_table(cs: CamSettings, hits: Mapping[str, np.ndarray],
     rows = {}
     for key in cs.scorers:
         groups = cs.scored[key].table.report_id.to_numpy()
-        h0, h1 = copies[(key, 0)].hits, copies[(key, 1)].hits
-        cells = {"trained − randomised": regions.paired_gain(hits[key], h0, groups, n_boot),
-                 "randomised (1) − randomised (0)": regions.paired_gain(h1, h0, groups, n_boot),
+        h0, h1 = copy_hits(copies, key, FINDING_COPIES), copy_hits(copies, key, CONTROL_COPIES)
+        cells = {"trained − copies A": regions.paired_gain(hits[key], h0, groups, n_boot),
+                 "copies B − copies A": regions.paired_gain(h1, h0, groups, n_boot),
                  "final Spearman": final_spearman(curves, key)}
         if key == "ft" and "ft-permuted" in hits:
             cells["trained − permuted-label model"] = regions.paired_gain(
                 hits["ft"], hits["ft-permuted"], groups, n_boot)
         row = {name: fmt_ci(v, ci, signed=True) for name, (v, ci) in cells.items()}
-        row["randomised copies (0 / 1)"] = " / ".join(
-            "failed" if copies[(key, s)].failed else
-            f"ok, {copies[(key, s)].health['degenerate_share']:.0%} degenerate"
-            for s in COPY_SEEDS)
+        failed = [s for s in COPY_SEEDS if copies[(key, s)].failed]
+        worst = max(copies[(key, s)].health["degenerate_share"] for s in COPY_SEEDS)
+        row["randomised copies"] = (f"failed: seeds {failed}" if failed else
+                                    f"{len(COPY_SEEDS)} ok, at most {worst:.0%} degenerate")
         rows[cs.names[key]] = row
     return pd.DataFrame(rows).T
 
@@ -219,8 +237,10 @@ class OffPriorScores:
         level, each with its 95% CI."""
         t = pd.DataFrame({cs.names[k]: {
             "hit rate": self.mean_ci(self.hits[k], n_boot),
-            **{f"randomised copy (seed {s})": self.mean_ci(self.randomised[(k, s)], n_boot)
-               for s in COPY_SEEDS}} for k in self.hits}).T
+            "randomised copies A": self.mean_ci(copy_mean(self.randomised, k, FINDING_COPIES),
+                                                n_boot),
+            "randomised copies B": self.mean_ci(copy_mean(self.randomised, k, CONTROL_COPIES),
+                                                n_boot)} for k in self.hits}).T
         t["location prior"] = self.mean_ci(self.prior_hit, n_boot)
         t["chance level (grid)"] = self.mean_ci(self.chance, n_boot)
         return t
@@ -295,17 +315,18 @@ def sanity_findings(cs: CamSettings, hits: Mapping[str, np.ndarray],
     for key in cs.scorers:
         if not copies_ok(copies, key):
             continue
-        pairs, h0, h1 = cs.scored[key], copies[(key, 0)].hits, copies[(key, 1)].hits
-        name = cs.names[key]
+        pairs, name = cs.scored[key], cs.names[key]
+        h0, h1 = copy_hits(copies, key, FINDING_COPIES), copy_hits(copies, key, CONTROL_COPIES)
         if off is not None and key in off.hits:
             recs.append(findings.record(
                 f"{key}: beats the location prior", CHAPTER,
                 f"{name} Grad-CAM maps hit more often than the better of the location "
                 "prior and the grid chance level, on off-prior test pairs (lesions away from "
                 "the prior's mass)",
-                versus(off.hits[key], off.bar, off.randomised[(key, 0)], off.bar, off.pairs,
-                       n_boot), {"above": 0.0},
-                "its randomised copy against the same bar, on the same off-prior pairs",
+                versus(off.hits[key], off.bar, copy_mean(off.randomised, key, FINDING_COPIES),
+                       off.bar, off.pairs, n_boot), {"above": 0.0},
+                "its randomised copies (mean of three) against the same bar, on the same "
+                "off-prior pairs",
                 n=len(off.pairs), pairs="off-prior"))
         if prior_hits is not None:
             recs.append(findings.record(
@@ -313,22 +334,25 @@ def sanity_findings(cs: CamSettings, hits: Mapping[str, np.ndarray],
                 f"{name} Grad-CAM maps hit more often than the location prior on all test "
                 "pairs, where lesions lie where the prior puts its mass",
                 versus(hits[key], prior_hits, h0, prior_hits, pairs, n_boot), {"above": 0.0},
-                "its randomised copy against the location prior",
+                "its randomised copies (mean of three) against the location prior",
                 margin=findings.declared(f"{key}: beats the location prior").margin,
                 n=len(pairs), pairs="all test pairs"))
         recs.append(findings.record(
             f"{key}: model randomisation", CHAPTER,
-            f"{name} Grad-CAM maps hit more often than its randomised copy's",
+            f"{name} Grad-CAM maps hit more often than its randomised copies'",
             versus(hits[key], h0, h1, h0, pairs, n_boot), {"above": 0.0},
-            "randomised copy (seed 1) against (seed 0)", n=len(pairs),
+            "randomised copies B against copies A (means of three)", n=len(pairs),
             final_spearman=final_spearman(curves, key)[0]))
     if "ft-permuted" in hits and "ft" in cs.scorers and copies_ok(copies, "ft"):
-        pairs, h0, h1 = cs.scored["ft"], copies[("ft", 0)].hits, copies[("ft", 1)].hits
+        pairs = cs.scored["ft"]
+        h0 = copy_hits(copies, "ft", FINDING_COPIES)
+        h1 = copy_hits(copies, "ft", CONTROL_COPIES)
         recs.append(findings.record(
             "ft: data randomisation", CHAPTER,
             "fine-tuned Grad-CAM maps hit more often than those of the model fine-tuned on "
             "permuted labels", versus(hits["ft"], hits["ft-permuted"], h1, h0, pairs, n_boot),
-            {"above": 0.0}, "randomised copy (seed 1) against (seed 0)", n=len(pairs)))
+            {"above": 0.0}, "randomised copies B against copies A (means of three)",
+            n=len(pairs)))
     return recs
 
 
@@ -358,10 +382,11 @@ def control_reading(records: Sequence[dict], cs: CamSettings, off: OffPriorScore
                 "usual place is no help, so a setting that fails is a statement about the "
                 "setting")
     hit = off.hits["control"].mean() if off is not None else float("nan")
-    copy = off.randomised[("control", 0)].mean() if off is not None else float("nan")
+    copy = (copy_mean(off.randomised, "control", FINDING_COPIES).mean() if off is not None
+            else float("nan"))
     return ("the positive control's own Grad-CAM maps do not beat the bar on the off-prior "
             f"pairs by the margin over their randomised copy (hit {hit:.3f} against the "
-            f"copy's {copy:.3f}; {rec['verdict']}): at this layer Grad-CAM cannot be shown "
+            f"copies' {copy:.3f}; {rec['verdict']}): at this layer Grad-CAM cannot be shown "
             "to report localisation even where it certainly exists, so the settings' "
             "Grad-CAM verdicts say nothing about where they look")
 
@@ -422,7 +447,8 @@ def write_record(path, cs: CamSettings, curves: pd.DataFrame,
 def copies_alike_reading(same_share: Sequence[float], objective: str) -> str:
     """The probe's and the fine-tune's randomised copies compared, in words: ``same_share``
     is, per copy seed, the share of pairs on which the two copies score the same hit."""
-    shares = " and ".join(f"{v:.0%}" for v in same_share)
+    shares = (f"{min(same_share):.0%}" if len(set(same_share)) == 1 else
+              f"{min(same_share):.0%} to {max(same_share):.0%}")
     start = ("LP-FT, whose head starts from the probe's" if objective == "lp-ft"
              else f"objective {objective}")
     if all(v == 1.0 for v in same_share):
@@ -432,7 +458,7 @@ def copies_alike_reading(same_share: Sequence[float], objective: str) -> str:
     else:
         verdict = "The two rows are two controls."
     return (f"The probe's and the fine-tune's randomised copies score the same hit on "
-            f"{shares} of the pairs (seeds {', '.join(map(str, COPY_SEEDS))}): each copy "
+            f"{shares} of the pairs (each of {len(same_share)} seeds): each copy "
             "is a linear read-out of the same re-drawn tower (same architecture, same seed), "
             f"and the fine-tune was trained as {start}. {verdict}")
 
@@ -443,7 +469,8 @@ def noisy_controls(cs: CamSettings, copies: Mapping[tuple[str, int], Randomised]
     reports excludes 0), with that difference; or ``"none"``."""
     out = []
     for key in cs.scorers:
-        v, (lo, hi) = regions.paired_gain(copies[(key, 1)].hits, copies[(key, 0)].hits,
+        v, (lo, hi) = regions.paired_gain(copy_hits(copies, key, CONTROL_COPIES),
+                                          copy_hits(copies, key, FINDING_COPIES),
                                           cs.scored[key].table.report_id.to_numpy(), n_boot)
         if lo > 0 or hi < 0:
             out.append(f"{cs.names[key]}, {fmt_ci(v, [lo, hi], signed=True)}")
