@@ -31,7 +31,7 @@
 #
 # 1. run Adebayo et al.'s cascading model randomisation and read its curves
 #    (§ Cascading randomisation);
-# 2. test a setting against two randomised copies of itself, the second copy being the
+# 2. test a setting against randomised copies of itself, a second group of copies being the
 #    negative control, and against a model trained on permuted labels
 #    (§ Randomised copies);
 # 3. build test pairs on which the location prior cannot help, by selection from the
@@ -273,7 +273,7 @@ glue("noisy_controls", sanity.noisy_controls(cs, copies, n_boot), display=False)
 # lesions the renderer does draw, from the tail of its position distribution. As many
 # off-prior pairs are kept as test pairs are scored above; they come from test reports (no
 # model trained on them), and the bootstrap resamples those reports. Every setting's
-# Grad-CAM (same layer, same method) and its two randomised copies are scored on them; the
+# Grad-CAM (same layer, same method) and its randomised copies are scored on them; the
 # positive control sees them marked, as it sees every image.
 
 

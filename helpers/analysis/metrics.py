@@ -51,23 +51,9 @@ def ranking_metrics(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
     ``label_ranking_loss`` (identical values, ties included; the tests check it):
     sklearn loops over samples in Python, which made bootstrap CIs the slowest step.
     """
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(s, dtype=float)
-    n, k = y.shape
-    npos = y.sum(1)
-    # ge[i, a, b]: label b scores at least as high as a
-    ge = s[:, None, :] >= s[:, :, None]
-    rank = ge.sum(2)
-    hits = (ge & y[:, None, :]).sum(2)
-    prec = np.where(y, hits / rank, 0.0).sum(1) / np.maximum(npos, 1)
-    lrap = np.where((npos == 0) | (npos == k), 1.0, prec)
-    cover = np.where(y, rank, 0).max(1)
-    bad = (y[:, :, None] & ~y[:, None, :]
-           & (s[:, :, None] <= s[:, None, :])).sum((1, 2))
-    denom = npos * (k - npos)
-    rl = np.where(denom > 0, bad / np.maximum(denom, 1), 0.0)
+    lrap, cover, loss = _ranking_rows(y, s)
     return {"lrap": float(lrap.mean()), "coverage_error": float(cover.mean()),
-            "ranking_loss": float(rl.mean())}
+            "ranking_loss": float(loss.mean())}
 
 
 def per_label_auroc(y: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -278,6 +264,7 @@ def _ranking_rows(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     s = np.asarray(s, dtype=float)
     k = y.shape[1]
     npos = y.sum(1)
+    # ge[i, a, b]: label b scores at least as high as a
     ge = s[:, None, :] >= s[:, :, None]
     rank = ge.sum(2)
     hits = (ge & y[:, None, :]).sum(2)

@@ -4,11 +4,12 @@ model learned is taken away, and do they find lesions where the location prior c
 * :func:`cascade_curves`: Adebayo et al.'s cascading model randomisation on a subset of pairs,
   one tidy row per (setting, step, method): the maps' rank correlation with the trained
   model's (mean over pairs, report-bootstrap CI) and the hit rate, with each step's health.
-* :func:`randomised_copies`: every setting with its whole tower re-drawn (seeds 0 and 1), its
-  Grad-CAM hits on the setting's pairs and its health (:func:`explain.randomisation_health`).
-* :func:`sanity_table`: trained minus randomised, the two randomised copies' difference (the
-  negative control), the cascade's final correlation and, for the fine-tune, trained minus
-  the permuted-label model.
+* :func:`randomised_copies`: every setting with its whole tower re-drawn (one copy per seed
+  of :data:`COPY_SEEDS`), its Grad-CAM hits on the setting's pairs and its health
+  (:func:`explain.randomisation_health`).
+* :func:`sanity_table`: trained minus the mean of copies A, copies B minus copies A (the
+  negative control, :func:`copy_noise`), the cascade's final correlation and, for the
+  fine-tune, trained minus the permuted-label model.
 * :func:`off_prior_scores`: every setting and its randomised copies on the off-prior test
   pairs (:mod:`helpers.saliency.offprior`).
 * :func:`sanity_findings`: the finding records (:mod:`helpers.analysis.findings`) of the
@@ -175,18 +176,28 @@ def final_spearman(curves: pd.DataFrame, key: str) -> tuple[float, list[float]]:
     return float(r.spearman), [float(r.spearman_lo), float(r.spearman_hi)]
 
 
+def copy_noise(cs: CamSettings, copies: Mapping[tuple[str, int], Randomised],
+               n_boot: int) -> dict[str, tuple[float, list[float]]]:
+    """Per setting, the negative control of model randomisation: mean hit of copies B minus
+    copies A over its pairs, with its 95% CI over reports."""
+    return {key: regions.paired_gain(copy_hits(copies, key, CONTROL_COPIES),
+                                     copy_hits(copies, key, FINDING_COPIES),
+                                     cs.scored[key].table.report_id.to_numpy(), n_boot)
+            for key in cs.scorers}
+
+
 def sanity_table(cs: CamSettings, hits: Mapping[str, np.ndarray],
                  copies: Mapping[tuple[str, int], Randomised], curves: pd.DataFrame,
                  n_boot: int) -> pd.DataFrame:
-    """Per setting: trained − randomised copy, randomised (1) − randomised (0), the final
+    """Per setting: trained − copies A, copies B − copies A (:func:`copy_noise`), the final
     Spearman of the cascade, (fine-tune) trained − permuted-label model, each with its 95% CI,
     and the copies' health."""
-    rows = {}
+    rows, noise = {}, copy_noise(cs, copies, n_boot)
     for key in cs.scorers:
         groups = cs.scored[key].table.report_id.to_numpy()
-        h0, h1 = copy_hits(copies, key, FINDING_COPIES), copy_hits(copies, key, CONTROL_COPIES)
+        h0 = copy_hits(copies, key, FINDING_COPIES)
         cells = {"trained − copies A": regions.paired_gain(hits[key], h0, groups, n_boot),
-                 "copies B − copies A": regions.paired_gain(h1, h0, groups, n_boot),
+                 "copies B − copies A": noise[key],
                  "final Spearman": final_spearman(curves, key)}
         if key == "ft" and "ft-permuted" in hits:
             cells["trained − permuted-label model"] = regions.paired_gain(
@@ -308,7 +319,7 @@ def sanity_findings(cs: CamSettings, hits: Mapping[str, np.ndarray],
     """The finding records of the sanity checks, for every setting whose randomised copies
     are healthy: beats the location prior on off-prior pairs (against its randomised copy on
     the same pairs), the same on all test pairs (exploratory, labelled), model
-    randomisation (trained against copy 0; control copy 1 against copy 0) and, for the
+    randomisation (trained against copies A; control copies B against copies A) and, for the
     fine-tune, data randomisation (against the permuted-label model). ``prior_hits``: the
     location prior's per-pair hit on the base pairs (``None`` without a prior)."""
     recs = []
@@ -408,7 +419,7 @@ def data_randomisation_reading(records: Sequence[dict]) -> str:
     if lo is not None and lo > 0:
         return (f"Its maps hit less often than the fine-tuned model's ({said}): the real "
                 "labels taught the tower something its maps show. The verdict above says "
-                "whether the difference clears the margin against two randomised copies.")
+                "whether the difference clears the margin against the randomised copies.")
     return (f"Its maps and the fine-tuned model's cannot be told apart ({said}): the real "
             "labels add nothing to where the maps point that labels without information "
             "do not.")
@@ -465,13 +476,8 @@ def copies_alike_reading(same_share: Sequence[float], objective: str) -> str:
 
 def noisy_controls(cs: CamSettings, copies: Mapping[tuple[str, int], Randomised],
                    n_boot: int) -> str:
-    """The settings whose two randomised copies differ (the 95% CI of copy 1 − copy 0 over
-    reports excludes 0), with that difference; or ``"none"``."""
-    out = []
-    for key in cs.scorers:
-        v, (lo, hi) = regions.paired_gain(copy_hits(copies, key, CONTROL_COPIES),
-                                          copy_hits(copies, key, FINDING_COPIES),
-                                          cs.scored[key].table.report_id.to_numpy(), n_boot)
-        if lo > 0 or hi < 0:
-            out.append(f"{cs.names[key]}, {fmt_ci(v, [lo, hi], signed=True)}")
-    return "; ".join(out) or "none"
+    """The settings whose two groups of randomised copies differ (the 95% CI of
+    :func:`copy_noise` excludes 0), with that difference; or ``"none"``."""
+    return "; ".join(f"{cs.names[key]}, {fmt_ci(v, [lo, hi], signed=True)}"
+                     for key, (v, (lo, hi)) in copy_noise(cs, copies, n_boot).items()
+                     if lo > 0 or hi < 0) or "none"
