@@ -51,7 +51,7 @@ PROFILES: dict[str, Profile] = {
         images="openi",
         description="BiomedCLIP (hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224) "
                     "on the Open-I IU-Xray PNG images; GPU recommended",
-        finetune={"epochs": 30, "lr": 1e-6, "batch_size": 32, "patience": 5},  # the seed's settings
+        finetune={"epochs": 30, "lr": 1e-6, "batch_size": 32, "patience": 5},  # the original study's settings
     ),
 }
 

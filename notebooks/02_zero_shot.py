@@ -102,6 +102,7 @@ import pandas as pd
 from myst_nb import glue
 
 from helpers.analysis import baselines, findings, metrics
+from helpers.analysis.estimate import Estimate, table_record
 from helpers.book import artefacts, display
 from helpers.book.stamp import show_stamp
 from helpers.book.study import load_study
@@ -268,10 +269,8 @@ z_val, z_test = metrics.logit(scores[val]), metrics.logit(scores[test])
 _, b_val = metrics.fit_platt(z_val, Y[val], slope=False)
 with_prior = metrics.evaluate(yt, z_test + b_val, 0.0, LABELS, groups, n_boot)
 prior_tab = pd.DataFrame({
-    name: {"LRAP": display.fmt_ci(r["lrap"], r["ci95"]["lrap"]),
-           "coverage error": display.fmt_ci(r["coverage_error"],
-                                            r["ci95"]["coverage_error"]),
-           "AUROC (macro)": display.fmt_ci(r["auroc_macro"], r["ci95"]["auroc_macro"])}
+    name: {display.NAMES[m]: Estimate.read(r, m).format()
+           for m in ("lrap", "coverage_error", "auroc_macro")}
     for name, r in {"zero-shot": result, "zero-shot + val intercepts": with_prior,
                     "prevalence scorer": refs["prevalence"]}.items()}).T
 glue("zs_lrap_prior", f"{with_prior['lrap']:.3f}", display=False)
@@ -310,9 +309,9 @@ def calib_ci(p, key):
 
 calib = {name: {k: calib_ci(p, k) for k in ("brier", "ece")}
          for name, p in calibrated.items()}
-glue("ece_raw", f"{calib['zero-shot, raw']['ece'][0]:.3f}", display=False)
-glue("ece_platt", f"{calib['zero-shot, Platt (val)']['ece'][0]:.3f}", display=False)
-pd.DataFrame({n: {display.NAMES[k]: display.fmt_ci(v[0], v[1:]) for k, v in c.items()}
+glue("ece_raw", f"{calib['zero-shot, raw']['ece'].value:.3f}", display=False)
+glue("ece_platt", f"{calib['zero-shot, Platt (val)']['ece'].value:.3f}", display=False)
+pd.DataFrame({n: {display.NAMES[k]: e.format() for k, e in c.items()}
               for n, c in calib.items()}).T
 
 # %% [markdown]
@@ -355,10 +354,9 @@ rec1 = findings.record(
     "the original study's rule (sigmoid of single-prompt logits, fixed threshold) "
     "predicts more positive labels than there are (ratio > 1)", test1, {"above": 1.0},
     "same cosines, per-label thresholds matching the validation prevalence")
-glue("over_ratio", display.fmt_ci(rec1["estimate"], rec1["ci95"], 2), display=False)
-ctrl1, diff1 = rec1["control"], rec1["difference"]
-glue("over_ctrl", display.fmt_ci(ctrl1["estimate"], ctrl1["ci95"], 2), display=False)
-glue("over_diff", display.fmt_ci(diff1["estimate"], diff1["ci95"], 2, signed=True),
+glue("over_ratio", Estimate.read(rec1).format(2), display=False)
+glue("over_ctrl", Estimate.read(rec1["control"]).format(2), display=False)
+glue("over_diff", Estimate.read(rec1["difference"]).format(2, signed=True),
      display=False)
 glue("over_margin", f"{rec1['margin']:g}", display=False)
 glue("over_verdict", rec1["verdict"], display=False)
@@ -413,15 +411,15 @@ def label_ratios(pred):
     return lambda idx: pred[idx].sum(0) / np.maximum(yt[idx].sum(0), 1)
 
 
-per_ratio = metrics.bootstrap_values(label_ratios(seed_pred.astype(int)), groups,
-                                     n_boot)
+per_ratio = Estimate.each(*metrics.bootstrap_values(
+    label_ratios(seed_pred.astype(int)), groups, n_boot))
 over_tab = pd.DataFrame({
     "prevalence": yt.mean(0), "predicted rate (original rule)": seed_pred.mean(0),
-    "ratio [95% CI]": [display.fmt_ci(v, [lo, hi], 2)
-                       for v, lo, hi in zip(*per_ratio)]}, index=LABELS)
+    "ratio [95% CI]": [e.format(2) for e in per_ratio]},
+    index=LABELS)
 under = [f"{lab} ({seed_pred[:, j].mean():.3f} predicted against a prevalence of "
          f"{yt[:, j].mean():.3f})" for j, lab in enumerate(LABELS)
-         if per_ratio[2][j] < 1 and yt[:, j].sum() > 0]
+         if per_ratio[j].below(1) and yt[:, j].sum() > 0]
 glue("under_predicted", "; ".join(under) if under else "none: every label's interval "
      "reaches or exceeds 1", display=False)
 over_tab.style.format({c: "{:.3f}" for c in over_tab.columns[:2]})
@@ -467,7 +465,7 @@ params = {"model": study.info.spec, "style": style, "limit": limit, "n_boot": n_
 metrics.write_metrics(
     arts.metrics("zs"), "zs", result, params=params, stamp=stamp,
     seed_protocol=seed_result, with_val_intercepts=with_prior,
-    calibration={n: {k: list(v) for k, v in c.items()} for n, c in calib.items()},
+    calibration={n: table_record(c) for n, c in calib.items()},
     time_min=None)
 written = findings.write_findings(arts.findings("02_zero_shot"), [rec1], stamp)
 print("wrote", display.output_name(written), "in the output folder")
@@ -519,10 +517,10 @@ def test_auc_of(name):
 
 gap = metrics.paired_difference(test_auc_of(best_on_test), test_auc_of(best), groups,
                                 n_boot)
-glue("pick_gap", display.fmt_ci(gap[0], gap[1:], signed=True), display=False)
+glue("pick_gap", gap.format(signed=True), display=False)
 if best == best_on_test:
     pick_reading = "validation and test pick the same candidate"
-elif gap[1] <= 0 <= gap[2]:
+elif gap.contains(0.0):
     pick_reading = "within the bootstrap noise: the difference's interval contains 0"
 else:
     pick_reading = "the difference is larger than the bootstrap noise"

@@ -97,6 +97,7 @@ import pandas as pd
 from myst_nb import glue
 
 from helpers.analysis import cooccurrence, findings, metrics
+from helpers.analysis.estimate import Estimate
 from helpers.book import artefacts, display
 from helpers.book.stamp import show_stamp
 from helpers.book.study import load_study
@@ -245,9 +246,9 @@ for s, (fit, scores_s, t) in enumerate(controls):
     path = arts.scores("lp", "permuted", s)
     metrics.save_scores(path, test_ids, scores_s, yt, groups, t)
 probe.save_probe(arts.probe("permuted"), controls[0][0])
-ctrl_ci = ctrl_result["ci95"]["auroc_macro"]
-glue("ctrl_auroc", display.fmt_ci(ctrl_result["auroc_macro"], ctrl_ci), display=False)
-glue("ctrl_reading", "contains 0.5, as it must" if ctrl_ci[0] <= 0.5 <= ctrl_ci[1] else
+ctrl_auroc = Estimate.read(ctrl_result, "auroc_macro")
+glue("ctrl_auroc", ctrl_auroc.format(), display=False)
+glue("ctrl_reading", "contains 0.5, as it must" if ctrl_auroc.contains(0.5) else
      "excludes 0.5: labels that have nothing to do with the images should not be "
      "learnable, so something in the pipeline leaks and every finding below is suspect",
      display=False)
@@ -311,10 +312,8 @@ shift_tab = pd.DataFrame(
      for j, k in cooccurrence.directed(pairs, LABELS)])
 glue("n_pairs", len(partners), display=False)
 glue("n_indep", len(independent), display=False)
-glue("shift_diff", display.fmt_ci(obs["estimate"], obs["ci95"], signed=True),
-     display=False)
-glue("shift_ctrl", display.fmt_ci(obs["control"]["estimate"], obs["control"]["ci95"],
-                                  signed=True), display=False)
+glue("shift_diff", Estimate.read(obs).format(signed=True), display=False)
+glue("shift_ctrl", Estimate.read(obs["control"]).format(signed=True), display=False)
 glue("obs_verdict", obs["verdict"], display=False)
 shift_tab.style.format({"zero-shot shift": "{:+.3f}", "probe shift": "{:+.3f}"})
 
@@ -437,7 +436,7 @@ if causal_possible:
         n_images=len(cf.row), n_pairs=2 * n_matched,
         matched=[[list(p[:2]), list(c[:2])] for p, c in matched
                  if c is not None and (p[0], p[1]) in shown])
-    est, ctl, dif = (display.fmt_ci(r["estimate"], r["ci95"], signed=True)
+    est, ctl, dif = (Estimate.read(r).format(signed=True)
                      for r in (rec3, rec3["control"], rec3["difference"]))
     glue("causal_sentence",
          f"Over the {n_matched} co-occurring pairs with a matched control (both "
@@ -478,9 +477,10 @@ glue("cooc_verdict", rec3["verdict"], display=False)
 # co-occurrence in training adds.
 
 # %%
-def vanishing(lo, hi, m):
-    """How the decorrelated world's effect, CI [lo, hi], reads against the margin m."""
-    if lo is None or hi is None:
+def vanishing(effect, m):
+    """How the decorrelated world's effect (an Estimate) reads against the margin m."""
+    lo, hi = effect.low, effect.high
+    if not effect.has_interval:
         return "its interval is undefined, so this run cannot say"
     if lo > 0:
         return ("it does not vanish: its interval lies above zero, so something "
@@ -520,14 +520,13 @@ if causal_possible:
     lift_d = cooccurrence.lift_summary(y_d[tr_d], LABELS, partners)
     auc_d = float(np.nanmean(metrics.per_label_auroc(yt, test_d)))
     c = rec_decor["control"]
-    reading = vanishing(*c["ci95"], rec3["margin"])
+    reading = vanishing(Estimate.read(c), rec3["margin"])
     lifts = (f"median {np.nanmedian(lift_real):.2f} (range {np.nanmin(lift_real):.2f}"
              f"–{np.nanmax(lift_real):.2f}) in the real training labels and "
              f"{np.nanmedian(lift_d):.2f} ({np.nanmin(lift_d):.2f}–"
              f"{np.nanmax(lift_d):.2f}) after the permutation")
-    eff_d = display.fmt_ci(c["estimate"], c["ci95"], signed=True)
-    d = rec_decor["difference"]
-    minus_d = display.fmt_ci(d["estimate"], d["ci95"], signed=True)
+    eff_d = Estimate.read(c).format(signed=True)
+    minus_d = Estimate.read(rec_decor["difference"]).format(signed=True)
     glue("decor_sentence",
          f"The permutation leaves the partner pairs' training lift at {lifts}. The "
          "decorrelated world's probe learns the findings (test macro AUROC "

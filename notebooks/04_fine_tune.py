@@ -136,6 +136,7 @@ import pandas as pd
 from myst_nb import glue
 
 from helpers.analysis import baselines, findings, metrics
+from helpers.analysis.estimate import Estimate
 from helpers.book import artefacts, display
 from helpers.book.stamp import show_stamp
 from helpers.book.study import load_study
@@ -390,11 +391,9 @@ learned = findings.record(
     {"above": 0.0},
     "the same for the model fine-tuned on permuted labels")
 glue("learned_verdict", learned["verdict"], display=False)
-glue("learned_est", display.fmt_ci(learned["estimate"], learned["ci95"], signed=True),
-     display=False)
-lc = learned["control"]
-glue("learned_ctrl", display.fmt_ci(lc["estimate"], lc["ci95"], signed=True),
-     display=False)
+glue("learned_est", Estimate.read(learned).format(signed=True), display=False)
+permuted_gain = Estimate.read(learned["control"])
+glue("learned_ctrl", permuted_gain.format(signed=True), display=False)
 PERM_ABOVE = (
     "Its interval lies above 0: the permuted-label model ranks the test images a "
     "little better than chance. It cannot have learned the findings from its labels; "
@@ -402,7 +401,7 @@ PERM_ABOVE = (
     "above chance too)" + (", and with one permuted run the interval covers test "
                            "resampling only, not the spread between permuted runs."
                            if control_seeds == 1 else "."))
-glue("perm_reading", PERM_ABOVE if lc["ci95"][0] > 0 else
+glue("perm_reading", PERM_ABOVE if permuted_gain.above(0) else
      "Its interval contains 0, as a model trained on meaningless labels should.",
      display=False)
 floors = []
@@ -410,9 +409,9 @@ for name, (lg, thr) in logits.items():
     if "permuted" in name:
         continue
     r = metrics.evaluate(yt, lg, thr, LABELS, groups, n_boot)
-    auc = display.fmt_ci(r["auroc_macro"], r["ci95"]["auroc_macro"])
-    if r["ci95"]["auroc_macro"][0] <= 0.5:
-        floors.append(f"{name}: test macro AUROC {auc} reaches 0.5")
+    auc = Estimate.read(r, "auroc_macro")
+    if not auc.above(0.5):
+        floors.append(f"{name}: test macro AUROC {auc.format()} reaches 0.5")
     if loss_tab.loc[name, "below the prior by"] <= 0.001:
         floors.append(f"{name}: its best validation loss is not below the prior's")
 glue("floor_warning", "; ".join(floors) if floors else "none: every trained model's "
@@ -460,13 +459,10 @@ refs = artefacts.read_result(arts.reference, "reference_scorers",
                              made_by="02_zero_shot")["scorers"]
 zs_result = metrics.evaluate(yt, zs["scores"], zs["thresholds"], LABELS, groups, n_boot)
 lp_result = metrics.evaluate(yt, lp["scores"], lp["thresholds"], LABELS, groups, n_boot)
-glue("ft_auroc", display.fmt_ci(result["auroc_macro"], result["ci95"]["auroc_macro"]),
-     display=False)
-glue("other_auroc", display.fmt_ci(other_result["auroc_macro"],
-                                   other_result["ci95"]["auroc_macro"])
+glue("ft_auroc", Estimate.read(result, "auroc_macro").format(), display=False)
+glue("other_auroc", Estimate.read(other_result, "auroc_macro").format()
      if other_result else "not trained in this run", display=False)
-glue("lp_auroc", display.fmt_ci(lp_result["auroc_macro"],
-                                lp_result["ci95"]["auroc_macro"]), display=False)
+glue("lp_auroc", Estimate.read(lp_result, "auroc_macro").format(), display=False)
 glue("ft_f1", f"{result['f1_macro']:.3f}", display=False)
 glue("ft_auroc_seeds", ", ".join(f"{v:.3f}" for v in result["per_run"]["auroc_macro"])
      if "per_run" in result else f"{result['auroc_macro']:.3f}", display=False)
@@ -713,12 +709,14 @@ print(f"largest difference between the two heads' logits: {gap:.2e}")
 
 # %%
 sep = by_id["separation: fine-tune > linear probe"]
-widths = {name: r["ci95"]["auroc_macro"][1] - r["ci95"]["auroc_macro"][0]
-          for name, r in (("fine-tune", result), ("linear probe", lp_result))}
-paired_width = sep["ci95"][1] - sep["ci95"][0]
-for name, r in (("fine-tune", result), ("linear probe", lp_result)):
-    print(f"{name}: {display.fmt_ci(r['auroc_macro'], r['ci95']['auroc_macro'])}")
-print("paired difference:", display.fmt_ci(sep["estimate"], sep["ci95"], signed=True))
+separate = {name: Estimate.read(r, "auroc_macro")
+            for name, r in (("fine-tune", result), ("linear probe", lp_result))}
+paired = Estimate.read(sep)
+for name, auroc in separate.items():
+    print(f"{name}: {auroc}")
+print("paired difference:", paired.format(signed=True))
+widths = {name: 2 * auroc.half_width for name, auroc in separate.items()}
+paired_width = 2 * paired.half_width
 glue("paired_width", f"{paired_width:.3f}", display=False)
 glue("separate_width", f"{np.hypot(*widths.values()):.3f}", display=False)
 

@@ -101,6 +101,7 @@ import pandas as pd
 from myst_nb import glue
 
 from helpers.analysis import findings, geometry, metrics
+from helpers.analysis.estimate import Estimate
 from helpers.book import artefacts, display, results
 from helpers.book.stamp import show_stamp
 from helpers.book.study import load_study
@@ -137,7 +138,7 @@ geo = {s: geometry.geometry_with_ci(emb[s], yt, groups, LABELS, n_boot)
 geo["lp"] = geo["zs"]
 names = {"zs": "zero-shot", "lp": "linear probe", "ft": "fine-tuned",
          "ft (permuted)": "fine-tuned on permuted labels"}
-tab = pd.DataFrame({names[s]: {**{m: display.fmt_ci(g[m], g[m + "_ci"])
+tab = pd.DataFrame({names[s]: {**{m: Estimate.read(g, m).format()
                                   for m in ("inter", "intra", "ratio")},
                                "replicates dropped": f"{g['dropped']} of {g['n_boot']}"}
                     for s, g in geo.items()}).T
@@ -178,10 +179,8 @@ rec4 = findings.record(
     findings.compare(ratio_change("ft"), ratio_change("ft (permuted)"), groups, n_boot,
                      n_runs=(runs_of("ft"), runs_of("ft (permuted)"))), {"above": 0.0},
     "the same difference for models fine-tuned on permuted labels")
-glue("ratio_diff", display.fmt_ci(rec4["estimate"], rec4["ci95"], signed=True),
-     display=False)
-glue("ratio_ctrl", display.fmt_ci(rec4["control"]["estimate"], rec4["control"]["ci95"],
-                                  signed=True), display=False)
+glue("ratio_diff", Estimate.read(rec4).format(signed=True), display=False)
+glue("ratio_ctrl", Estimate.read(rec4["control"]).format(signed=True), display=False)
 glue("ratio_verdict", rec4["verdict"], display=False)
 
 # %% tags=["hide-input"]

@@ -18,14 +18,12 @@
 #
 # ## Overview
 #
-# **The question.** The original study {cite}`sadman2025interpreting` shows Grad-CAM maps and
-# judges them by eye. A map is an explanation only if it points at the finding, and a score
-# of "points at the finding" means something only if we know what it gives when nothing
-# localises (a map that never looks at the image) and when something certainly does (a model
-# that was told where the findings are). This chapter builds both ends first, then scores
+# **The question.** The original study {cite}`sadman2025interpreting` judges Grad-CAM maps
+# by eye. A score of "points at the finding" means something only if we know what it gives
+# when nothing localises (a map that never looks at the image) and when something certainly
+# does (a model told where the findings are). This chapter builds both ends, then scores
 # every setting with seven methods, block by block and pathology by pathology. Whether the
-# maps depend on what the models learned, and whether they beat the location prior where it
-# cannot help, is the next page's question ({doc}`06b_sanity`).
+# maps depend on what the models learned is the next page's question ({doc}`06b_sanity`).
 #
 # **Objectives.** By the end of this chapter you will be able to
 #
@@ -54,12 +52,11 @@
 #
 # ## Method
 #
-# **Settings.** Every setting is a differentiable score $s_j(x)$ of label $j$ that passes
-# through the ViT image tower, so one set of methods explains them all: zero-shot with the
-# classifier chapter 2 selected on validation (the paired-prompt decision
-# $\cos(u, v_j^+) - \cos(u, v_j^-)$ of its template and prompt ensemble), zero-shot with the
-# original study's positive prompt alone ($\cos(u, v_j^+)$), the linear probe's logit through the frozen
-# tower, the fine-tuned model's logit, and a positive control (§ The positive control).
+# **Settings.** Every setting is a differentiable score $s_j(x)$ of label $j$ through the
+# ViT image tower, so one set of methods explains them all: zero-shot with chapter 2's
+# validated classifier ($\cos(u, v_j^+) - \cos(u, v_j^-)$), zero-shot with the original
+# study's positive prompt alone ($\cos(u, v_j^+)$), the probe's logit, the fine-tuned
+# model's logit, and a positive control (§ The positive control).
 #
 # **Methods.** Grad-CAM {cite}`selvaraju2017gradcam` weights the activations $A^c$ of a
 # block's patch-token grid ($g \times g$, CLS dropped) by the spatially averaged gradient,
@@ -68,14 +65,13 @@
 #    \alpha_c = \frac{1}{g^2}\sum_{u,v} \frac{\partial s}{\partial A^c_{uv}} ; $$ (eq-gradcam)
 #
 # Grad-CAM++ {cite}`chattopadhay2018gradcampp`, LayerCAM {cite}`jiang2021layercam` and
-# ScoreCAM {cite}`wang2020scorecam` change the weights (higher-order gradients, per-position
-# positive gradients, the score of the input masked by each channel); EigenCAM
-# {cite}`muhammad2020eigencam` takes the activations' first principal component and ignores
-# the label. All five run through pytorch-grad-cam on the last layer whose patch tokens reach
-# the score ({func}`helpers.saliency.attribution.default_layer`): the input of the last block for a
-# CLS-pooled tower (BiomedCLIP, the tiny model), the final norm for the positive control. Two methods read the attention
-# probabilities $A_b$ (heads $h$, tokens $N$) of every block $b$. Attention rollout
-# {cite}`abnar2020quantifying` multiplies head-averaged attention with the residual path,
+# ScoreCAM {cite}`wang2020scorecam` change the weights; EigenCAM
+# {cite}`muhammad2020eigencam` takes the first principal component and ignores the label.
+# All five run through pytorch-grad-cam on the last layer whose patch tokens reach the
+# score ({func}`helpers.saliency.attribution.default_layer`: the last block's input for a
+# CLS-pooled tower, the final norm for the positive control). Attention rollout
+# {cite}`abnar2020quantifying` multiplies head-averaged attention $\bar A_b$ of every block
+# $b$ with the residual path,
 #
 # $$ R = \prod_{b} \tfrac{1}{2}\big(\bar A_b + I\big), \qquad
 #    \bar A_b = \mathrm{mean}_h A_b , $$ (eq-rollout)
@@ -94,20 +90,15 @@
 # :pyobject: chefer
 # ```
 #
-# the map is the read-out row of $R$ (the CLS token's) over the patch columns. Rollout, like
-# EigenCAM, gives every label of an image the same map. timm computes attention with a fused
-# kernel that never forms $A_b$; for explanation the blocks are switched to the explicit
-# softmax and $A_b$ is read by a hook ({func}`helpers.saliency.attribution.attention_capture`). All
-# one-pass methods come from the same forward and backward pass; ScoreCAM needs one forward
-# per channel and runs on a subset of {glue:text}`scorecam_pairs_glue` pairs.
+# the map is the CLS token's row of $R$ over the patches. Rollout and EigenCAM give every
+# label of an image the same map. All one-pass methods share one forward and backward pass;
+# ScoreCAM needs a forward per channel and runs on {glue:text}`scorecam_pairs_glue` pairs.
 #
-# **Scores.** For each (image, label) pair with map $M$ (scaled to $[0, 1]$) and true region
-# $G$, the **hit rate** (CheXlocalize's name for the pointing game {cite}`saporta2022chexlocalize`)
-# asks whether the map's maximum lies in $G$
-# {cite}`zhang2018topdown`. Where several pixels tie for the maximum, the
-# hit is the share of them inside $G$ (the expected hit of a random tie-break); a
-# **degenerate** map (all values equal: all zero, constant, or not finite) ties everywhere
-# and therefore scores exactly its **chance level**, the area fraction of the region:
+# **Scores.** For a map $M$ (scaled to $[0, 1]$) and true region $G$, the **hit rate**
+# (CheXlocalize's name {cite}`saporta2022chexlocalize` for the pointing game
+# {cite}`zhang2018topdown`) asks whether the map's maximum lies in $G$. Where several pixels
+# tie for the maximum, the hit is the share of them inside $G$, so a **degenerate** map
+# (constant, or not finite) scores exactly its **chance level**, the region's area fraction:
 #
 # $$ \mathrm{hit}(M, G) = \frac{|P \cap G|}{|P|}, \quad
 #    P = \{p : M_p \ge \max M - \epsilon\}, \qquad
@@ -117,23 +108,17 @@
 # :pyobject: pointing_game
 # ```
 #
-# Degenerate maps are counted for every setting and method; none scores a hit or a miss
-# through the order of an array. **mIoU** is the mean IoU of the segmentation $\{M \ge t\}$
-# with $G$ (0 for an empty segmentation), with $t$ tuned per pathology on validation pairs
-# from CheXlocalize's grid $0.2, 0.3, \dots, 0.7$:
+# **mIoU** is the mean IoU of the segmentation $\{M \ge t\}$ with $G$, with $t$ tuned per
+# pathology on validation pairs from CheXlocalize's grid $0.2, 0.3, \dots, 0.7$ (pooled over
+# pathologies below {glue:text}`min_tune_pairs` pairs, Otsu's threshold below that again;
+# the scored image's own report never tunes it):
 #
 # ```{literalinclude} ../../helpers/saliency/regions.py
 # :pyobject: iou
 # ```
 #
-# **Threshold rule.** A pathology's threshold is tuned on its own validation pairs when it has
-# at least {glue:text}`min_tune_pairs` of them; otherwise on all validation pairs pooled (if
-# there are that many); otherwise each map gets Otsu's threshold (CheXlocalize's default),
-# and the validation pairs of the scored image's own report are always left out. No
-# threshold is tuned on one or two images. **IoU@0.1** is the share of pairs with IoU at least
-# 0.1, the lenient end of ChestX-ray8's thresholds {cite}`wang2017chestxray8` (not to be
-# confused with CheXlocalize's hit rate, which is the pointing game).
-# Every CI resamples reports (1,000 in CheXlocalize; {glue:text}`n_boot_glue` here).
+# **IoU@0.1** is the share of pairs with IoU of at least 0.1 {cite}`wang2017chestxray8`.
+# Every CI resamples reports ({glue:text}`n_boot_glue` times).
 #
 
 # %% tags=["parameters"]
@@ -166,6 +151,7 @@ import pandas as pd
 from myst_nb import glue
 
 from helpers.analysis import findings
+from helpers.analysis.estimate import Estimate
 from helpers.book import display
 from helpers.book.stamp import show_stamp
 from helpers.book.study import load_study
@@ -182,20 +168,17 @@ for name, value in (("n_boot_glue", n_boot), ("scorecam_pairs_glue", scorecam_pa
                     ("min_tune_pairs", regions.MIN_TUNE_PAIRS)):
     glue(name, value, display=False)
 CHAPTER = "06_grad_cam"
-fmt = display.fmt_ci
 
 # %% [markdown]
 # ## Pairs, and which model may score them
 #
-# A pair is an image and one of its findings with a known region. In `demo` the regions are
-# the phantoms' exact masks; in `full`, the annotation file's regions. Validation pairs tune
-# the segmentation thresholds. In `demo` every setting is scored on the same test pairs. In
-# `full`, where annotations are few, every annotated image is scored: zero-shot on all of
-# them; the probe on all of them, an annotated *training* image by a probe fitted without
-# its report ($k$-fold, {func}`helpers.saliency.explain.holdout_probes`); the fine-tuned
-# models only on images outside their training split. {func}`helpers.saliency.settings.build`
-# loads every setting with its pairs (and, in `demo`, trains the positive control of
-# § The positive control once, cached under the run folder).
+# A pair is an image and one of its findings with a known region: the phantoms' exact masks
+# in `demo`, the annotation file's regions in `full`. Validation pairs tune the thresholds;
+# in `demo` every setting is scored on the same test pairs. In `full`, where annotations are
+# few, every annotated image is scored, a training image by a probe fitted without its
+# report ({func}`helpers.saliency.explain.holdout_probes`) and never by a fine-tuned model
+# that trained on it. {func}`helpers.saliency.settings.build` loads every setting with its
+# pairs.
 
 # %% tags=["nbval-ignore-output"]
 control_config = positive_control.ControlConfig(epochs=control_epochs,
@@ -209,10 +192,9 @@ settings.pairs_table(cs)
 # %% [markdown]
 # ## A first look
 #
-# Before any score: test pairs with their true region outlined, and the maps of the
-# fine-tuned model and of the positive control (Grad-CAM and Chefer et al.'s
-# gradient-weighted attention, both defined below). The control's maps are drawn on the
-# marked image it saw (§ The positive control).
+# Before any score: test pairs with their true region outlined, and the Grad-CAM and Chefer
+# maps of the fine-tuned model and of the positive control (drawn on the marked image it
+# saw).
 
 # %%
 example_pairs = settings.subsample(cs.scored["ft"], n_examples)
@@ -266,26 +248,22 @@ plt.close(fig)
 # %% [markdown]
 # ## Validating the scoring
 #
-# Before any model: five maps whose scores we know, scored on the same pairs, and one that
-# knows where findings usually are. The **oracle** is the true region blurred (it must hit
-# almost always); a **uniform** map is degenerate, so it scores exactly the chance level; a
-# **random** map's maximum is a random pixel, so it should score the chance level on
-# average; a **random grid** map is random values on the tower's patch grid, upsampled as
-# every attribution map is (see below); a **centre** map always points at the middle of the
-# image. The **location prior** (`demo` only; per label, the mean of its training regions:
-# where the finding usually is, without looking) is a fixed guess a model's maps should
-# beat.
+# Before any model: maps whose scores we know. The **oracle** is the true region blurred (it
+# must hit); a **uniform** map scores exactly the chance level; a **random** map should
+# score it on average; a **random grid** map is random values on the tower's patch grid,
+# upsampled as every attribution map is; a **centre** map points at the middle. The
+# **location prior** (`demo` only: per label, the mean of its training regions) is the
+# fixed guess a model's maps should beat.
 
 # %%
 references = settings.reference_summaries(cs, n_boot)
 for name in ("oracle", "uniform", "random", "centre", "random grid"):
     r = references[name]
-    glue(f"ref_{name.replace(' ', '_')}", fmt(r["hit_rate"], r["hit_rate_ci"]),
+    glue(f"ref_{name.replace(' ', '_')}", Estimate.read(r, "hit_rate").format(),
          display=False)
 uniform, random_grid = references["uniform"], references["random grid"]
-glue("ref_chance", fmt(uniform["chance"], uniform["chance_ci"]), display=False)
-glue("ref_grid_chance", fmt(random_grid["chance"], random_grid["chance_ci"]),
-     display=False)
+glue("ref_chance", Estimate.read(uniform, "chance").format(), display=False)
+glue("ref_grid_chance", Estimate.read(random_grid, "chance").format(), display=False)
 glue("grid_side", cs.grid, display=False)
 glue("grid_ratio", f"{random_grid['chance'] / uniform['chance']:.2f}", display=False)
 grid_check = settings.grid_chance_check(cs, n_boot)
@@ -297,28 +275,23 @@ settings.summary_table(references)
 # random map {glue:text}`ref_random`, against a chance level of {glue:text}`ref_chance`: the
 # hit rate measures what it should.
 #
-# **The chance level of a coarse map.** The area fraction is the chance level of a map whose
-# peak can be any pixel. Every attribution map here is computed on the tower's
-# {glue:text}`grid_side` × {glue:text}`grid_side` patch grid and upsampled bilinearly: it
-# peaks near a cell centre or in the clamped edge strips, never uniformly. Its chance level
-# is the expected hit of random grid values upsampled the same way, found by Monte Carlo
-# ({func}`helpers.saliency.regions.grid_chance`): {glue:text}`ref_grid_chance` on these pairs,
-# {glue:text}`grid_ratio` times the area fraction. The "random grid" row is one draw per
-# pair ({glue:text}`ref_random_grid`, a noisy check); many draws check the level itself:
-# {glue:text}`grid_check`. Every setting's "hit − chance" below uses this level. The centre
-# map ({glue:text}`ref_centre`) shows how much a fixed guess earns on these findings; the
-# location prior (last row, `demo` only) is the stronger fixed guess, and the one a model's
-# maps must beat.
+# **The chance level of a coarse map.** An attribution map is computed on the
+# {glue:text}`grid_side` × {glue:text}`grid_side` patch grid and upsampled, so it peaks
+# near a cell centre, never uniformly over pixels. Its chance level is the expected hit of
+# random grid values upsampled the same way, by Monte Carlo
+# ({func}`helpers.saliency.regions.grid_chance`): {glue:text}`ref_grid_chance` here,
+# {glue:text}`grid_ratio` times the area fraction. One random grid map per pair scores
+# {glue:text}`ref_random_grid`; many draws check the level: {glue:text}`grid_check`. Every
+# "hit − chance" below uses this level. The centre map scores {glue:text}`ref_centre`.
 #
 # ## The positive control
 #
 # To show that the methods *can* report localisation, we need a model whose evidence is
-# certainly local ({mod}`helpers.saliency.positive_control`). Two things make it so. **The data**: every
-# image is shown with each of its findings *marked* inside the finding's region by a faint
-# grating whose orientation names the finding, so the evidence for a finding lies in its
-# region and nowhere else. **The model**: the study model's image tower with a patch-level
-# head, every patch token getting one logit per label, $z_{pj}$, and the image's logit their
-# smooth maximum (log-mean-exp with sharpness $r$),
+# certainly local ({mod}`helpers.saliency.positive_control`). **The data**: each finding is
+# *marked* inside its region by a faint grating whose orientation names it, so its evidence
+# lies there and nowhere else. **The model**: the study model's tower with a patch-level
+# head, one logit $z_{pj}$ per patch and label, and the image's logit their smooth maximum
+# (log-mean-exp with sharpness $r$),
 #
 # $$ z_j = \frac{1}{r} \log \frac{1}{P} \sum_{p=1}^{P} e^{r z_{pj}} , $$ (eq-lse)
 #
@@ -326,15 +299,11 @@ settings.summary_table(references)
 # :pyobject: LocalisingNet.pool
 # ```
 #
-# trained on the training split with the image-level labels *and* the regions as patch-level
-# targets (a patch is positive for a finding that covers enough of it); the tower's last
-# block, its final norm and the head are trained, the earlier blocks stay the study model's.
-# Its maps are computed on the marked images and scored against the same regions as every
-# other setting. It was told where the findings are and shown them marked, so its maps
-# localising is no result about any model of the study: it is a control, the known-positive
-# case that shows what the scores look like when localisation exists. Its weights are cached
-# under the run folder, keyed by its configuration, base weights and data, so the book trains
-# it once.
+# trained with the image labels *and* the regions as patch targets (its last block, final
+# norm and head; the earlier blocks stay the study model's). It was told where the findings
+# are and shown them marked, so its maps localising is no result about the study's models:
+# it is the known-positive case that shows what the scores look like when localisation
+# exists. Its weights are cached, so the book trains it once.
 
 # %% tags=["nbval-ignore-output"]
 if cs.control is not None:
@@ -349,14 +318,11 @@ else:
 # %% [markdown]
 # ## Seven methods, five settings
 #
-# Every setting, explained by every method on the same pairs (and Grad-CAM at every layer
-# position, for § Layer by layer), with thresholds tuned on the validation pairs
-# ({func}`helpers.saliency.settings.explain_every_setting`). The table gives the hit rate
-# beside its chance level (the grid chance level of the regions scored), mIoU, IoU@0.1 and
-# the number of degenerate maps. ScoreCAM rows are scored on a subset of
-# {glue:text}`scorecam_pairs_glue` pairs (so their chance level differs), with Otsu's
-# thresholds (the rule above, with no tuning pairs). The last rows are the model fine-tuned
-# on permuted labels, the data-randomisation control of {doc}`06b_sanity`.
+# Every setting, explained by every method on the same pairs
+# ({func}`helpers.saliency.settings.explain_every_setting`): hit rate beside its grid chance
+# level, mIoU, IoU@0.1 and degenerate maps. ScoreCAM rows use a subset of
+# {glue:text}`scorecam_pairs_glue` pairs (their own chance level) and Otsu's thresholds. The
+# last rows are the model fine-tuned on permuted labels, a control of {doc}`06b_sanity`.
 
 # %% tags=["nbval-ignore-output"]
 every = settings.explain_every_setting(cs, n_boot, scorecam_pairs)
@@ -368,39 +334,33 @@ glue("n_degenerate_total", sum(degenerate.values()), display=False)
 glue("degenerate_where", ", ".join(f"{k} ({v})" for k, v in degenerate.items())
      or "none", display=False)
 MIN_PAIRS_BELOW = 20  # 0 hits of 12 (ScoreCAM's subset) is no evidence of pointing away
-below = [f"{cs.names[k]} · {attribution.NAMES[m]} ({fmt(r['hit_rate'])} against "
-         f"{fmt(r['chance'])})" for (k, m), r in every.methods.items()
-         if r["hit_minus_chance_ci"][1] < 0 and r["n_pairs"] >= MIN_PAIRS_BELOW]
+below = [f"{cs.names[k]} · {attribution.NAMES[m]} ({r['hit_rate']:.3f} against "
+         f"{r['chance']:.3f})" for (k, m), r in every.methods.items()
+         if Estimate.read(r, "hit_minus_chance").below(0)
+         and r["n_pairs"] >= MIN_PAIRS_BELOW]
 glue("below_chance", "; ".join(below) if below else "none", display=False)
 glue("min_pairs_below", MIN_PAIRS_BELOW, display=False)
 glue("n_method_rows", len(every.methods), display=False)
 settings.method_table(cs, every)
 
 # %% [markdown]
-# Degenerate maps in this run: {glue:text}`n_degenerate_total` in total, by setting and
-# method: {glue:text}`degenerate_where`. Each is scored at its chance level and counted
-# here, never as a hit or a miss of an arbitrary pixel.
+# Degenerate maps: {glue:text}`n_degenerate_total` in total ({glue:text}`degenerate_where`),
+# each scored at its chance level. Maps that peak *outside* the findings more often than
+# chance (the whole interval of hit − chance below 0, on at least
+# {glue:text}`min_pairs_below` pairs; {glue:text}`n_method_rows` rows read without a
+# multiplicity correction, so one or two are expected by chance): {glue:text}`below_chance`.
 #
-# Maps that peak *outside* the findings significantly more often than chance (the whole
-# interval of hit − chance below 0, on at least {glue:text}`min_pairs_below` pairs; the
-# table's {glue:text}`n_method_rows` rows are read here without a correction for
-# multiplicity, so one or two such rows are expected by chance alone):
-# {glue:text}`below_chance`. Such a map is not merely
-# uninformative: it points away from the finding, at something else in the image.
-#
-# **Conventions, checked.** The tie rule and the grid-aware chance level are this book's
-# choices. CheXlocalize's own evaluation code takes the *first* maximum in row-major order
-# (a constant map "points" at the top-left pixel) and averages IoU only over pairs where both
-# masks are non-empty ({func}`helpers.saliency.regions.literal_hit`; the port is tested against
-# their code). Grad-CAM, both ways:
+# **Conventions, checked.** CheXlocalize's own code takes the *first* maximum in row-major
+# order and averages IoU only where both masks are non-empty
+# ({func}`helpers.saliency.regions.literal_hit`, tested against their code). Grad-CAM, both
+# ways:
 
 # %%
 settings.convention_table(cs, every)
 
 # %% [markdown]
-# Where the two columns of a metric agree, the verdicts of {doc}`06b_sanity` do not depend
-# on the convention; where they differ, it is ties (coarse or saturated maps) or empty
-# segmentations that make the difference.
+# Where the two columns agree, the verdicts of {doc}`06b_sanity` do not depend on the
+# convention; where they differ, ties or empty segmentations make the difference.
 
 # %% tags=["hide-input"]
 methods_shown = [m for m in attribution.METHODS
@@ -411,9 +371,9 @@ for i, key in enumerate(cs.scorers):
     bars = [(j, every.methods[(key, m)]) for j, m in enumerate(methods_shown)
             if (key, m) in every.methods]
     x = [j + (i - (len(cs.scorers) - 1) / 2) * width for j, _ in bars]
-    y = np.array([r["hit_minus_chance"] for _, r in bars])
-    ci = np.array([r["hit_minus_chance_ci"] for _, r in bars]).reshape(-1, 2)
-    ax.bar(x, y, width, yerr=[np.maximum(y - ci[:, 0], 0), np.maximum(ci[:, 1] - y, 0)],
+    gains = [Estimate.read(r, "hit_minus_chance") for _, r in bars]
+    ax.bar(x, [e.value for e in gains], width,
+           yerr=np.array([e.error_bar() for e in gains]).reshape(-1, 2).T,
            capsize=2, label=cs.names[key])
 if "location prior" in references:  # on the bars' baseline, the grid chance level
     ax.axhline(references["location prior"]["hit_rate"] - random_grid["chance"],
@@ -438,37 +398,30 @@ plt.close(fig)
 #
 # ## Per pathology
 #
-# CheXlocalize reports every pathology separately: hit rate and mIoU at the threshold tuned
-# for it (or pooled, or Otsu's, by the rule above), with the number of pairs. Grad-CAM, every
-# setting:
+# CheXlocalize reports every pathology separately. Grad-CAM, every setting:
 
 # %% tags=["hide-output"]
 settings.per_pathology_table(cs, every, references)
 
 # %% [markdown]
-# Small or thin findings (a nodule, a fracture, a line) have a small chance level and are
-# hard to hit; a large one (an enlarged heart) has a high chance level, so a hit there means
-# less. Read each row against its own chance level and the location prior's row; rows of a
-# few pairs say little.
+# Small findings have a small chance level and are hard to hit; a hit on a large one (an
+# enlarged heart) means less. Read each row against its own chance level; rows of a few
+# pairs say little.
 #
 # ## Layer by layer
 #
-# Grad-CAM at every layer position of the image tower (the `norm1` input of every block, then
-# the tower's final norm), for the zero-shot, probe, fine-tuned and control settings: hit
-# rate with its 95% CI, against the chance level (dotted) and the location prior (dashed).
-# For a CLS-pooled tower nothing at the final norm but the CLS token reaches the score: every
-# map there is degenerate and scores the chance level, which is why its Grad-CAM target is the
-# last block's input; the control pools its patches and is read at the final norm.
+# Grad-CAM at every layer position (each block's `norm1` input, then the final norm). For a
+# CLS-pooled tower only the CLS token reaches the score at the final norm, so every map
+# there is degenerate; the control pools its patches and is read there.
 
 # %% tags=["hide-input"]
 positions = attribution.layer_positions(cs.scorers["zs"])
 fig, ax = plt.subplots(figsize=(6.8, 3.8))
 for key in cs.cascade_keys():
     by_layer = [every.layers[(key, b)] for b in range(len(positions))]
-    y = np.array([r["hit_rate"] for r in by_layer])
-    ci = np.array([r["hit_rate_ci"] for r in by_layer])
-    ax.errorbar(np.arange(len(positions)), y, yerr=[np.maximum(y - ci[:, 0], 0),
-                                                    np.maximum(ci[:, 1] - y, 0)],
+    hit = [Estimate.read(r, "hit_rate") for r in by_layer]
+    ax.errorbar(np.arange(len(positions)), [e.value for e in hit],
+                yerr=np.array([e.error_bar() for e in hit]).T,
                 marker="o", capsize=3, label=cs.names[key])
 ax.axhline(random_grid["chance"], color="grey", ls=":", label="chance level (grid)")
 if "location prior" in references:
@@ -495,11 +448,9 @@ glue("best_layers", "; ".join(f"{name} at {layer}" for name, layer in best.items
 # location prior.
 # ```
 #
-# Where the maps hit most often: {glue:text}`best_layers`. Early blocks see edges and
-# texture, the last block what the embedding is built from: a map that hits most often at
-# the first block points at image structure, not at what the model made of it.
-# Every block's row (hit rate, mIoU, IoU@0.1, degenerate maps) is in the table below and in
-# the JSON this chapter writes.
+# Where the maps hit most often: {glue:text}`best_layers`. A map that hits most often at
+# the first block points at image structure, not at what the model made of it. Every
+# block's row is in the table below.
 
 # %% tags=["hide-output"]
 settings.layer_table(cs, every)
@@ -507,27 +458,24 @@ settings.layer_table(cs, every)
 # %% [markdown]
 # ## The human reference
 #
-# Where an annotation file names more than one reader, the readers' agreement on the pairs
-# they both annotated is the human reference (CheXlocalize's human benchmark): the IoU of one
-# reader's region with another's, and whether one reader's most representative point (the
-# most interior point of the region) lies in the other's region.
+# Where an annotation file names several readers, their agreement is the human reference
+# (CheXlocalize's benchmark): the IoU of two readers' regions, and whether one reader's most
+# interior point lies in the other's region.
 
 # %%
 human = settings.human_reference(cs, n_boot)
 glue("human_ref", "no annotation file with several readers in this run" if human is None
-     else f"readers' hit rate {fmt(*human['hit'])}, inter-reader mIoU "
-          f"{fmt(*human['iou'])} over {human['n']} pairs", display=False)
+     else f"readers' hit rate {human['hit']}, inter-reader mIoU "
+          f"{human['iou']} over {human['n']} pairs", display=False)
 
 # %% [markdown]
 # Human reference: {glue:text}`human_ref`.
 #
 # ## The record
 #
-# The scoring validation is the one check this page decides: the oracle's hit minus its
-# chance level must clear the declared margin against the same difference for random grid
-# maps, on the same report resamples. Everything else here is description; the verdicts are
-# {doc}`06b_sanity`'s. The per-pair Grad-CAM hits go to a file that page reads, so it does
-# not explain the trained models again.
+# This page decides one check: the oracle's hit minus its chance level must clear the
+# declared margin against the same difference for random grid maps. The verdicts are on
+# {doc}`the next page <06b_sanity>`, which reads the per-pair hits written here.
 
 # %%
 oracle = references["oracle"]["per_pair"]
@@ -556,17 +504,12 @@ print("wrote", ", ".join(display.output_name(p) for p in written),
 #
 # ## What it means, and what it cannot mean
 #
-# The scores behave as they should: the oracle hits, a constant map scores exactly its
-# chance level, and random grid maps are read against the grid chance level
-# ({glue:text}`grid_check`), so a hit rate above that level is evidence that a map looks at
-# the finding. It is not yet evidence that the map shows what
-# the *model* learned: a map can follow edges and bright blobs whatever the weights are, and
-# on phantoms whose lesions sit where findings usually sit, the location prior earns hits
-# without looking. Both questions need controls of their own, and {doc}`06b_sanity` asks
-# them. In `demo` the images are phantoms and the model is tiny: nothing here is a statement
-# about BiomedCLIP. The hit rate rewards the map's single maximum and ignores the rest of the
-# map; mIoU depends on the threshold rule and is small for thin findings whatever the map
-# does.
+# When that check is validated, a hit rate above the grid chance level is evidence that a
+# map looks at the finding. It is not yet evidence that the map shows what the *model*
+# learned: a map can follow edges whatever the weights are, and the location prior earns
+# hits without looking. {doc}`The next page <06b_sanity>` tests both. In `demo` the
+# images are phantoms and the model is tiny: nothing here is a statement about BiomedCLIP.
+# The hit rate ignores all but the map's maximum; mIoU depends on the threshold rule.
 #
 # ## Summary
 #
@@ -574,9 +517,8 @@ print("wrote", ", ".join(display.output_name(p) for p in written),
 #   {glue:text}`ref_oracle`, a uniform map {glue:text}`ref_uniform` against its chance level
 #   {glue:text}`ref_chance`; random grid maps {glue:text}`ref_random_grid` against the grid
 #   chance level {glue:text}`ref_grid_chance`.
-# - Degenerate maps among the settings and methods at their CAM layers:
-#   {glue:text}`n_degenerate_total`, each scored at its chance level (the layer table counts
-#   its own: every CLS-pooled map at the final norm is degenerate).
+# - Degenerate maps at the settings' CAM layers: {glue:text}`n_degenerate_total`, each
+#   scored at its chance level.
 # - Maps that point away from the finding more often than chance:
 #   {glue:text}`below_chance`.
 # - Human reference: {glue:text}`human_ref`.
@@ -680,13 +622,12 @@ if len(small_gain) == 2:  # same test pairs: the paired difference of the two ga
     area = regions.area_fraction(cs.scored["ft"].masks)
     small = area < np.median(area)
     reports = cs.scored["ft"].table.report_id.to_numpy()[small]
-    gap, gap_ci = regions.paired_gain(every.hits("ft")[small],
-                                      every.hits("control")[small], reports, n_boot)
-    winner = ("neither: the difference" if gap_ci[0] <= 0 <= gap_ci[1] else
-              ("the fine-tuned model's" if gap > 0 else "the positive control's") +
-              ": the difference")
-    glue("small_winner", f"{winner} (fine-tuned minus control) is "
-         f"{fmt(gap, gap_ci, signed=True)}", display=False)
+    gap = regions.paired_gain(every.hits("ft")[small], every.hits("control")[small],
+                              reports, n_boot)
+    winner = ("the fine-tuned model's" if gap.above(0) else
+              "the positive control's" if gap.below(0) else "neither")
+    glue("small_winner", f"{winner}: the difference (fine-tuned minus control) is "
+         f"{gap.format(signed=True)}", display=False)
 else:
     glue("small_winner", "not comparable in this profile", display=False)
 

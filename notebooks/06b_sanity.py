@@ -140,7 +140,6 @@ stamp = study.stamp()
 show_stamp(stamp)
 glue("cascade_pairs_glue", cascade_pairs, display=False)
 glue("n_copies", len(sanity.COPY_SEEDS), display=False)
-fmt = display.fmt_ci
 
 # %% [markdown]
 # The settings, their pairs and the positive control are chapter 6's

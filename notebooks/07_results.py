@@ -32,6 +32,7 @@ profile = "demo"  # whose stamp heads this page; the tables list every profile
 
 # %% tags=["hide-input"]
 
+import numpy as np
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
@@ -98,12 +99,9 @@ settings = ["zs", "lp", "ft"]
 for i, ((prof, mid), sub) in enumerate(table.groupby(["profile", "model_id"])):
     sub = sub.set_index("setting").reindex(settings).dropna(subset=["auroc_macro"])
     x = [settings.index(s) + 0.12 * i for s in sub.index]
-    # a percentile interval need not contain the estimate (tiny runs): no negative bar
-    cis = list(zip(sub.auroc_macro, sub.auroc_macro_ci))
-    cis = [(v, c if c and None not in c else None) for v, c in cis]
-    lo = [max(v - c[0], 0) if c else 0 for v, c in cis]
-    hi = [max(c[1] - v, 0) if c else 0 for v, c in cis]
-    ax.errorbar(x, sub.auroc_macro, yerr=[lo, hi], fmt="o", capsize=4,
+    auroc = [results.estimate_of(r, "auroc_macro") for _, r in sub.iterrows()]
+    yerr = np.array([e.error_bar() for e in auroc]).T  # (2, settings), never negative
+    ax.errorbar(x, sub.auroc_macro, yerr=yerr, fmt="o", capsize=4,
                 label=f"{prof} · {mid}")
 ax.axhline(0.5, color="#999999", lw=0.8, ls="--")
 ax.set_xticks(range(3), ["zero-shot", "linear probe", "fine-tune"])

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.analysis.estimate import Estimate
 from helpers.saliency import attribution, explain, positive_control, regions
 
 
@@ -100,7 +101,8 @@ def test_summary_has_cis_and_counts_degenerate_maps():
     out = regions.summarise(st, th, labs, np.arange(40) // 2, n_boot=30)
     assert out["n_degenerate"] == 5 and out["n_pairs"] == 40
     for k in regions.SUMMARY_KEYS:
-        assert out[f"{k}_ci"][0] <= out[k] <= out[f"{k}_ci"][1]
+        e = Estimate.read(out, k)
+        assert e.low <= e.value <= e.high
 
 
 def test_rank_correlation_of_maps():

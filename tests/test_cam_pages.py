@@ -118,10 +118,10 @@ def test_verdict_text_says_why_a_finding_was_not_tested():
 
 
 def test_the_grid_check_says_when_it_fails():
-    ok = {"draws": 20, "hit": 0.05, "chance": 0.05, "difference": 0.0,
-          "difference_ci": [-0.01, 0.01], "consistent": True}
+    ok = {"draws": 20, "hit": 0.05, "chance": 0.05,
+          "difference": {"estimate": 0.0, "ci95": [-0.01, 0.01]}, "consistent": True}
     assert settings.grid_check_text(ok).endswith("the level is confirmed")
-    bad = dict(ok, difference=-0.03, difference_ci=[-0.05, -0.01], consistent=False)
+    bad = dict(ok, difference={"estimate": -0.03, "ci95": [-0.05, -0.01]}, consistent=False)
     assert "this check fails" in settings.grid_check_text(bad)
 
 

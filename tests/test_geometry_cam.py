@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from helpers.analysis.estimate import Estimate
 from helpers.data import annotations as A
 from helpers.analysis import geometry as G
 
@@ -32,7 +33,8 @@ def test_geometry_ci_contains_estimate():
     e = y @ rng.normal(size=(3, 8)) * 3 + rng.normal(size=(200, 8))
     out = G.geometry_with_ci(e, y, np.arange(200) // 2, ["a", "b", "c"], n_boot=50)
     for k in ("inter", "intra", "ratio"):
-        assert out[f"{k}_ci"][0] <= out[k] <= out[f"{k}_ci"][1]
+        e = Estimate.read(out, k)
+        assert e.low <= e.value <= e.high
 
 
 def test_annotations_load_rasterize_and_reject_bad_lines(tmp_path):

@@ -2,6 +2,7 @@
 code fits the page and names modules by their names, parameters papermill can parse."""
 
 import ast
+import re
 from pathlib import Path
 
 import jupytext
@@ -133,6 +134,26 @@ def test_notebook_code_fits_the_page(path):
     long = [line for c in _code_cells(path) for line in c.source.splitlines()
             if len(line) > MAX_CODE_LINE]
     assert not long, f"{path.name}: code lines over {MAX_CODE_LINE} characters: {long}"
+
+
+MAX_PROSE_WORDS = 2200
+"""A chapter sized for one class (about 45 minutes): its markdown, exercises included, in
+whitespace-separated words, without display equations and included helper code."""
+
+
+def prose_words(path: Path) -> int:
+    """The words a reader reads in a chapter's markdown cells (see :data:`MAX_PROSE_WORDS`)."""
+    text = "\n".join(c.source for c in jupytext.read(path).cells if c.cell_type == "markdown")
+    text = re.sub(r"```\{literalinclude\}.*?```", "", text, flags=re.S)
+    return len(re.sub(r"\$\$.*?\$\$", "", text, flags=re.S).split())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapters_fit_one_class(path):
+    words = prose_words(path)
+    assert words <= MAX_PROSE_WORDS, (f"{path.name}: {words} words of prose, more than one "
+                                      f"class reads ({MAX_PROSE_WORDS}); split the chapter "
+                                      "along a seam, as chapters 1/1b and 6/6b are")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

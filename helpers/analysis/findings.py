@@ -12,7 +12,9 @@ A *finding* is a claim tested on this run's numbers, declared with its rule and 
      "p_value": 0.04, "holds": false, "verdict": "not established: ...",
      ...gathered: "p_holm", "holds_holm", "verdict_holm", "family_size"}
 
-Nothing in it is typed: :func:`record` computes it from the bootstrap replicates of the
+Its three estimates (the finding, the control, the difference) are each stored as an
+:class:`~helpers.analysis.estimate.Estimate` record, ``{"estimate", "ci95"}``, and read back
+with ``Estimate.read``. Nothing in it is typed: :func:`record` computes it from the bootstrap replicates of the
 finding's statistic and its control's, drawn on **the same report resamples**
 (:func:`compare`). A finding **holds** (raw) when
 
@@ -47,9 +49,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from helpers.analysis.estimate import Estimate
 from helpers.analysis.metrics import bootstrap_replicates, percentile_ci
 from helpers.book.artefacts import FINDINGS_GLOB, all_pairs, read_result, write_result
-from helpers.book.display import fmt_ci, run_label, table as show
+from helpers.book.display import run_label, table as show
 
 RULES = ("above", "below")
 KINDS = ("finding", "validation")
@@ -320,16 +323,15 @@ def record(finding: str, chapter: str, claim: str, test: Comparison, rule: dict[
         raise ValueError(f"finding {finding!r}: kind must be one of {KINDS}, got {kind!r}")
     (direction, ref), = rule.items()
     est, reps = test.finding
-    c_est, c_reps = test.control
     d_est, d_reps = test.difference
-    ci, c_ci, d_ci = _ci(reps), _ci(c_reps), _ci(d_reps)
-    clears_rule = holds(ci, rule)
+    finding_, control, difference = (Estimate.of(e, _ci(r)) for e, r in
+                                     (test.finding, test.control, test.difference))
+    clears_rule = holds(finding_.ci, rule)
     margin_rule = {direction: margin if direction == "above" else -margin}
-    clears_margin = holds(d_ci, margin_rule)
-    finite_c = all(_finite(v) for v in c_ci)
-    half = (c_ci[1] - c_ci[0]) / 2 if finite_c else None
-    degenerate = bool(finite_c and c_ci[1] - c_ci[0] <= 1e-12)
-    powered = bool(finite_c and half < margin)
+    clears_margin = holds(difference.ci, margin_rule)
+    half = control.half_width
+    degenerate = bool(half is not None and 2 * half <= 1e-12)
+    powered = bool(half is not None and half < margin)
     p = max(_one_sided_p(est, reps, ref, direction),
             _one_sided_p(d_est, d_reps, margin_rule[direction], direction))
     if degenerate or not powered:
@@ -340,14 +342,11 @@ def record(finding: str, chapter: str, claim: str, test: Comparison, rule: dict[
     return {"finding": finding, "chapter": chapter, "kind": kind,
             "primary": bool(dec is not None and dec.kind == "finding"), "claim": claim,
             "rule": dict(rule), "margin": float(margin),
-            "estimate": float(est) if _finite(est) else None, "ci95": ci,
-            "clears_rule": clears_rule,
-            "control": {"name": control_name,
-                        "estimate": float(c_est) if _finite(c_est) else None, "ci95": c_ci,
-                        "holds": holds(c_ci, rule), "half_width": half, "powered": powered,
-                        "degenerate": degenerate},
-            "difference": {"estimate": float(d_est) if _finite(d_est) else None, "ci95": d_ci,
-                           "clears_margin": clears_margin},
+            **finding_.record(), "clears_rule": clears_rule,
+            "control": {"name": control_name, **control.record(),
+                        "holds": holds(control.ci, rule), "half_width": half,
+                        "powered": powered, "degenerate": degenerate},
+            "difference": {**difference.record(), "clears_margin": clears_margin},
             "p_value": float(p), "holds": bool(ok),
             "verdict": verdict_sentence(clears_rule, clears_margin, powered, degenerate, half,
                                         margin, kind),
@@ -452,9 +451,9 @@ def gather_findings(root: str | Path | None = None) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------
 
 
-def _fmt(v: float | None, ci: Sequence[float | None] | None) -> str:
-
-    return fmt_ci(v, ci, signed=True)
+def _fmt(rec: dict[str, Any]) -> str:
+    """A stored estimate record (or a missing one, ``{}``) as a signed cell."""
+    return Estimate.read(rec).format(signed=True) if "estimate" in rec else "–"
 
 
 def findings_table(df: pd.DataFrame, with_model: bool = True) -> pd.DataFrame:
@@ -467,13 +466,13 @@ def findings_table(df: pd.DataFrame, with_model: bool = True) -> pd.DataFrame:
     diff = [d or {} for d in df.difference]
     out = pd.DataFrame({
         "finding": df.finding,
-        "estimate [95% CI]": [f"{_fmt(e, c)} (rule: {_rule_text(r)})"
+        "estimate [95% CI]": [f"{_fmt({'estimate': e, 'ci95': c})} (rule: {_rule_text(r)})"
                               for e, c, r in zip(df.estimate, df.ci95, df.rule)],
-        "control [95% CI]": [_fmt(c.get("estimate"), c.get("ci95")) for c in ctrl],
+        "control [95% CI]": [_fmt(c) for c in ctrl],
         # the control's power beside the margin it is judged against (one column fewer: the
         # results page's table of every finding fits a 676 px column)
         "finding − control (margin; control)": [
-            f"{_fmt(d.get('estimate'), d.get('ci95'))} vs ±{m:g}; control "
+            f"{_fmt(d)} vs ±{m:g}; control "
             + ("degenerate" if c.get("degenerate") else
                "powered" if c.get("powered") else "underpowered")
             for d, m, c in zip(diff, df.margin, ctrl)],

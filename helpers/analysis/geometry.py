@@ -1,7 +1,7 @@
 """Class geometry of an embedding space: inter- and intra-class distances and their ratio.
 
 Definitions (multi-label: an image counts toward *every* class it is positive for). For image
-embeddings ``E`` (n, d) (raw, unnormalised, as the seed study measures them) and targets ``Y``
+embeddings ``E`` (n, d) (raw, unnormalised, as the original study measures them) and targets ``Y``
 (n, k), the centroid of class ``j`` is ``c_j = mean{E_i : Y_ij = 1}``. Then
 
 * intra-class distance of ``j``: ``intra_j = mean{ |E_i - c_j| : Y_ij = 1 }`` (Euclidean);
@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from helpers.analysis.estimate import Estimate, table_record
 from helpers.analysis.metrics import bootstrap_runs
 
 
@@ -70,9 +71,11 @@ def geometry_with_ci(emb: np.ndarray | Sequence[np.ndarray], y: np.ndarray, grou
 
     ``emb`` is one embedding matrix (n, d) or a list of them, one per training seed: then the
     point values are means over seeds and every replicate also resamples the seeds and
-    averages over them (:func:`metrics.bootstrap_runs`: an interval for the mean). Returns ``{"inter", "intra", "ratio", "inter_ci",
-    "intra_ci", "ratio_ci", "per_label", "classes", "dropped", "n_boot"}``; ``per_label`` maps
-    label -> {inter, intra, ratio, n} (point values, first seed).
+    averages over them (:func:`metrics.bootstrap_runs`: an interval for the mean). Returns a
+    table of estimates (:func:`helpers.analysis.estimate.table_record`: ``"inter"``,
+    ``"intra"``, ``"ratio"`` with their intervals under ``"ci95"``) plus ``"per_label"``,
+    ``"classes"``, ``"dropped"``, ``"n_boot"`` and ``"runs"``; ``per_label`` maps label ->
+    {inter, intra, ratio, n} (point values, first seed).
     """
 
     runs = [emb] if isinstance(emb, np.ndarray) else list(emb)
@@ -92,10 +95,10 @@ def geometry_with_ci(emb: np.ndarray | Sequence[np.ndarray], y: np.ndarray, grou
 
     point, lo, hi = bootstrap_runs(overall, groups, (len(runs),), n_boot, seed)
     g = class_geometry(runs[0], y, classes=classes)
-    out: dict = {"classes": [c for c, u in zip(labels, classes) if u], "dropped": dropped[0],
-                 "n_boot": n_boot, "runs": len(runs)}
-    for i, name in enumerate(("inter", "intra", "ratio")):
-        out[name], out[f"{name}_ci"] = float(point[i]), [float(lo[i]), float(hi[i])]
+    out: dict = table_record({name: Estimate.of(point[i], [lo[i], hi[i]])
+                              for i, name in enumerate(("inter", "intra", "ratio"))})
+    out.update({"classes": [c for c, u in zip(labels, classes) if u], "dropped": dropped[0],
+                "n_boot": n_boot, "runs": len(runs)})
     out["per_label"] = {c: {"inter": float(g["inter"][j]), "intra": float(g["intra"][j]),
                             "ratio": float(g["inter"][j] / g["intra"][j]), "n": int(y[:, j].sum())}
                         for j, c in enumerate(labels) if g["used"][j]}

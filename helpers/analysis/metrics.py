@@ -17,11 +17,14 @@ likely) and per-label thresholds ``t`` (k,), predictions are ``P = S >= t``. Met
   averaged over labels (:func:`calibration`).
 
 F1 is reported both ways: *macro* (the mean of per-label F1, every label counts the same; the
-one compared with the seed's "F1") and *micro* (pooled over all image-label pairs, dominated by
+one compared with the original study's "F1") and *micro* (pooled over all image-label pairs, dominated by
 the frequent labels).
 
 Confidence intervals: 95% percentile bootstrap, resampling *reports* (an image's report is its
-cluster), so two images of one report never land in different resamples independently.
+cluster), so two images of one report never land in different resamples independently. A
+result stores each metric's interval under ``ci95`` (``result["ci95"]["auroc_macro"]``);
+``Estimate.read(result, "auroc_macro")`` (:mod:`helpers.analysis.estimate`) reads the two
+together.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
+from helpers.analysis.estimate import Estimate
 from helpers.book.artefacts import write_result
 from helpers.storage import atomic_write_bytes
 
@@ -553,13 +557,14 @@ def bootstrap_values(fn, groups: Sequence, n_boot: int = 500, seed: int = 0,
 
 
 def bootstrap_stat(fn, groups: Sequence, n_boot: int = 500, seed: int = 0,
-                   alpha: float = 0.05) -> tuple[float, float, float]:
-    """Point value and 95% percentile CI of ``fn(idx)`` under a report-level bootstrap.
+                   alpha: float = 0.05) -> Estimate:
+    """Point value and 95% percentile CI of ``fn(idx)`` under a report-level bootstrap (the
+    interval covers test resampling).
 
     ``fn`` takes an index array into the rows (all rows for the point value) and returns a float.
     """
     v, lo, hi = bootstrap_values(fn, groups, n_boot, seed, alpha)
-    return float(v), float(lo), float(hi)
+    return Estimate.of(v, [lo, hi])
 
 
 def write_metrics(path, setting: str, metrics: dict[str, Any], params: dict[str, Any],
@@ -607,7 +612,7 @@ def load_scores(path, image_ids: Sequence[str] | None = None, made_by: str = "")
 
 
 def paired_difference(fn_a, fn_b, groups: Sequence, n_boot: int = 500, seed: int = 0,
-                      n_runs: tuple[int, int] = (1, 1)) -> tuple[float, float, float]:
+                      n_runs: tuple[int, int] = (1, 1)) -> Estimate:
     """Point value and 95% CI of ``fn_a - fn_b`` with one shared report-level resample.
 
     With ``n_runs == (1, 1)`` the functions take the row indices, ``fn(idx)``. With several
@@ -619,4 +624,4 @@ def paired_difference(fn_a, fn_b, groups: Sequence, n_boot: int = 500, seed: int
     else:
         diff = lambda idx, r: fn_a(idx, r[0]) - fn_b(idx, r[1])  # noqa: E731
     v, lo, hi = bootstrap_runs(diff, groups, tuple(n_runs), n_boot, seed)
-    return float(v), float(lo), float(hi)
+    return Estimate.of(v, [lo, hi])

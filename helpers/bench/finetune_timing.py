@@ -1,6 +1,6 @@
 """Fine-tuning benchmarks (part of ``make bench``, see :mod:`helpers.bench.timing`).
 
-* the seed's step (PNG decode in a DataLoader, a host sync per step) against ``finetune()`` on
+* the original study's step (PNG decode in a DataLoader, a host sync per step) against ``finetune()`` on
   the pixel cache, on a CPU at every thread count up to the process's;
 * ``finetune()`` end to end (data, augmentation, validation every epoch, checkpoints) for a model
   of the demo's or BiomedCLIP's size;
@@ -27,7 +27,7 @@ from helpers.protocols.pretrain import chexpert_corpus
 from helpers.protocols.training import augment, augment_pixels, autocast, maybe_compile, to_cpu
 
 IUXRAY_TRAIN = 2575  # training images of the split, one frontal per report (chapter 1; tested)
-SEED_FINETUNE_MIN = 15.47  # the seed study's reported fine-tuning time (30 epochs)
+SEED_FINETUNE_MIN = 15.47  # the original study's reported fine-tuning time (30 epochs)
 BIOMEDCLIP_SIZE = dict(embed_dim=512, vit_width=768, vit_depth=12, vit_heads=12, bert_width=768, bert_depth=12,
                        bert_heads=12, vocab_size=30522, context_length=256, image_size=224, patch_size=16,
                        mlp_ratio=4.0, pad_vocab=True)
@@ -69,7 +69,7 @@ def _seed_style_loader(paths, y, preprocess, batch_size):
 
 
 def _seed_step_s(model, tokenizer, preprocess, paths, y, steps: int, batch_size: int, device) -> float:
-    """Seconds per step of the seed's loop: PNG decode per step, autocast-free forward, Adam,
+    """Seconds per step of the original study's loop: PNG decode per step, autocast-free forward, Adam,
     a host sync per step to log the loss (one warm-up pass first)."""
 
     scorer = F.build_scorer(model, tokenizer, CHEXPERT_LABELS, F.FinetuneConfig()).to(device).train()

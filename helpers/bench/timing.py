@@ -1,9 +1,9 @@
 """Benchmarks, measured side by side in one run: ``make bench`` (``python -m helpers.bench.timing``).
 
 On the same images and the same machine, each fast path of this project is timed against the
-seed study's way of doing the same work:
+original study's way of doing the same work:
 
-* embedding extraction: the seed's loop (one image at a time: PIL decode, open_clip
+* embedding extraction: the original study's loop (one image at a time: PIL decode, open_clip
   preprocessing, ``encode_image``) against ours (decode + preprocess once into a uint8 cache,
   then batched ``inference_mode`` forward passes), cold (cache built in the timing) and warm,
   at the demo model's size and at BiomedCLIP's image-tower size (ViT-B/16, 224 px, randomly
@@ -11,8 +11,8 @@ seed study's way of doing the same work:
   bare forward pass of the same tower on random tensors (the hardware's ceiling);
 * linear-probe fitting on embeddings of IU-Xray's split sizes (14 labels, 4 values of C): the
   per-label sklearn loop against the vectorised fit;
-* fine-tuning steps: PNG decode per step in a DataLoader (the seed's) against the pixel cache
-  (ours), with the CPU thread count that the machine's load allows;
+* fine-tuning steps: PNG decode per step in a DataLoader (the original study's) against
+  the pixel cache (ours), with the CPU thread count that the machine's load allows;
 * on a GPU, fine-tuning at BiomedCLIP size end to end (``finetune()``: data, augmentation,
   validation every epoch, checkpoints) for the issue's 30 epochs, and the step variants that
   decide the fast path (fused Adam, ``torch.compile``, host or device augmentation, checkpoint
@@ -138,7 +138,7 @@ def _cpuinfo() -> str:
 
 @torch.no_grad()
 def seed_style_embeddings(model: nn.Module, preprocess, paths: Sequence[str], device: torch.device) -> np.ndarray:
-    """The seed's loop: per image, PIL decode, preprocess, a batch of one through the model."""
+    """The original study's loop: per image, PIL decode, preprocess, a batch of one through the model."""
     from PIL import Image
 
     model.eval().to(device)
@@ -156,7 +156,7 @@ def _variants(precisions: Sequence[str], compile_too: bool) -> list[tuple[str, s
 def bench_embedding(model: nn.Module, preprocess, mean, std, paths: Sequence[str], device: torch.device,
                     batch_size: int = 64, seed_images: int | None = None, precisions: Sequence[str] = ("auto",),
                     compile_too: bool = False) -> dict:
-    """Seconds and images/s for the seed's loop (on ``seed_images`` of the images) and ours (cold
+    """Seconds and images/s for the original study's loop (on ``seed_images`` of the images) and ours (cold
     and warm cache) in each precision (and compiled, warm); speed-ups per image; max |diff|."""
 
     ids = [Path(p).stem for p in paths]

@@ -2,8 +2,9 @@
 one way of drawing a table so that it fits the page.
 
 Every chapter prints a metric with its interval as ``0.283 [0.259, 0.304]`` in one cell
-(:func:`fmt_ci`), and reads its metrics against the reference scorers of :mod:`helpers.analysis.baselines`
-with :func:`against_floors`. Its tables are drawn by :func:`table_html` (every data frame a
+(:meth:`helpers.analysis.estimate.Estimate.format`; :func:`fmt_ci` for a bare value), and
+reads its metrics against the reference scorers of :mod:`helpers.analysis.baselines` with
+:func:`against_floors`. Its tables are drawn by :func:`table_html` (every data frame a
 cell shows, once :func:`use_book_tables` ran; :func:`helpers.book.stamp.show_stamp` runs it), and
 files it wrote are named relative to the output folder (:func:`output_name`).
 """
@@ -19,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from helpers.analysis.baselines import SCORERS
+from helpers.analysis.estimate import Estimate, fmt_ci
 from helpers.book.artefacts import output_root
 
 NAMES = {"f1_macro": "F1 (macro)", "f1_micro": "F1 (micro)", "exact_match": "exact match",
@@ -31,18 +33,6 @@ LOWER_IS_BETTER = ("coverage_error", "ranking_loss", "brier", "ece")
 
 def _ok(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def fmt_ci(value: float | None, ci: Sequence[float | None] | None = None, digits: int = 3,
-           signed: bool = False) -> str:
-    """``value [low, high]`` with ``digits`` decimals (``+`` signs with ``signed``); ``–`` if missing."""
-    if not _ok(value):
-        return "–"
-    f = f"{{:{'+' if signed else ''}.{digits}f}}"
-    s = f.format(value)
-    if ci is not None and len(ci) == 2 and all(_ok(c) for c in ci):
-        s += f" [{f.format(ci[0])}, {f.format(ci[1])}]"
-    return s
 
 
 def run_label(profile: str, model_id: str, quick_run: str | None = None) -> str:
@@ -65,10 +55,10 @@ def output_name(path: str | os.PathLike) -> str:
 
 def beats(result: Mapping[str, Any], floor: float, metric: str) -> bool:
     """Whether a result's 95% CI lies entirely on the better side of ``floor`` for ``metric``."""
-    ci = result.get("ci95", {}).get(metric)
-    if not ci or not _ok(floor) or not all(_ok(c) for c in ci):
+    e = Estimate.read(result, metric)
+    if not _ok(floor):
         return False
-    return ci[1] < floor if metric in LOWER_IS_BETTER else ci[0] > floor
+    return e.below(floor) if metric in LOWER_IS_BETTER else e.above(floor)
 
 
 def best_floor(refs: Mapping[str, Mapping[str, Any]], metric: str) -> tuple[str, float] | None:
@@ -116,7 +106,7 @@ def against_floors(ours: Mapping[str, Mapping[str, Any]], refs: Mapping[str, Map
         row = {}
         for name, r in ours.items():
             mark = " ▼" if floor_status(r, refs, m) == "at or below" else ""
-            row[name] = fmt_ci(r.get(m), r.get("ci95", {}).get(m)) + mark
+            row[name] = Estimate.read(r, m).format() + mark
         fl = best_floor(refs, m)
         if fl:
             row["best image-independent"] = f"{fl[0]}: {fmt_ci(fl[1])}"

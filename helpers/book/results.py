@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from helpers.analysis.estimate import Estimate, table_record
 from helpers.book.artefacts import GEOMETRY_FILE, METRICS_FILES, REFERENCE_FILE, all_pairs, read_result
 from helpers.book.display import NAMES, best_floor, floor_status, fmt_ci, run_label, table as show
 
@@ -56,13 +58,20 @@ def _read(path: Path) -> dict | None:
     return read_result(path, missing_ok=True)
 
 
+def _estimate_columns(record: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The table's two columns per estimate: ``name`` (value) and ``name_ci`` ([low, high])."""
+    cols: dict[str, Any] = {}
+    for k in names:
+        e = Estimate.read(record, k)
+        cols[k], cols[f"{k}_ci"] = e.value, e.ci
+    return cols
+
+
 def _row(profile: str, model: str, setting: str, metrics: dict, stamp: dict, **extra) -> dict:
-    ci = metrics.get("ci95", {})
     row = {"profile": profile, "model_id": stamp.get("model_id", model), "setting": setting,
            "data_hash": stamp.get("data_hash"), "executed": stamp.get("date"),
            "quick_run": stamp.get("quick_run"), **extra}
-    for k in METRICS:
-        row[k], row[f"{k}_ci"] = metrics.get(k), ci.get(k)
+    row.update(_estimate_columns(metrics, METRICS))
     return row
 
 
@@ -73,9 +82,7 @@ def _pair_rows(profile: str, model: str, folder: Path) -> list[dict]:
         d = _read(folder / fname)
         if d is None:
             continue
-        g = geo.get(setting, {})
-        geo_cols = {k: g.get(k) for k in ("inter", "intra", "ratio")}
-        geo_cols.update({f"{k}_ci": g.get(f"{k}_ci") for k in ("inter", "intra", "ratio")})
+        geo_cols = _estimate_columns(geo.get(setting, {}), ("inter", "intra", "ratio"))
         rows.append(_row(profile, model, setting, d["metrics"], d.get("stamp", {}),
                          time_min=d.get("time_min"), runs=d["metrics"].get("runs", 1), **geo_cols))
         for key, row_setting in EXTRA_ROWS.get(setting, {}).items():
@@ -91,7 +98,9 @@ def gather(root: str | os.PathLike | None = None) -> pd.DataFrame:
 
     Settings: ``zs``, ``zs-seed`` (chapter 2's seed-protocol row), ``lp``, ``ft``. Columns:
     profile, model_id, setting, data_hash, executed, time_min, runs, and for every metric ``m``
-    of :data:`COLUMNS` the value ``m`` and its interval ``m_ci`` ([low, high] or None).
+    of :data:`COLUMNS` the value ``m`` and its interval ``m_ci`` ([low, high] or None): a
+    table flattens each stored estimate (:class:`~helpers.analysis.estimate.Estimate`) into two
+    columns so that it sorts by value; :func:`estimate_of` gives one back.
     """
     rows = [r for profile, model, folder in all_pairs(root) for r in _pair_rows(profile, model, folder)]
     return pd.DataFrame(rows)
@@ -113,10 +122,15 @@ def _label(r) -> str:
     return run_label(r.profile, r.model_id, r.get("quick_run"))
 
 
+def estimate_of(row: Mapping[str, Any], name: str) -> Estimate:
+    """The estimate ``name`` of a :func:`gather` row (its ``name`` and ``name_ci`` columns)."""
+    ci = row.get(f"{name}_ci")
+    return Estimate.of(row.get(name), ci if isinstance(ci, (list, tuple)) else None)
+
+
 def _as_result(r) -> dict:
     """A table row as a :func:`metrics.evaluate`-like result (value and ``ci95``)."""
-    return {**{m: r.get(m) for m in METRICS},
-            "ci95": {m: r.get(f"{m}_ci") for m in METRICS if r.get(f"{m}_ci") is not None}}
+    return table_record({m: estimate_of(r, m) for m in METRICS})
 
 
 def _floors_of(refs: pd.DataFrame | None, profile: str, model_id: str) -> dict[str, dict]:
@@ -130,7 +144,7 @@ def _cells(r, floors: dict[str, dict] | None = None,
            columns: list[str] | None = None) -> dict[str, str]:
     out = {}
     for c in COLUMNS if columns is None else columns:
-        cell = fmt_ci(r.get(c), r.get(f"{c}_ci"))
+        cell = estimate_of(r, c).format()
         if floors and c in METRICS and floor_status(_as_result(r), floors, c) == "at or below":
             cell += " ▼"
         out[HEADERS[c]] = cell
@@ -224,7 +238,7 @@ def models_side_by_side(df: pd.DataFrame, metric: str = "auroc_macro") -> pd.Dat
     ``metric`` as value [95% CI]."""
     if df.empty:
         return pd.DataFrame()
-    t = df.assign(cell=[fmt_ci(v, c) for v, c in zip(df[metric], df[f"{metric}_ci"])],
+    t = df.assign(cell=[estimate_of(r, metric).format() for _, r in df.iterrows()],
                   run=[_label(r) for _, r in df.iterrows()])
     wide = t.pivot_table(index="run", columns="setting", values="cell", aggfunc="first")
     cols = [s for s in sorted(ROW_KINDS, key=SETTING_ORDER.get) if s in wide.columns]

@@ -14,7 +14,7 @@ One row per region::
   truth is the union of their regions, and chapter 6 reports their agreement as the human
   reference.
 
-Several rows with the same image and label are united. The seed study's 15 radiologist-annotated
+Several rows with the same image and label are united. The original study's 15 radiologist-annotated
 IU-Xray images go into such a file; ``annotations/iuxray_example.csv`` ships as an example of the
 format (its regions are illustrative, not expert annotations). :func:`nih_boxes` converts the
 NIH ChestX-ray14 bounding boxes that ship with torchxrayvision into the same frame, as an

@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=0, help="global batch size (default: 0 = the profile's)")
     f.add_argument("--patience", type=int, default=0,
                    help="early-stopping patience in epochs (default: 0 = the profile's)")
-    f.add_argument("--temperature", type=float, default=0.17, help="the seed's temperature T (default: 0.17)")
+    f.add_argument("--temperature", type=float, default=0.17, help="the original study's temperature T (default: 0.17)")
     f.add_argument("--max-steps-per-epoch", type=int, default=0,
                    help="cap on steps per epoch (default: 0 = whole split)")
     f.add_argument("--image-dir", default="", help="full only: folder of Open-I PNGs (default: the profile's)")

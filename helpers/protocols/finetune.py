@@ -6,7 +6,7 @@ Both objectives end in one logit per label ``z_ij`` for image ``i`` and label ``
 * ``contrastive`` (image-text, with label prompts): ``z_ij = (<u_i, v_j+> - <u_i, v_j->) / T``,
   the log-odds of CheXzero's softmax over label ``j``'s positive and negative prompt, with
   ``u`` the normalised image embedding, ``v`` the normalised text embeddings (recomputed every
-  step: the text tower trains too) and a fixed temperature ``T`` (the seed's 0.17). Scoring after
+  step: the text tower trains too) and a fixed temperature ``T`` (the original study's 0.17). Scoring after
   training is exactly chapter 2's paired-prompt zero-shot rule.
 * ``bce`` (classification head): ``z_i = W u_i + b``, a linear head on the normalised image
   embedding, initialised at the zero-shot solution ``W_j = (v_j+ - v_j-) / T``, ``b = 0``; the
@@ -140,7 +140,7 @@ class FinetuneConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' (the seed's) or 'sgd', got {self.optimizer!r}")
+            raise ValueError(f"optimizer must be 'adam' (the original study's) or 'sgd', got {self.optimizer!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         for name in ("epochs", "batch_size", "patience", "checkpoint_every"):

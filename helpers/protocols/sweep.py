@@ -1,7 +1,7 @@
 """The fine-tuning budget, chosen in the open: a successive-halving sweep on validation only.
 
 ``python -m helpers.protocols.sweep`` trains every configuration of :data:`GRID` (objective x learning
-rate) on the training split with the seed's schedule length of :data:`MAX_EPOCHS` epochs
+rate) on the training split with the original study's schedule length of :data:`MAX_EPOCHS` epochs
 (cosine schedule, early stopping with :data:`PATIENCE` < the epoch count), but not to the end:
 after the first rung of :data:`RUNGS` epochs every configuration is ranked by its best
 validation macro AUROC so far, the best ``1 / ETA`` continue to the next rung (resumed from

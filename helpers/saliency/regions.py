@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from helpers.analysis.estimate import Estimate, table_record
 from helpers.analysis.metrics import bootstrap_values, paired_difference
 
 PEAK_TOL = 1e-6
@@ -323,21 +324,21 @@ def summarise(stats: dict[str, np.ndarray], thresholds: Thresholds, labels: Sequ
               groups: Sequence, n_boot: int = 200, seed: int = 0) -> dict:
     """Hit rate, its chance level, hit minus chance, mIoU and IoU@0.1 with report-level 95% CIs.
 
-    Returns ``{key: value, f"{key}_ci": [lo, hi]}`` for :data:`SUMMARY_KEYS`, ``n_pairs``,
+    Returns a table of estimates (:func:`helpers.analysis.estimate.table_record`: each of
+    :data:`SUMMARY_KEYS` with its interval under ``"ci95"``) plus ``n_pairs``,
     ``n_degenerate``, ``threshold_sources`` (counts), ``per_label`` (label -> hit rate, chance,
     mIoU, n, threshold) and ``per_pair`` (the arrays, for paired comparisons).
     """
 
     per = per_pair_scores(stats, thresholds)
     labels = np.asarray(labels, dtype=object)
-    out: dict = {"n_pairs": int(len(labels)), "n_degenerate": int(np.sum(per["degenerate"]))}
     if len(labels):
         cols = np.stack([per[k] for k in SUMMARY_KEYS], 1).astype(float)
         v, lo, hi = bootstrap_values(lambda idx: _nanmean_cols(cols[idx]), groups, n_boot, seed)
     else:
         v = lo = hi = np.full(len(SUMMARY_KEYS), np.nan)
-    for j, k in enumerate(SUMMARY_KEYS):
-        out[k], out[f"{k}_ci"] = float(v[j]), [float(lo[j]), float(hi[j])]
+    out = table_record({k: Estimate.of(v[j], [lo[j], hi[j]]) for j, k in enumerate(SUMMARY_KEYS)})
+    out.update({"n_pairs": int(len(labels)), "n_degenerate": int(np.sum(per["degenerate"]))})
     src, cnt = np.unique(thresholds.source.astype(str), return_counts=True)
     out["threshold_sources"] = {str(s): int(c) for s, c in zip(src, cnt)}
     out["per_label"] = {
@@ -365,14 +366,14 @@ def _first(thresholds: Thresholds, sel: np.ndarray) -> str:
 
 
 def paired_gain(a: np.ndarray, b: np.ndarray, groups: Sequence, n_boot: int = 200,
-                seed: int = 0) -> tuple[float, list[float]]:
-    """Mean of ``a - b`` over the same pairs (n,) and its report-level 95% CI."""
+                seed: int = 0) -> Estimate:
+    """Mean of ``a - b`` over the same pairs (n,) and its report-level 95% CI (missing, with
+    no pair)."""
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if not len(a):
-        return float("nan"), [float("nan"), float("nan")]
-    v, lo, hi = paired_difference(lambda i: a[i].mean(), lambda i: b[i].mean(), groups, n_boot, seed)
-    return v, [lo, hi]
+        return Estimate(None)
+    return paired_difference(lambda i: a[i].mean(), lambda i: b[i].mean(), groups, n_boot, seed)
 
 
 # --------------------------------------------------------------------------------------

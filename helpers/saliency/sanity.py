@@ -28,8 +28,8 @@ from torch import nn
 
 from helpers.analysis import findings
 from helpers.analysis.findings import Comparison
+from helpers.analysis.estimate import Estimate
 from helpers.analysis.metrics import bootstrap_stat
-from helpers.book.display import fmt_ci
 from helpers.book.study import LocPairs
 from helpers.saliency import offprior, regions
 from helpers.saliency.attribution import ONE_PASS
@@ -72,9 +72,8 @@ def versus(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, pairs: Lo
 def mean_ci(values: np.ndarray, pairs: LocPairs, n_boot: int) -> str:
     """The mean of per-pair ``values`` (n,) with its 95% CI over the pairs' reports."""
     v = np.asarray(values, dtype=float)
-    est, lo, hi = bootstrap_stat(lambda i: float(v[i].mean()),
-                                 pairs.table.report_id.to_numpy(), n_boot)
-    return fmt_ci(est, [lo, hi])
+    return bootstrap_stat(lambda i: float(v[i].mean()), pairs.table.report_id.to_numpy(),
+                          n_boot).format()
 
 
 # --------------------------------------------------------------------------------------
@@ -111,12 +110,12 @@ def cascade_curves(cs: CamSettings, pairs: LocPairs, n_boot: int
             for m in ONE_PASS:
                 rho = regions.rank_correlation(orig.small[m], e.small[m])
                 ok = np.isfinite(rho)
-                v = lo = hi = np.nan
+                mean = Estimate(None)
                 if ok.sum() > 1 and not failed:
-                    v, lo, hi = bootstrap_stat(lambda i, r=rho[ok]: float(r[i].mean()),
-                                               groups[ok], n_boot)
-                rows.append({"setting": key, "step": step, "method": m, "spearman": v,
-                             "spearman_lo": lo, "spearman_hi": hi, "n_defined": int(ok.sum()),
+                    mean = bootstrap_stat(lambda i, r=rho[ok]: float(r[i].mean()),
+                                          groups[ok], n_boot)
+                rows.append({"setting": key, "step": step, "method": m,
+                             **curve_columns(mean), "n_defined": int(ok.sum()),
                              "failed_step": failed,
                              "hit_rate": None if failed else float(e.stats[m]["hit"].mean())})
     return pd.DataFrame(rows), health
@@ -166,18 +165,27 @@ def copies_ok(copies: Mapping[tuple[str, int], Randomised], key: str) -> bool:
     return not any(copies[(key, s)].failed for s in COPY_SEEDS)
 
 
-def final_spearman(curves: pd.DataFrame, key: str) -> tuple[float, list[float]]:
-    """Grad-CAM's rank correlation with the trained maps after the whole cascade (NaN when the
-    setting was not cascaded)."""
+def curve_columns(mean: Estimate) -> dict[str, float]:
+    """A cascade step's mean Spearman as the curve table's columns ``spearman``,
+    ``spearman_lo``, ``spearman_hi`` (NaN where missing: the band is drawn from them)."""
+    nan = float("nan")
+    return {"spearman": nan if mean.value is None else mean.value,
+            "spearman_lo": nan if mean.low is None else mean.low,
+            "spearman_hi": nan if mean.high is None else mean.high}
+
+
+def final_spearman(curves: pd.DataFrame, key: str) -> Estimate:
+    """Grad-CAM's rank correlation with the trained maps after the whole cascade (missing
+    when the setting was not cascaded)."""
     last = curves[(curves.setting == key) & (curves.method == "gradcam")] if len(curves) else curves
     if not len(last):
-        return float("nan"), [float("nan"), float("nan")]
+        return Estimate(None)
     r = last.iloc[-1]
-    return float(r.spearman), [float(r.spearman_lo), float(r.spearman_hi)]
+    return Estimate.of(r.spearman, [r.spearman_lo, r.spearman_hi])
 
 
 def copy_noise(cs: CamSettings, copies: Mapping[tuple[str, int], Randomised],
-               n_boot: int) -> dict[str, tuple[float, list[float]]]:
+               n_boot: int) -> dict[str, Estimate]:
     """Per setting, the negative control of model randomisation: mean hit of copies B minus
     copies A over its pairs, with its 95% CI over reports."""
     return {key: regions.paired_gain(copy_hits(copies, key, CONTROL_COPIES),
@@ -202,7 +210,7 @@ def sanity_table(cs: CamSettings, hits: Mapping[str, np.ndarray],
         if key == "ft" and "ft-permuted" in hits:
             cells["trained − permuted-label model"] = regions.paired_gain(
                 hits["ft"], hits["ft-permuted"], groups, n_boot)
-        row = {name: fmt_ci(v, ci, signed=True) for name, (v, ci) in cells.items()}
+        row = {name: e.format(signed=True) for name, e in cells.items()}
         failed = [s for s in COPY_SEEDS if copies[(key, s)].failed]
         worst = max(copies[(key, s)].health["degenerate_share"] for s in COPY_SEEDS)
         row["randomised copies"] = (f"failed: seeds {failed}" if failed else
@@ -353,7 +361,7 @@ def sanity_findings(cs: CamSettings, hits: Mapping[str, np.ndarray],
             f"{name} Grad-CAM maps hit more often than its randomised copies'",
             versus(hits[key], h0, h1, h0, pairs, n_boot), {"above": 0.0},
             "randomised copies B against copies A (means of three)", n=len(pairs),
-            final_spearman=final_spearman(curves, key)[0]))
+            final_spearman=final_spearman(curves, key).value))
     if "ft-permuted" in hits and "ft" in cs.scorers and copies_ok(copies, "ft"):
         pairs = cs.scored["ft"]
         h0 = copy_hits(copies, "ft", FINDING_COPIES)
@@ -374,10 +382,9 @@ def verdict_text(recs: Sequence[dict], finding_id: str, copies_failed: bool = Fa
     if r is None:
         return ("not tested: a randomised copy failed its check" if copies_failed
                 else "not tested in this profile")
-    d = r["difference"]
-    return (f"{r['verdict']} (estimate {fmt_ci(r['estimate'], r['ci95'], signed=True)}; "
-            f"minus its control {fmt_ci(d['estimate'], d['ci95'], signed=True)}, margin "
-            f"{r['margin']:g})")
+    estimate, difference = Estimate.read(r), Estimate.read(r["difference"])
+    return (f"{r['verdict']} (estimate {estimate.format(signed=True)}; "
+            f"minus its control {difference.format(signed=True)}, margin {r['margin']:g})")
 
 
 def control_reading(records: Sequence[dict], cs: CamSettings, off: OffPriorScores | None) -> str:
@@ -407,16 +414,16 @@ def data_randomisation_reading(records: Sequence[dict]) -> str:
     rec = next((r for r in records if r["finding"] == "ft: data randomisation"), None)
     if rec is None:
         return "Not tested in this run (no permuted-label model, or a failed randomised copy)."
-    est, (lo, hi) = rec["estimate"], rec["ci95"]
-    said = f"fine-tuned minus permuted-label hit rate {fmt_ci(est, [lo, hi], signed=True)}"
-    if hi is not None and hi < 0:
+    gain = Estimate.read(rec)
+    said = f"fine-tuned minus permuted-label hit rate {gain.format(signed=True)}"
+    if gain.below(0):
         return (f"Its maps hit more often than the fine-tuned model's ({said}). Labels "
                 "that carry no information still change the tower, and the real labels' "
                 "model localises worse than that. Why is not tested here (one possibility: "
                 "such a run learns image structure, which on phantoms lies where the lesions "
                 "are). The check fails in the direction that matters: the fine-tune's maps "
                 "are not explained by what its labels taught it.")
-    if lo is not None and lo > 0:
+    if gain.above(0):
         return (f"Its maps hit less often than the fine-tuned model's ({said}): the real "
                 "labels taught the tower something its maps show. The verdict above says "
                 "whether the difference clears the margin against the randomised copies.")
@@ -478,6 +485,6 @@ def noisy_controls(cs: CamSettings, copies: Mapping[tuple[str, int], Randomised]
                    n_boot: int) -> str:
     """The settings whose two groups of randomised copies differ (the 95% CI of
     :func:`copy_noise` excludes 0), with that difference; or ``"none"``."""
-    return "; ".join(f"{cs.names[key]}, {fmt_ci(v, [lo, hi], signed=True)}"
-                     for key, (v, (lo, hi)) in copy_noise(cs, copies, n_boot).items()
-                     if lo > 0 or hi < 0) or "none"
+    return "; ".join(f"{cs.names[key]}, {noise.format(signed=True)}"
+                     for key, noise in copy_noise(cs, copies, n_boot).items()
+                     if noise.above(0) or noise.below(0)) or "none"

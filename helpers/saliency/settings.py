@@ -26,15 +26,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from torch import nn
 
+from helpers.analysis.estimate import Estimate
 from helpers.analysis.metrics import bootstrap_stat
 from helpers.book.artefacts import read_result, write_result
-from helpers.book.display import fmt_ci
 from helpers.book.study import LocPairs, Study, localization_pairs
 from helpers.protocols import repeats
 from helpers.protocols.probe import load_probe
@@ -296,12 +296,12 @@ def explain_every_setting(cs: CamSettings, n_boot: int, scorecam_pairs: int = 12
 
 def summary_row(r: Mapping) -> dict[str, str]:
     """One summarised map set (:func:`regions.summarise`) as display cells."""
-    return {"hit rate": fmt_ci(r["hit_rate"], r["hit_rate_ci"]),
-            "chance level": fmt_ci(r["chance"], r["chance_ci"]),
-            "hit − chance": fmt_ci(r["hit_minus_chance"], r["hit_minus_chance_ci"],
-                                   signed=True),
-            "mIoU": fmt_ci(r["miou"], r["miou_ci"]),
-            "IoU@0.1": fmt_ci(r["iou@0.1"], r["iou@0.1_ci"]),
+    def cell(name: str, signed: bool = False) -> str:
+        return Estimate.read(r, name).format(signed=signed)
+
+    return {"hit rate": cell("hit_rate"), "chance level": cell("chance"),
+            "hit − chance": cell("hit_minus_chance", signed=True), "mIoU": cell("miou"),
+            "IoU@0.1": cell("iou@0.1"),
             "degenerate maps": f"{r['n_degenerate']} / {r['n_pairs']}"}
 
 
@@ -420,20 +420,20 @@ def pairs_table(cs: CamSettings) -> pd.DataFrame:
 def convention_table(cs: CamSettings, every: EverySetting) -> pd.DataFrame:
     """Grad-CAM of every setting under this book's conventions (ties share the hit; mIoU over
     every pair) and CheXlocalize's (first maximum; IoU where both masks are non-empty)."""
-    return pd.DataFrame({cs.names[k]: {
-        "hit rate (this book)": fmt_ci(r["hit_rate"], r["hit_rate_ci"]),
-        "hit rate (CheXlocalize, first maximum)": fmt_ci(r["hit_rate_literal"],
-                                                         r["hit_rate_literal_ci"]),
-        "mIoU (this book)": fmt_ci(r["miou"], r["miou_ci"]),
-        "mIoU (CheXlocalize, both masks non-empty)": fmt_ci(r["miou_literal"],
-                                                            r["miou_literal_ci"])}
-        for (k, m), r in every.methods.items() if m == "gradcam" and k in cs.scorers}).T
+    columns = {"hit rate (this book)": "hit_rate",
+               "hit rate (CheXlocalize, first maximum)": "hit_rate_literal",
+               "mIoU (this book)": "miou",
+               "mIoU (CheXlocalize, both masks non-empty)": "miou_literal"}
+    return pd.DataFrame({cs.names[k]: {col: Estimate.read(r, name).format()
+                                       for col, name in columns.items()}
+                         for (k, m), r in every.methods.items()
+                         if m == "gradcam" and k in cs.scorers}).T
 
 
 def human_reference(cs: CamSettings, n_boot: int) -> dict | None:
     """Readers' agreement on the base pairs where the annotation file names several readers:
-    ``{"hit": (value, [lo, hi]), "iou": (value, [lo, hi]), "n": pairs}``, CIs over reports;
-    ``None`` without several readers."""
+    ``{"hit": Estimate, "iou": Estimate, "n": pairs}``, CIs over reports; ``None`` without
+    several readers."""
     if not cs.base.reader_masks:
         return None
     agreement = regions.reader_agreement(cs.base.reader_masks)
@@ -441,8 +441,7 @@ def human_reference(cs: CamSettings, n_boot: int) -> dict | None:
     out: dict = {"n": int(len(set(agreement["pair"])))}
     for k in ("hit", "iou"):
         v = agreement[k]
-        est, lo, hi = bootstrap_stat(lambda i, v=v: float(v[i].mean()), groups, n_boot)
-        out[k] = (est, [lo, hi])
+        out[k] = bootstrap_stat(lambda i, v=v: float(v[i].mean()), groups, n_boot)
     return out
 
 
@@ -464,7 +463,8 @@ def write_record(path: str | Path, cs: CamSettings, every: EverySetting,
         names=cs.names, native_grid=cs.grid,
         cam_layer={k: positions[b] for k, b in cs.layers.items()},
         control=None if cs.control is None else cs.control.record,
-        human_reference=human)
+        human_reference=None if human is None else
+        {k: v.record() if isinstance(v, Estimate) else v for k, v in human.items()})
 
 
 GRID_CHECK_DRAWS = 20
@@ -472,25 +472,26 @@ GRID_CHECK_DRAWS = 20
 
 
 def grid_chance_check(cs: CamSettings, n_boot: int, draws: int = GRID_CHECK_DRAWS
-                      ) -> dict[str, float | list[float] | bool]:
+                      ) -> dict[str, Any]:
     """The grid chance level checked by simulation: each base pair's hit averaged over
     ``draws`` random grid maps (seeds 0 ..), minus the pair's grid chance level (Monte
     Carlo, :func:`regions.grid_chance`). Returns the mean hit, the mean chance, their
-    difference with its 95% CI over reports, and ``consistent`` (the CI contains 0)."""
+    difference with its 95% CI over reports (an estimate record, ``{"estimate", "ci95"}``)
+    and ``consistent`` (the CI contains 0)."""
     masks = cs.base.masks
     hit = np.mean([regions.pointing_game(regions.reference_maps("random grid", masks, seed=s,
                                                                 grid=cs.grid), masks)
                    for s in range(draws)], axis=0)
     chance = regions.grid_chance(masks, cs.grid)
-    diff, lo, hi = bootstrap_stat(lambda i: float((hit[i] - chance[i]).mean()),
-                                  cs.base.table.report_id.to_numpy(), n_boot)
-    return {"hit": float(hit.mean()), "chance": float(chance.mean()), "difference": diff,
-            "difference_ci": [lo, hi], "draws": draws, "consistent": bool(lo <= 0 <= hi)}
+    diff = bootstrap_stat(lambda i: float((hit[i] - chance[i]).mean()),
+                          cs.base.table.report_id.to_numpy(), n_boot)
+    return {"hit": float(hit.mean()), "chance": float(chance.mean()),
+            "difference": diff.record(), "draws": draws, "consistent": diff.contains(0.0)}
 
 
 def grid_check_text(check: Mapping) -> str:
     """:func:`grid_chance_check` in words, saying plainly when the check fails."""
-    diff = fmt_ci(check["difference"], check["difference_ci"], signed=True)
+    diff = Estimate.read(check["difference"]).format(signed=True)
     said = (f"averaged over {check['draws']} random grid maps per pair they hit "
             f"{check['hit']:.3f} against a grid chance level of {check['chance']:.3f} "
             f"(difference {diff})")

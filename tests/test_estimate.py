@@ -1,0 +1,102 @@
+"""The one estimate-with-interval type: construction, both stored layouts, formatting, and
+that every producer of an interval in the helpers hands one back."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from helpers.analysis import findings, geometry, metrics
+from helpers.analysis.estimate import Estimate, fmt_ci, table_record
+from helpers.saliency import regions
+
+
+def test_missing_and_non_finite_values_become_none():
+    e = Estimate.of(float("nan"), [float("-inf"), 0.2])
+    assert e.value is None and e.low is None and e.high == 0.2
+    assert not e.has_interval and e.half_width is None
+    assert e.format() == "–" and Estimate.of(0.1, [None, 0.2]).format() == "0.100"
+    assert Estimate.of(np.float64(0.5), np.array([0.4, 0.6])) == Estimate(0.5, 0.4, 0.6)
+    with pytest.raises(ValueError, match=r"\[low, high\]"):
+        Estimate.of(0.5, [0.1, 0.2, 0.3])
+
+
+def test_comparisons_need_a_whole_interval():
+    e = Estimate(0.3, 0.1, 0.5)
+    assert e.above(0.05) and not e.above(0.1) and e.below(0.6) and not e.below(0.5)
+    assert e.contains(0.1) and e.contains(0.5) and not e.contains(0.51)
+    no_ci = Estimate(0.3)
+    assert not (no_ci.above(0) or no_ci.below(1) or no_ci.contains(0.3))
+    assert e.half_width == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("value,ci,digits,signed", [
+    (0.2834, [0.259, 0.3041], 3, False), (-0.0123, [-0.05, 0.021], 3, True),
+    (1.5061, [1.41, 1.6], 2, False), (0.5, None, 3, False), (None, [0.1, 0.2], 3, False)])
+def test_format_is_the_book_cell(value, ci, digits, signed):
+    assert Estimate.of(value, ci).format(digits, signed) == fmt_ci(value, ci, digits, signed)
+
+
+def test_error_bars_are_never_negative():
+    # a percentile interval need not contain its estimate (a tiny or skewed sample)
+    assert Estimate(0.3, 0.35, 0.5).error_bar() == (0.0, pytest.approx(0.2))
+    assert Estimate(0.3, 0.1, 0.25).error_bar() == (pytest.approx(0.2), 0.0)
+    assert Estimate(0.3).error_bar() == (0.0, 0.0)
+
+
+def test_both_stored_layouts_round_trip_through_json():
+    single = Estimate(0.026, 0.008, 0.045)
+    assert Estimate.read(json.loads(json.dumps(single.record()))) == single
+    table = {"lrap": Estimate(0.61, 0.58, 0.64), "auroc_macro": Estimate(0.55, 0.5, 0.6),
+             "n_missing": Estimate(None)}
+    stored = json.loads(json.dumps(table_record(table)))
+    assert stored["lrap"] == 0.61 and stored["ci95"]["auroc_macro"] == [0.5, 0.6]
+    assert "n_missing" not in stored["ci95"]
+    assert {k: Estimate.read(stored, k) for k in table} == table
+
+
+def test_reading_the_wrong_layout_says_so():
+    with pytest.raises(KeyError, match="no 'estimate' key"):
+        Estimate.read({"lrap": 0.6, "ci95": {"lrap": [0.5, 0.7]}})
+    with pytest.raises(TypeError, match="single estimate"):
+        Estimate.read({"estimate": 0.6, "ci95": [0.5, 0.7]}, "estimate")
+    with pytest.raises(ValueError, match="'ci95' cannot name"):
+        table_record({"ci95": Estimate(0.1)})
+    with pytest.raises(ValueError, match="differ in length"):
+        Estimate.each([0.1, 0.2], [0.0], [0.3, 0.4])
+
+
+def test_every_interval_producer_returns_or_stores_the_type():
+    """metrics (one statistic, a paired difference, the headline table), geometry, the
+    localisation summary and a finding record: all read back as Estimates whose interval
+    contains the point (means of well-spread data)."""
+    rng = np.random.default_rng(0)
+    x, groups = rng.random(60), np.repeat(np.arange(30), 2)
+    one = metrics.bootstrap_stat(lambda i: float(x[i].mean()), groups, n_boot=100)
+    diff = metrics.paired_difference(lambda i: float(x[i].mean()),
+                                     lambda i: float(x[i].mean() / 2), groups, n_boot=100)
+    gain = regions.paired_gain(x, x / 2, groups, n_boot=100)
+    assert isinstance(one, Estimate) and one.contains(float(x.mean()))
+    assert diff == gain and diff.above(0)
+    assert regions.paired_gain([], [], [], n_boot=10) == Estimate(None)
+
+    y = (rng.random((60, 3)) < 0.4).astype(int)
+    s = y + rng.normal(size=(60, 3))
+    res = metrics.evaluate(y, s, 0.5, ["a", "b", "c"], groups, n_boot=50)
+    auroc = Estimate.read(res, "auroc_macro")
+    assert auroc.value == res["auroc_macro"] and auroc.ci == res["ci95"]["auroc_macro"]
+
+    geo = geometry.geometry_with_ci(y @ rng.normal(size=(3, 4)) * 3 + rng.normal(size=(60, 4)),
+                                    y, groups, ["a", "b", "c"], n_boot=30, min_count=2)
+    assert all(Estimate.read(geo, k).has_interval for k in ("inter", "intra", "ratio"))
+
+    rec = findings.record("exploratory check", "test", "x exceeds half of x",
+                          findings.compare(lambda i: float(x[i].mean()),
+                                           lambda i: float(x[i].mean() / 2), groups, 100),
+                          {"above": 0.0}, "half of x", margin=0.01)
+    for part in (rec, rec["control"], rec["difference"]):
+        e = Estimate.read(part)
+        assert e.has_interval and math.isfinite(e.value)
+    assert Estimate.read(rec["difference"]) == Estimate.of(rec["difference"]["estimate"],
+                                                           rec["difference"]["ci95"])
