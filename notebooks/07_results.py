@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt
 from myst_nb import glue
 
 from helpers.analysis import findings
+from helpers.analysis.estimate import Estimate
 from helpers.book import artefacts, display, results
 from helpers.book.stamp import show_stamp
 from helpers.config import get_profile
@@ -99,7 +100,7 @@ settings = ["zs", "lp", "ft"]
 for i, ((prof, mid), sub) in enumerate(table.groupby(["profile", "model_id"])):
     sub = sub.set_index("setting").reindex(settings).dropna(subset=["auroc_macro"])
     x = [settings.index(s) + 0.12 * i for s in sub.index]
-    auroc = [results.estimate_of(r, "auroc_macro") for _, r in sub.iterrows()]
+    auroc = [Estimate.from_row(r, "auroc_macro") for _, r in sub.iterrows()]
     yerr = np.array([e.error_bar() for e in auroc]).T  # (2, settings), never negative
     ax.errorbar(x, sub.auroc_macro, yerr=yerr, fmt="o", capsize=4,
                 label=f"{prof} · {mid}")

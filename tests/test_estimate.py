@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers.analysis import findings, geometry, metrics
-from helpers.analysis.estimate import Estimate, fmt_ci, table_record
+from helpers.analysis.estimate import Estimate, fmt_ci, frame_columns, table_record
 from helpers.saliency import regions
 
 
@@ -100,3 +100,25 @@ def test_every_interval_producer_returns_or_stores_the_type():
         assert e.has_interval and math.isfinite(e.value)
     assert Estimate.read(rec["difference"]) == Estimate.of(rec["difference"]["estimate"],
                                                            rec["difference"]["ci95"])
+
+
+def test_a_data_frame_holds_an_estimate_in_three_numeric_columns():
+    import pandas as pd
+
+    rows = [frame_columns("auroc", Estimate(0.7, 0.6, 0.8)),
+            frame_columns("auroc", Estimate(None))]
+    df = pd.DataFrame(rows)
+    assert all(df[c].dtype == float for c in ("auroc", "auroc_lo", "auroc_hi"))
+    assert Estimate.from_row(df.iloc[0], "auroc") == Estimate(0.7, 0.6, 0.8)
+    assert Estimate.from_row(df.iloc[1], "auroc") == Estimate(None)
+    assert Estimate.from_row({"auroc": 0.7}, "auroc") == Estimate(0.7)  # no interval columns
+
+
+def test_the_cascade_is_stored_in_the_table_layout():
+    from helpers.saliency.sanity import cascade_row
+
+    row = {"setting": "ft", "step": "trained", "method": "gradcam", "n_defined": 5,
+           **frame_columns("spearman", Estimate(0.9, 0.8, float("nan")))}
+    stored = json.loads(json.dumps(cascade_row(row)))
+    assert stored["setting"] == "ft" and "spearman_lo" not in stored
+    assert Estimate.read(stored, "spearman") == Estimate(0.9, 0.8, None)

@@ -83,7 +83,8 @@ def test_every_dataframe_a_cell_shows_is_drawn_by_the_book():
 def test_the_results_page_sets_the_paper_apart_and_fits_three_tables():
     df = pd.DataFrame([{"profile": "demo", "model_id": "tiny@abc", "setting": "zs",
                         **{m: 0.5 for m in results.COLUMNS},
-                        **{f"{m}_ci": [0.4, 0.6] for m in results.COLUMNS}}])
+                        **{f"{m}_lo": 0.4 for m in results.COLUMNS},
+                        **{f"{m}_hi": 0.6 for m in results.COLUMNS}}])
     shown = set()
     for name, cols in results.GROUPS.items():
         t = results.results_table(df, None, cols)

@@ -11,6 +11,10 @@ layouts that :meth:`Estimate.read` both reads:
   :func:`table_record` writes it). The values stay plain numbers, so a table of results can
   be sorted and compared without unpacking.
 
+In a data frame an estimate is three numeric columns, ``name``, ``name_lo`` and ``name_hi``
+(NaN where missing), so that a table sorts and plots by value: :func:`frame_columns` writes
+them and :meth:`Estimate.from_row` reads them back.
+
 A missing or non-finite bound is ``None``; :meth:`Estimate.format` then prints the value alone
 (``–`` when the value itself is missing). What an interval covers (test resampling, seeds) is
 said by the function that computed it.
@@ -93,6 +97,12 @@ class Estimate:
                             f"{type(intervals).__name__} (read a single estimate without a name)")
         return cls.of(record.get(name), intervals.get(name))
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], name: str) -> Estimate:
+        """The estimate ``name`` of a data-frame row (its ``name``, ``name_lo`` and ``name_hi``
+        columns, :func:`frame_columns`); missing columns read as ``None``."""
+        return cls.of(row.get(name), [row.get(f"{name}_lo"), row.get(f"{name}_hi")])
+
     @property
     def ci(self) -> list[float | None] | None:
         """``[low, high]``, or None when both bounds are missing."""
@@ -145,3 +155,12 @@ def table_record(estimates: Mapping[str, Estimate]) -> dict[str, Any]:
     out: dict[str, Any] = {name: e.value for name, e in estimates.items()}
     out["ci95"] = {name: e.ci for name, e in estimates.items() if e.ci is not None}
     return out
+
+
+def frame_columns(name: str, estimate: Estimate) -> dict[str, float]:
+    """An estimate as a data frame's columns ``name``, ``name_lo``, ``name_hi`` (NaN where
+    missing, so the columns stay numeric)."""
+    nan = float("nan")
+    return {name: nan if estimate.value is None else estimate.value,
+            f"{name}_lo": nan if estimate.low is None else estimate.low,
+            f"{name}_hi": nan if estimate.high is None else estimate.high}

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from helpers.analysis.estimate import Estimate, table_record
+from helpers.analysis.estimate import Estimate, frame_columns, table_record
 from helpers.book.artefacts import GEOMETRY_FILE, METRICS_FILES, REFERENCE_FILE, all_pairs, read_result
 from helpers.book.display import NAMES, best_floor, floor_status, fmt_ci, run_label, table as show
 
@@ -58,12 +58,11 @@ def _read(path: Path) -> dict | None:
     return read_result(path, missing_ok=True)
 
 
-def _estimate_columns(record: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    """The table's two columns per estimate: ``name`` (value) and ``name_ci`` ([low, high])."""
-    cols: dict[str, Any] = {}
+def _estimate_columns(record: Mapping[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """The table's three columns per stored estimate: ``name``, ``name_lo``, ``name_hi``."""
+    cols: dict[str, float] = {}
     for k in names:
-        e = Estimate.read(record, k)
-        cols[k], cols[f"{k}_ci"] = e.value, e.ci
+        cols.update(frame_columns(k, Estimate.read(record, k)))
     return cols
 
 
@@ -98,9 +97,9 @@ def gather(root: str | os.PathLike | None = None) -> pd.DataFrame:
 
     Settings: ``zs``, ``zs-seed`` (chapter 2's seed-protocol row), ``lp``, ``ft``. Columns:
     profile, model_id, setting, data_hash, executed, time_min, runs, and for every metric ``m``
-    of :data:`COLUMNS` the value ``m`` and its interval ``m_ci`` ([low, high] or None): a
-    table flattens each stored estimate (:class:`~helpers.analysis.estimate.Estimate`) into two
-    columns so that it sorts by value; :func:`estimate_of` gives one back.
+    of :data:`COLUMNS` the value ``m`` and its interval ``m_lo``, ``m_hi`` (NaN where missing;
+    :func:`helpers.analysis.estimate.frame_columns`); ``Estimate.from_row(row, m)`` reads one
+    back.
     """
     rows = [r for profile, model, folder in all_pairs(root) for r in _pair_rows(profile, model, folder)]
     return pd.DataFrame(rows)
@@ -122,15 +121,9 @@ def _label(r) -> str:
     return run_label(r.profile, r.model_id, r.get("quick_run"))
 
 
-def estimate_of(row: Mapping[str, Any], name: str) -> Estimate:
-    """The estimate ``name`` of a :func:`gather` row (its ``name`` and ``name_ci`` columns)."""
-    ci = row.get(f"{name}_ci")
-    return Estimate.of(row.get(name), ci if isinstance(ci, (list, tuple)) else None)
-
-
 def _as_result(r) -> dict:
     """A table row as a :func:`metrics.evaluate`-like result (value and ``ci95``)."""
-    return table_record({m: estimate_of(r, m) for m in METRICS})
+    return table_record({m: Estimate.from_row(r, m) for m in METRICS})
 
 
 def _floors_of(refs: pd.DataFrame | None, profile: str, model_id: str) -> dict[str, dict]:
@@ -144,7 +137,7 @@ def _cells(r, floors: dict[str, dict] | None = None,
            columns: list[str] | None = None) -> dict[str, str]:
     out = {}
     for c in COLUMNS if columns is None else columns:
-        cell = estimate_of(r, c).format()
+        cell = Estimate.from_row(r, c).format()
         if floors and c in METRICS and floor_status(_as_result(r), floors, c) == "at or below":
             cell += " ▼"
         out[HEADERS[c]] = cell
@@ -238,7 +231,7 @@ def models_side_by_side(df: pd.DataFrame, metric: str = "auroc_macro") -> pd.Dat
     ``metric`` as value [95% CI]."""
     if df.empty:
         return pd.DataFrame()
-    t = df.assign(cell=[estimate_of(r, metric).format() for _, r in df.iterrows()],
+    t = df.assign(cell=[Estimate.from_row(r, metric).format() for _, r in df.iterrows()],
                   run=[_label(r) for _, r in df.iterrows()])
     wide = t.pivot_table(index="run", columns="setting", values="cell", aggfunc="first")
     cols = [s for s in sorted(ROW_KINDS, key=SETTING_ORDER.get) if s in wide.columns]

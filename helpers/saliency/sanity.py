@@ -28,7 +28,7 @@ from torch import nn
 
 from helpers.analysis import findings
 from helpers.analysis.findings import Comparison
-from helpers.analysis.estimate import Estimate
+from helpers.analysis.estimate import Estimate, frame_columns, table_record
 from helpers.analysis.metrics import bootstrap_stat
 from helpers.book.study import LocPairs
 from helpers.saliency import offprior, regions
@@ -115,7 +115,7 @@ def cascade_curves(cs: CamSettings, pairs: LocPairs, n_boot: int
                     mean = bootstrap_stat(lambda i, r=rho[ok]: float(r[i].mean()),
                                           groups[ok], n_boot)
                 rows.append({"setting": key, "step": step, "method": m,
-                             **curve_columns(mean), "n_defined": int(ok.sum()),
+                             **frame_columns("spearman", mean), "n_defined": int(ok.sum()),
                              "failed_step": failed,
                              "hit_rate": None if failed else float(e.stats[m]["hit"].mean())})
     return pd.DataFrame(rows), health
@@ -165,15 +165,6 @@ def copies_ok(copies: Mapping[tuple[str, int], Randomised], key: str) -> bool:
     return not any(copies[(key, s)].failed for s in COPY_SEEDS)
 
 
-def curve_columns(mean: Estimate) -> dict[str, float]:
-    """A cascade step's mean Spearman as the curve table's columns ``spearman``,
-    ``spearman_lo``, ``spearman_hi`` (NaN where missing: the band is drawn from them)."""
-    nan = float("nan")
-    return {"spearman": nan if mean.value is None else mean.value,
-            "spearman_lo": nan if mean.low is None else mean.low,
-            "spearman_hi": nan if mean.high is None else mean.high}
-
-
 def final_spearman(curves: pd.DataFrame, key: str) -> Estimate:
     """Grad-CAM's rank correlation with the trained maps after the whole cascade (missing
     when the setting was not cascaded)."""
@@ -181,7 +172,7 @@ def final_spearman(curves: pd.DataFrame, key: str) -> Estimate:
     if not len(last):
         return Estimate(None)
     r = last.iloc[-1]
-    return Estimate.of(r.spearman, [r.spearman_lo, r.spearman_hi])
+    return Estimate.from_row(r, "spearman")
 
 
 def copy_noise(cs: CamSettings, copies: Mapping[tuple[str, int], Randomised],
@@ -432,6 +423,14 @@ def data_randomisation_reading(records: Sequence[dict]) -> str:
             "do not.")
 
 
+def cascade_row(row: Mapping) -> dict:
+    """A row of the cascade's curves as stored: the mean Spearman as a table of estimates
+    (``spearman`` with its interval under ``ci95``), missing numbers as ``None``."""
+    rest = {k: None if isinstance(v, float) and not np.isfinite(v) else v
+            for k, v in row.items() if k not in ("spearman", "spearman_lo", "spearman_hi")}
+    return {**rest, **table_record({"spearman": Estimate.from_row(row, "spearman")})}
+
+
 def write_record(path, cs: CamSettings, curves: pd.DataFrame,
                  step_health: Mapping[tuple[str, str], dict],
                  copies: Mapping[tuple[str, int], Randomised], off: OffPriorScores | None,
@@ -453,8 +452,7 @@ def write_record(path, cs: CamSettings, curves: pd.DataFrame,
                                for (k, s), v in off.randomised.items()]}
     return write_result(
         path, "grad_cam_sanity", stamp, params,
-        cascade=[{k: None if isinstance(v, float) and not np.isfinite(v) else v
-                  for k, v in row.items()} for row in curves.to_dict(orient="records")],
+        cascade=[cascade_row(row) for row in curves.to_dict(orient="records")],
         cascade_health=[{"setting": k, "step": step, **h}
                         for (k, step), h in step_health.items()],
         randomised_copies=[{"setting": k, "seed": s, **c.health}
