@@ -309,8 +309,8 @@ def calib_ci(p, key):
 
 calib = {name: {k: calib_ci(p, k) for k in ("brier", "ece")}
          for name, p in calibrated.items()}
-glue("ece_raw", f"{calib['zero-shot, raw']['ece'].value:.3f}", display=False)
-glue("ece_platt", f"{calib['zero-shot, Platt (val)']['ece'].value:.3f}", display=False)
+glue("ece_raw", f"{calib['zero-shot, raw']['ece'].number:.3f}", display=False)
+glue("ece_platt", f"{calib['zero-shot, Platt (val)']['ece'].number:.3f}", display=False)
 pd.DataFrame({n: {display.NAMES[k]: e.format() for k, e in c.items()}
               for n, c in calib.items()}).T
 

@@ -715,8 +715,8 @@ paired = Estimate.read(sep)
 for name, auroc in separate.items():
     print(f"{name}: {auroc}")
 print("paired difference:", paired.format(signed=True))
-widths = {name: 2 * auroc.half_width for name, auroc in separate.items()}
-paired_width = 2 * paired.half_width
+widths = {name: 2 * (auroc.half_width or np.nan) for name, auroc in separate.items()}
+paired_width = 2 * (paired.half_width or np.nan)
 glue("paired_width", f"{paired_width:.3f}", display=False)
 glue("separate_width", f"{np.hypot(*widths.values()):.3f}", display=False)
 

@@ -146,8 +146,8 @@ ref = pd.DataFrame({f"{names[s]} (original paper, BiomedCLIP)":
                     {m: f"{results.SEED_REFERENCE[s][m]:.3f}"
                      for m in ("inter", "intra", "ratio")}
                     for s in ("zs", "lp", "ft")}).T
-glue("ratio_zs", f"{geo['zs']['ratio']:.3f}", display=False)
-glue("ratio_ft", f"{geo['ft']['ratio']:.3f}", display=False)
+glue("ratio_zs", Estimate.read(geo["zs"], "ratio").format(), display=False)
+glue("ratio_ft", Estimate.read(geo["ft"], "ratio").format(), display=False)
 glue("n_classes", len(geo["zs"]["classes"]), display=False)
 pd.concat([tab, ref]).fillna("")
 

@@ -34,8 +34,8 @@
 #    (§ Method);
 # 3. build a positive control whose evidence is local by construction, and say why it is a
 #    control, not a result (§ The positive control);
-# 4. compute seven attribution methods for a ViT from one forward and backward pass,
-#    including attention rollout and Chefer et al.'s gradient-weighted attention
+# 4. compute seven attribution methods for a ViT, six of them from one forward and backward
+#    pass, including attention rollout and Chefer et al.'s gradient-weighted attention
 #    (§ Seven methods, five settings);
 # 5. read localisation per pathology (§ Per pathology) and block by block (§ Layer by layer).
 #
@@ -53,7 +53,7 @@
 # ## Method
 #
 # **Settings.** Every setting is a differentiable score $s_j(x)$ of label $j$ through the
-# ViT image tower, so one set of methods explains them all: zero-shot with chapter 2's
+# ViT image encoder (the *tower*, which reads out its CLS token), so one set of methods explains them all: zero-shot with chapter 2's
 # validated classifier ($\cos(u, v_j^+) - \cos(u, v_j^-)$), zero-shot with the original
 # study's positive prompt alone ($\cos(u, v_j^+)$), the probe's logit, the fine-tuned
 # model's logit, and a positive control (§ The positive control).
@@ -108,7 +108,8 @@
 # :pyobject: pointing_game
 # ```
 #
-# **mIoU** is the mean IoU of the segmentation $\{M \ge t\}$ with $G$, with $t$ tuned per
+# Here $S$ is the image side in pixels and $\epsilon$ a small tolerance for ties.
+# **mIoU** is the mean IoU of the segmentation $\{M > t\}$ with $G$, with $t$ tuned per
 # pathology on validation pairs from CheXlocalize's grid $0.2, 0.3, \dots, 0.7$ (pooled over
 # pathologies below {glue:text}`min_tune_pairs` pairs, Otsu's threshold below that again;
 # the scored image's own report never tunes it):
@@ -241,9 +242,8 @@ plt.close(fig)
 # true region), each with its hit (1: the map's maximum lies in the region).
 # ```
 #
-# One map at a time tells us little: a map can land on a finding by luck, or because the
-# finding sits where findings of its kind usually are. The rest of this page builds the
-# reference points that say how often each happens.
+# One map tells us little: it can land on a finding by luck, or because findings of its kind
+# usually sit there. The rest of this page measures both.
 #
 # %% [markdown]
 # ## Validating the scoring
@@ -265,15 +265,17 @@ uniform, random_grid = references["uniform"], references["random grid"]
 glue("ref_chance", Estimate.read(uniform, "chance").format(), display=False)
 glue("ref_grid_chance", Estimate.read(random_grid, "chance").format(), display=False)
 glue("grid_side", cs.grid, display=False)
-glue("grid_ratio", f"{random_grid['chance'] / uniform['chance']:.2f}", display=False)
+grid_ratio = (Estimate.read(random_grid, "chance").number
+              / Estimate.read(uniform, "chance").number)
+glue("grid_ratio", f"{grid_ratio:.2f}", display=False)
 grid_check = settings.grid_chance_check(cs, n_boot)
 glue("grid_check", settings.grid_check_text(grid_check), display=False)
 settings.summary_table(references)
 
 # %% [markdown]
 # The oracle scores {glue:text}`ref_oracle`, the uniform map {glue:text}`ref_uniform` and the
-# random map {glue:text}`ref_random`, against a chance level of {glue:text}`ref_chance`: the
-# hit rate measures what it should.
+# random map {glue:text}`ref_random`, against a chance level of {glue:text}`ref_chance`
+# (whether that validates the scoring is decided in § The record).
 #
 # **The chance level of a coarse map.** An attribution map is computed on the
 # {glue:text}`grid_side` × {glue:text}`grid_side` patch grid and upsampled, so it peaks
@@ -331,7 +333,7 @@ every = settings.explain_every_setting(cs, n_boot, scorecam_pairs)
 degenerate = {f"{cs.names[k]} · {attribution.NAMES[m]}": r["n_degenerate"]
               for (k, m), r in every.methods.items() if r["n_degenerate"]}
 glue("n_degenerate_total", sum(degenerate.values()), display=False)
-glue("degenerate_where", ", ".join(f"{k} ({v})" for k, v in degenerate.items())
+glue("degenerate_where", "; ".join(f"{k}: {v}" for k, v in degenerate.items())
      or "none", display=False)
 MIN_PAIRS_BELOW = 20  # 0 hits of 12 (ScoreCAM's subset) is no evidence of pointing away
 below = [f"{cs.names[k]} · {attribution.NAMES[m]} ({r['hit_rate']:.3f} against "
@@ -344,11 +346,13 @@ glue("n_method_rows", len(every.methods), display=False)
 settings.method_table(cs, every)
 
 # %% [markdown]
-# Degenerate maps: {glue:text}`n_degenerate_total` in total ({glue:text}`degenerate_where`),
-# each scored at its chance level. Maps that peak *outside* the findings more often than
+# Degenerate maps, {glue:text}`n_degenerate_total` in total, each scored at its chance
+# level: {glue:text}`degenerate_where`. EigenCAM and attention rollout ignore the head, so
+# the settings that share the frozen tower (zero-shot, probe) share their maps and rows. Maps that peak *outside* the findings more often than
 # chance (the whole interval of hit − chance below 0, on at least
 # {glue:text}`min_pairs_below` pairs; {glue:text}`n_method_rows` rows read without a
 # multiplicity correction, so one or two are expected by chance): {glue:text}`below_chance`.
+#
 #
 # **Conventions, checked.** CheXlocalize's own code takes the *first* maximum in row-major
 # order and averages IoU only where both masks are non-empty
@@ -359,7 +363,7 @@ settings.method_table(cs, every)
 settings.convention_table(cs, every)
 
 # %% [markdown]
-# Where the two columns agree, the verdicts of {doc}`06b_sanity` do not depend on the
+# Where a metric's two columns agree, the verdicts of {doc}`06b_sanity` do not depend on the
 # convention; where they differ, ties or empty segmentations make the difference.
 
 # %% tags=["hide-input"]
@@ -372,11 +376,12 @@ for i, key in enumerate(cs.scorers):
             if (key, m) in every.methods]
     x = [j + (i - (len(cs.scorers) - 1) / 2) * width for j, _ in bars]
     gains = [Estimate.read(r, "hit_minus_chance") for _, r in bars]
-    ax.bar(x, [e.value for e in gains], width,
+    ax.bar(x, [e.number for e in gains], width,
            yerr=np.array([e.error_bar() for e in gains]).reshape(-1, 2).T,
            capsize=2, label=cs.names[key])
 if "location prior" in references:  # on the bars' baseline, the grid chance level
-    ax.axhline(references["location prior"]["hit_rate"] - random_grid["chance"],
+    prior_hit = Estimate.read(references["location prior"], "hit_rate").number
+    ax.axhline(prior_hit - Estimate.read(random_grid, "chance").number,
                color="k", ls="--", lw=1, label="location prior")
 ax.axhline(0, color="grey", lw=0.8)
 ax.set_xticks(range(len(methods_shown)), [attribution.NAMES[m] for m in methods_shown],
@@ -392,7 +397,7 @@ plt.close(fig)
 # :name: fig-methods
 #
 # Hit rate minus its chance level for every setting and method, with 95% CIs; the dashed
-# line is the location prior's. A bar above the line localises better than knowing where
+# line is the location prior's hit rate minus the same grid chance level. A bar above the line localises better than knowing where
 # findings usually are.
 # ```
 #
@@ -420,13 +425,14 @@ fig, ax = plt.subplots(figsize=(6.8, 3.8))
 for key in cs.cascade_keys():
     by_layer = [every.layers[(key, b)] for b in range(len(positions))]
     hit = [Estimate.read(r, "hit_rate") for r in by_layer]
-    ax.errorbar(np.arange(len(positions)), [e.value for e in hit],
+    ax.errorbar(np.arange(len(positions)), [e.number for e in hit],
                 yerr=np.array([e.error_bar() for e in hit]).T,
                 marker="o", capsize=3, label=cs.names[key])
-ax.axhline(random_grid["chance"], color="grey", ls=":", label="chance level (grid)")
+ax.axhline(Estimate.read(random_grid, "chance").number, color="grey", ls=":",
+           label="chance level (grid)")
 if "location prior" in references:
-    ax.axhline(references["location prior"]["hit_rate"], color="k", ls="--", lw=1,
-               label="location prior")
+    ax.axhline(Estimate.read(references["location prior"], "hit_rate").number,
+               color="k", ls="--", lw=1, label="location prior")
 ax.set_xticks(range(len(positions)), positions)
 ax.set_xlabel("Grad-CAM target layer (a block's norm1 input, or the final norm)")
 ax.set_ylabel("hit rate (test pairs)")
@@ -434,9 +440,14 @@ ax.legend(fontsize=9)
 fig.tight_layout()
 glue("fig_layers", fig, display=False)
 plt.close(fig)
-best = {cs.names[k]: positions[max(range(len(positions)),
-                                   key=lambda b: every.layers[(k, b)]["hit_rate"])]
-        for k in cs.cascade_keys()}
+def best_layer(key):
+    hits = [Estimate.read(every.layers[(key, b)], "hit_rate").number
+            for b in range(len(positions))]
+    return (positions[int(np.nanargmax(hits))] if np.isfinite(hits).any()
+            else "no scored pair")
+
+
+best = {cs.names[k]: best_layer(k) for k in cs.cascade_keys()}
 glue("best_layers", "; ".join(f"{name} at {layer}" for name, layer in best.items()),
      display=False)
 
@@ -473,9 +484,10 @@ glue("human_ref", "no annotation file with several readers in this run" if human
 #
 # ## The record
 #
-# This page decides one check: the oracle's hit minus its chance level must clear the
-# declared margin against the same difference for random grid maps. The verdicts are on
-# {doc}`the next page <06b_sanity>`, which reads the per-pair hits written here.
+# This page decides one check, the scoring: the oracle's hit minus its chance level must
+# clear the declared margin against the same difference for random grid maps. The findings
+# about the models are decided on {doc}`the next page <06b_sanity>`, which reads the
+# per-pair hits written here.
 
 # %%
 oracle = references["oracle"]["per_pair"]
@@ -515,8 +527,8 @@ print("wrote", ", ".join(display.output_name(p) for p in written),
 #
 # - The scoring check: {glue:text}`v_scoring`. The oracle hits
 #   {glue:text}`ref_oracle`, a uniform map {glue:text}`ref_uniform` against its chance level
-#   {glue:text}`ref_chance`; random grid maps {glue:text}`ref_random_grid` against the grid
-#   chance level {glue:text}`ref_grid_chance`.
+#   {glue:text}`ref_chance`; the grid chance level {glue:text}`ref_grid_chance`, checked by
+#   simulation: {glue:text}`grid_check`.
 # - Degenerate maps at the settings' CAM layers: {glue:text}`n_degenerate_total`, each
 #   scored at its chance level.
 # - Maps that point away from the finding more often than chance:
@@ -584,10 +596,9 @@ for m in ("gradcam", "eigencam", "rollout"):
           f"several findings, every finding hit on {hit_every.mean():.2f} of them")
 
 # %% [markdown]
-# A class-agnostic map has one maximum per image, so it can point at one finding at most:
-# with two findings in different places it must miss one of them, and it hits every finding
-# only where they overlap. A label-specific method *can* point at each finding in turn;
-# whether it does here is the Grad-CAM line above.
+# A class-agnostic map has one maximum per image: with two findings in different places it
+# must miss one. A label-specific method *can* point at each finding in turn; whether it
+# does here is the Grad-CAM line above.
 #
 # ```{solution-end}
 # ```
@@ -624,9 +635,11 @@ if len(small_gain) == 2:  # same test pairs: the paired difference of the two ga
     reports = cs.scored["ft"].table.report_id.to_numpy()[small]
     gap = regions.paired_gain(every.hits("ft")[small], every.hits("control")[small],
                               reports, n_boot)
-    winner = ("the fine-tuned model's" if gap.above(0) else
-              "the positive control's" if gap.below(0) else "neither")
-    glue("small_winner", f"{winner}: the difference (fine-tuned minus control) is "
+    winner = ("the fine-tuned model" if gap.above(0) else
+              "the positive control" if gap.below(0) else
+              "neither (the interval contains 0)" if gap.contains(0) else
+              "undecided (no interval)")
+    glue("small_winner", f"{winner}; fine-tuned minus control is "
          f"{gap.format(signed=True)}", display=False)
 else:
     glue("small_winner", "not comparable in this profile", display=False)

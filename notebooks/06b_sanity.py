@@ -18,8 +18,8 @@
 #
 # ## Overview
 #
-# **The question.** {doc}`06_grad_cam` scored every setting's maps against the true regions
-# and found the scoring sound. Two questions remain before any map can be read as "where
+# **The question.** {doc}`06_grad_cam` checked the scoring with maps whose scores are known,
+# then scored every setting's maps against the true regions. Two questions remain before any map can be read as "where
 # the model looks". Do the maps change when what the model learned is taken away (its
 # weights, then its labels)? A map that stays the same explains the architecture and the
 # image, not the model {cite}`adebayo2018sanity`. And do the maps find lesions where knowing
@@ -51,7 +51,7 @@
 #
 # **From {doc}`06_grad_cam`**, used here without being defined again: the hit of a map
 # (shared among pixels that tie for its maximum), the grid chance level $c_{\text{grid}}$
-# and degenerate maps (§ Validating the scoring there), the location prior, the positive
+# and degenerate maps (§ Method there), the location prior, the positive
 # control and the marked images it sees (§ The positive control), and each setting's CAM
 # layer: the last block's input for the CLS-pooled settings, the final norm for the
 # control, which pools its patch tokens.
@@ -289,8 +289,8 @@ if off is not None:
         "n_off": len(off.pairs), "n_off_examined": off.off.n_examined,
         "n_off_rendered": off.off.n_rendered,
         "off_share": f"{len(off.pairs) / max(off.off.n_examined, 1):.0%}",
-        "off_prior_hit": off.mean_ci(off.prior_hit, n_boot),
-        "off_chance": off.mean_ci(off.chance, n_boot),
+        "off_prior_hit": off.mean(off.prior_hit, n_boot).format(),
+        "off_chance": off.mean(off.chance, n_boot).format(),
         "off_rare": ", ".join(f"{lab} ({v:.0%})"
                               for lab, v in shares.nsmallest(3).items()),
         "off_common": ", ".join(f"{lab} ({v:.0%})"
@@ -462,10 +462,11 @@ print("wrote", ", ".join(display.output_name(p) for p in written),
 if off is not None:
     against_prior = off.hits["ft"] - off.prior_hit
     against_bar = off.hits["ft"] - np.maximum(off.prior_hit, off.chance)
-    print("fine-tuned hit − prior:", off.mean_ci(against_prior, n_boot))
-    print("fine-tuned hit − max(prior, grid chance):", off.mean_ci(against_bar, n_boot))
-    glue("bar_gap", off.mean_ci(off.chance - np.minimum(off.prior_hit, off.chance),
-                                n_boot), display=False)
+    print("fine-tuned hit − prior:", off.mean(against_prior, n_boot).format())
+    print("fine-tuned hit − max(prior, grid chance):",
+          off.mean(against_bar, n_boot).format())
+    glue("bar_gap", off.mean(off.chance - np.minimum(off.prior_hit, off.chance),
+                             n_boot).format(), display=False)
 else:
     print("no off-prior pairs in this profile")
     glue("bar_gap", "– (no off-prior pairs in this profile)", display=False)

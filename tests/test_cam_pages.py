@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.analysis.estimate import Estimate
 from helpers.analysis import findings
 from helpers.book.study import LocPairs
 from helpers.saliency import sanity, settings
@@ -119,9 +120,9 @@ def test_verdict_text_says_why_a_finding_was_not_tested():
 
 def test_the_grid_check_says_when_it_fails():
     ok = {"draws": 20, "hit": 0.05, "chance": 0.05,
-          "difference": {"estimate": 0.0, "ci95": [-0.01, 0.01]}, "consistent": True}
+          "difference": Estimate(0.0, -0.01, 0.01), "consistent": True}
     assert settings.grid_check_text(ok).endswith("the level is confirmed")
-    bad = dict(ok, difference={"estimate": -0.03, "ci95": [-0.05, -0.01]}, consistent=False)
+    bad = dict(ok, difference=Estimate(-0.03, -0.05, -0.01), consistent=False)
     assert "this check fails" in settings.grid_check_text(bad)
 
 

@@ -122,3 +122,46 @@ def test_the_cascade_is_stored_in_the_table_layout():
     stored = json.loads(json.dumps(cascade_row(row)))
     assert stored["setting"] == "ft" and "spearman_lo" not in stored
     assert Estimate.read(stored, "spearman") == Estimate(0.9, 0.8, None)
+
+
+@pytest.mark.parametrize("e,signed,digits,cell", [
+    (Estimate(0.2834, 0.259, 0.3041), False, 3, "0.283 [0.259, 0.304]"),
+    (Estimate(0.0123, -0.0049, 0.0301), True, 3, "+0.012 [-0.005, +0.030]"),
+    (Estimate(1.5061, 1.41, None), False, 2, "1.51"),
+    (Estimate(None, 0.1, 0.2), False, 3, "–")])
+def test_the_cell_a_page_prints(e, signed, digits, cell):
+    assert e.format(digits, signed) == cell
+
+
+def test_a_file_in_the_old_layout_is_refused_not_read_without_its_interval():
+    with pytest.raises(ValueError, match="re-run the chapter"):
+        Estimate.read({"ratio": 1.2, "ratio_ci": [1.1, 1.3]}, "ratio")
+
+
+def test_degenerate_inputs_store_missing_estimates_that_still_format():
+    """No pair to score and one class to measure: the values are missing (None), the cells
+    print "–", and arithmetic through ``number`` gives NaN instead of an error."""
+    empty = regions.summarise(regions.concat_stats([]), regions.tune_thresholds(
+        regions.concat_stats([]), [], [], [], []), [], [], n_boot=5)
+    hit = Estimate.read(empty, "hit_rate")
+    assert hit == Estimate(None) and hit.format() == "–" and math.isnan(hit.number)
+    y = np.zeros((40, 2), int)
+    y[:20, 0] = 1  # one class with members: no inter-class distance
+    geo = geometry.geometry_with_ci(np.random.default_rng(0).normal(size=(40, 3)), y,
+                                    np.arange(40), ["a", "b"], n_boot=10)
+    assert Estimate.read(geo, "ratio").value is None
+    assert json.loads(json.dumps(geo))["ratio"] is None  # valid JSON, no NaN
+
+
+def test_the_results_table_carries_stored_intervals(private_outputs):
+    from helpers.book import artefacts, results
+
+    arts = artefacts.Artefacts.of("demo")
+    stamp = {"profile": "demo", "model_id": "tiny@abc", "data_hash": "h", "date": "d"}
+    stored = table_record({"auroc_macro": Estimate(0.7, 0.6, 0.8), "lrap": Estimate(0.5)})
+    metrics.write_metrics(arts.metrics("zs"), "zs", stored, {}, stamp)
+    row = results.gather().set_index("setting").loc["zs"]
+    assert Estimate.from_row(row, "auroc_macro") == Estimate(0.7, 0.6, 0.8)
+    assert Estimate.from_row(row, "lrap") == Estimate(0.5)
+    cells = results.results_table(results.gather(), None, ["auroc_macro"])
+    assert "0.700 [0.600, 0.800]" in cells.to_string()

@@ -91,6 +91,10 @@ class Estimate:
                 raise KeyError(f"not an estimate record (no 'estimate' key): keys "
                                f"{sorted(record)}")
             return cls.of(record["estimate"], record.get("ci95"))
+        if f"{name}_ci" in record:
+            raise ValueError(f"{name!r} is stored with '{name}_ci', the layout before "
+                             "estimates were stored under 'ci95': re-run the chapter that "
+                             "wrote this file")
         intervals = record.get("ci95") or {}
         if not isinstance(intervals, Mapping):
             raise TypeError(f"'ci95' of a table of estimates maps names to [low, high]; got "
@@ -107,6 +111,11 @@ class Estimate:
     def ci(self) -> list[float | None] | None:
         """``[low, high]``, or None when both bounds are missing."""
         return None if self.low is None and self.high is None else [self.low, self.high]
+
+    @property
+    def number(self) -> float:
+        """The value as a float for arithmetic and plotting: NaN when missing."""
+        return float("nan") if self.value is None else self.value
 
     @property
     def has_interval(self) -> bool:

@@ -69,11 +69,11 @@ def versus(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, pairs: Lo
                             pairs.table.report_id.to_numpy(), n_boot)
 
 
-def mean_ci(values: np.ndarray, pairs: LocPairs, n_boot: int) -> str:
+def mean_estimate(values: np.ndarray, pairs: LocPairs, n_boot: int) -> Estimate:
     """The mean of per-pair ``values`` (n,) with its 95% CI over the pairs' reports."""
     v = np.asarray(values, dtype=float)
     return bootstrap_stat(lambda i: float(v[i].mean()), pairs.table.report_id.to_numpy(),
-                          n_boot).format()
+                          n_boot)
 
 
 # --------------------------------------------------------------------------------------
@@ -238,21 +238,23 @@ class OffPriorScores:
         level (the off-prior pairs were selected for the prior to miss them)."""
         return np.maximum(self.prior_hit, self.chance)
 
-    def mean_ci(self, values: np.ndarray, n_boot: int) -> str:
+    def mean(self, values: np.ndarray, n_boot: int) -> Estimate:
         """The mean of per-pair ``values`` with its 95% CI over off-prior reports."""
-        return mean_ci(values, self.pairs, n_boot)
+        return mean_estimate(values, self.pairs, n_boot)
 
     def table(self, cs: CamSettings, n_boot: int) -> pd.DataFrame:
         """Per setting: hit rate, its randomised copies', the prior's and the grid chance
         level, each with its 95% CI."""
+        def cell(values: np.ndarray) -> str:
+            return self.mean(values, n_boot).format()
+
         t = pd.DataFrame({cs.names[k]: {
-            "hit rate": self.mean_ci(self.hits[k], n_boot),
-            "randomised copies A": self.mean_ci(copy_mean(self.randomised, k, FINDING_COPIES),
-                                                n_boot),
-            "randomised copies B": self.mean_ci(copy_mean(self.randomised, k, CONTROL_COPIES),
-                                                n_boot)} for k in self.hits}).T
-        t["location prior"] = self.mean_ci(self.prior_hit, n_boot)
-        t["chance level (grid)"] = self.mean_ci(self.chance, n_boot)
+            "hit rate": cell(self.hits[k]),
+            "randomised copies A": cell(copy_mean(self.randomised, k, FINDING_COPIES)),
+            "randomised copies B": cell(copy_mean(self.randomised, k, CONTROL_COPIES))}
+            for k in self.hits}).T
+        t["location prior"] = cell(self.prior_hit)
+        t["chance level (grid)"] = cell(self.chance)
         return t
 
 
@@ -375,7 +377,8 @@ def verdict_text(recs: Sequence[dict], finding_id: str, copies_failed: bool = Fa
                 else "not tested in this profile")
     estimate, difference = Estimate.read(r), Estimate.read(r["difference"])
     return (f"{r['verdict']} (estimate {estimate.format(signed=True)}; "
-            f"minus its control {difference.format(signed=True)}, margin {r['margin']:g})")
+            f"difference from its control {difference.format(signed=True)}, margin "
+            f"{r['margin']:g})")
 
 
 def control_reading(records: Sequence[dict], cs: CamSettings, off: OffPriorScores | None) -> str:

@@ -476,8 +476,8 @@ def grid_chance_check(cs: CamSettings, n_boot: int, draws: int = GRID_CHECK_DRAW
     """The grid chance level checked by simulation: each base pair's hit averaged over
     ``draws`` random grid maps (seeds 0 ..), minus the pair's grid chance level (Monte
     Carlo, :func:`regions.grid_chance`). Returns the mean hit, the mean chance, their
-    difference with its 95% CI over reports (an estimate record, ``{"estimate", "ci95"}``)
-    and ``consistent`` (the CI contains 0)."""
+    difference (an :class:`Estimate`, 95% CI over reports) and ``consistent`` (the CI
+    contains 0)."""
     masks = cs.base.masks
     hit = np.mean([regions.pointing_game(regions.reference_maps("random grid", masks, seed=s,
                                                                 grid=cs.grid), masks)
@@ -486,12 +486,12 @@ def grid_chance_check(cs: CamSettings, n_boot: int, draws: int = GRID_CHECK_DRAW
     diff = bootstrap_stat(lambda i: float((hit[i] - chance[i]).mean()),
                           cs.base.table.report_id.to_numpy(), n_boot)
     return {"hit": float(hit.mean()), "chance": float(chance.mean()),
-            "difference": diff.record(), "draws": draws, "consistent": diff.contains(0.0)}
+            "difference": diff, "draws": draws, "consistent": diff.contains(0.0)}
 
 
 def grid_check_text(check: Mapping) -> str:
     """:func:`grid_chance_check` in words, saying plainly when the check fails."""
-    diff = Estimate.read(check["difference"]).format(signed=True)
+    diff = check["difference"].format(signed=True)
     said = (f"averaged over {check['draws']} random grid maps per pair they hit "
             f"{check['hit']:.3f} against a grid chance level of {check['chance']:.3f} "
             f"(difference {diff})")
