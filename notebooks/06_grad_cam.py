@@ -27,17 +27,14 @@
 #
 # **Objectives.** By the end of this chapter you will be able to
 #
-# 1. score a saliency map against a region with CheXlocalize's hit rate (the pointing game)
-#    and mIoU, each beside its chance level, and validate the scoring with maps whose scores
-#    are known (§ Validating the scoring);
-# 2. handle ties and degenerate (constant) maps so that no map scores by array order
-#    (§ Method);
-# 3. build a positive control whose evidence is local by construction, and say why it is a
-#    control, not a result (§ The positive control);
-# 4. compute seven attribution methods for a ViT, six of them from one forward and backward
-#    pass, including attention rollout and Chefer et al.'s gradient-weighted attention
-#    (§ Seven methods, five settings);
-# 5. read localisation per pathology (§ Per pathology) and block by block (§ Layer by layer).
+# 1. score a map against a region by hit rate (the pointing game) and mIoU, each beside its
+#    chance level, and validate the scoring with maps whose scores are known;
+# 2. handle ties and constant maps so that no map scores by array order (§ Method);
+# 3. build a positive control whose evidence is local by construction (§ The positive
+#    control);
+# 4. compute seven attribution methods for a ViT, attention rollout and Chefer et al.'s
+#    included (§ Seven methods, five settings);
+# 5. read localisation per pathology and block by block.
 #
 # ## Prerequisites
 #
