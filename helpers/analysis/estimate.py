@@ -26,9 +26,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def finite_number(v: Any) -> bool:
+    """Whether ``v`` is a finite real number (a Python or NumPy float, an int; not a bool,
+    None, NaN or inf): the one test of "a value is there" for estimates and verdicts."""
+    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _number(v: Any) -> float | None:
@@ -44,11 +48,11 @@ def fmt_ci(value: float | None, ci: Sequence[float | None] | None = None, digits
            signed: bool = False) -> str:
     """``value [low, high]`` with ``digits`` decimals (``+`` signs with ``signed``); ``–`` if
     the value is missing; the value alone if either bound is."""
-    if not _finite(value):
+    if not finite_number(value):
         return "–"
     f = f"{{:{'+' if signed else ''}.{digits}f}}"
     s = f.format(value)
-    if ci is not None and len(ci) == 2 and all(_finite(c) for c in ci):
+    if ci is not None and len(ci) == 2 and all(finite_number(c) for c in ci):
         s += f" [{f.format(ci[0])}, {f.format(ci[1])}]"
     return s
 

@@ -14,9 +14,9 @@ A *finding* is a claim tested on this run's numbers, declared with its rule and 
 
 Its three estimates (the finding, the control, the difference) are each stored as an
 :class:`~helpers.analysis.estimate.Estimate` record, ``{"estimate", "ci95"}``, and read back
-with ``Estimate.read``. Nothing in it is typed: :func:`record` computes it from the bootstrap replicates of the
-finding's statistic and its control's, drawn on **the same report resamples**
-(:func:`compare`). A finding **holds** (raw) when
+with ``Estimate.read``. Nothing in it is typed: :func:`record` computes it from the
+bootstrap replicates of the finding's statistic and its control's, drawn on **the same
+report resamples** (:func:`compare`). A finding **holds** (raw) when
 
 1. its own 95% CI clears the rule (``{"above": r}``: the whole CI above ``r``), and
 2. the 95% CI of *finding minus control* (paired) clears the margin in the rule's
@@ -42,14 +42,13 @@ with :func:`gather_findings` (Holm applied per profile and model) and renders th
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from helpers.analysis.estimate import Estimate
+from helpers.analysis.estimate import Estimate, finite_number as _finite
 from helpers.analysis.metrics import bootstrap_replicates, percentile_ci
 from helpers.book.artefacts import FINDINGS_GLOB, all_pairs, read_result, write_result
 from helpers.book.display import run_label, table as show
@@ -236,10 +235,6 @@ def from_values(finding: tuple[float, Sequence[float]], control: tuple[float, Se
 # --------------------------------------------------------------------------------------
 # The record
 # --------------------------------------------------------------------------------------
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_rule(rule: dict[str, float]) -> dict[str, float]:
@@ -466,8 +461,9 @@ def findings_table(df: pd.DataFrame, with_model: bool = True) -> pd.DataFrame:
     diff = [d or {} for d in df.difference]
     out = pd.DataFrame({
         "finding": df.finding,
-        "estimate [95% CI]": [f"{_fmt({'estimate': e, 'ci95': c})} (rule: {_rule_text(r)})"
-                              for e, c, r in zip(df.estimate, df.ci95, df.rule)],
+        "estimate [95% CI]": [
+            f"{Estimate.of(e, c).format(signed=True)} (rule: {_rule_text(r)})"
+            for e, c, r in zip(df.estimate, df.ci95, df.rule)],
         "control [95% CI]": [_fmt(c) for c in ctrl],
         # the control's power beside the margin it is judged against (one column fewer: the
         # results page's table of every finding fits a 676 px column)

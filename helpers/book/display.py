@@ -12,7 +12,6 @@ files it wrote are named relative to the output folder (:func:`output_name`).
 from __future__ import annotations
 
 import html
-import math
 import os
 import re
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from helpers.analysis.baselines import SCORERS
-from helpers.analysis.estimate import Estimate, fmt_ci
+from helpers.analysis.estimate import Estimate, fmt_ci, finite_number as _ok
 from helpers.book.artefacts import output_root
 
 NAMES = {"f1_macro": "F1 (macro)", "f1_micro": "F1 (micro)", "exact_match": "exact match",
@@ -29,10 +28,6 @@ NAMES = {"f1_macro": "F1 (macro)", "f1_micro": "F1 (micro)", "exact_match": "exa
          "ece": "ECE"}
 """Display name of each metric key."""
 LOWER_IS_BETTER = ("coverage_error", "ranking_loss", "brier", "ece")
-
-
-def _ok(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def run_label(profile: str, model_id: str, quick_run: str | None = None) -> str:
