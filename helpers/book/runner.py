@@ -463,9 +463,109 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
     return name
 
 
+WARM_ALWAYS = ("IPython.display", "matplotlib.pyplot", "myst_nb")
+"""Modules every chapter's kernel imports ahead (its page display and figures)."""
+WARM_MODEL = ("open_clip",)
+"""Modules imported ahead for a chapter that loads the study (its model loads on first use)."""
+
+
+def chapter_imports(nb) -> list[str]:
+    """The modules a chapter's code imports, in order: ``import a.b`` gives ``a.b``; ``from a
+    import b`` gives ``a`` and ``a.b`` (``b`` may be a submodule). Cells that do not parse as
+    Python (magics) are skipped."""
+    mods: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                mods += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return list(dict.fromkeys(mods))
+
+
+def warm_imports(modules: Sequence[str]) -> None:
+    """Import ``modules`` (run in a kernel before its chapter arrives); one that does not
+    import (a name that is not a module, a missing package) is skipped: the chapter's own
+    import then says what is wrong, in its page."""
+    import importlib
+    import importlib.util
+
+    for m in modules:
+        try:
+            parent = m.rpartition(".")[0]
+            if parent and m not in sys.modules and importlib.util.find_spec(m) is None:
+                continue
+            importlib.import_module(m)
+        except Exception:  # noqa: BLE001 - the chapter's own import reports it
+            continue
+
+
+def warm_modules(chapter: str) -> list[str]:
+    """What :func:`start_warm_kernel` imports ahead for ``chapter``: its own imports, the
+    display modules, and open_clip when it loads the study."""
+    nb = read_notebook(notebook_path(chapter))
+    return list(dict.fromkeys([*WARM_ALWAYS, *chapter_imports(nb),
+                               *(WARM_MODEL if loads_study(nb) else ())]))
+
+
+def start_warm_kernel(chapter: str, quick: str = "", kernel: str | None = None) -> Any:
+    """Start ``chapter``'s kernel now and let it import what the chapter imports
+    (:func:`warm_modules`) before the chapter is sent to it, so the imports run while the
+    previous chapter executes. Imports only: the chapter's namespace is empty, its cells run
+    exactly as they would in a fresh kernel (execution counts from 1), and its environment
+    carries ``quick`` (:data:`QUICK_ENV`). Returns the kernel manager; the caller shuts it down
+    (:func:`stop_kernel`)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    env = {k: v for k, v in os.environ.items() if k != QUICK_ENV}
+    if quick:
+        env[QUICK_ENV] = quick
+    line = (f"__import__('helpers.book.runner', fromlist=['warm_imports'])"
+            f".warm_imports({warm_modules(chapter)!r})")
+    km = AsyncKernelManager(kernel_name=kernel or ensure_kernel())
+    run_sync(km.start_kernel)(extra_arguments=[*KERNEL_ARGUMENTS, f"--IPKernelApp.exec_lines={line}"],
+                              cwd=str(REPO_ROOT), env=env)
+    return km
+
+
+def wait_until_idle(km: Any, timeout: float = 600) -> None:
+    """Block until a kernel of :func:`start_warm_kernel` has finished its imports and answers
+    requests, with a client of its own, so the chapter's client meets an idle kernel with no
+    replies of earlier requests queued, as it would meet a fresh one."""
+    from jupyter_client.blocking import BlockingKernelClient
+
+    kc = BlockingKernelClient()
+    kc.load_connection_info(km.get_connection_info())
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=timeout)
+    finally:
+        kc.stop_channels()
+
+
+def stop_kernel(km: Any) -> None:
+    """Shut a kernel of :func:`start_warm_kernel` down (and reap its process); ``None``: nothing."""
+    if km is None:
+        return
+    from jupyter_core.utils import run_sync
+
+    with contextlib.suppress(Exception):
+        run_sync(km.shutdown_kernel)(now=False)
+
+
 def execute(chapter: str, parameters: dict[str, Any], out_dir: Path = EXECUTED_DIR,
-            kernel: str | None = None, progress: bool = True) -> Path:
-    """Execute one chapter with papermill; write ``out_dir/<chapter>.ipynb`` atomically."""
+            kernel: str | None = None, progress: bool = True, km: Any = None) -> Path:
+    """Execute one chapter with papermill; write ``out_dir/<chapter>.ipynb`` atomically.
+
+    ``km``: a kernel already started for it (:func:`start_warm_kernel`; the caller shuts it
+    down); ``None``: papermill starts and stops one."""
     import nbformat
     import papermill as pm
 
@@ -476,11 +576,13 @@ def execute(chapter: str, parameters: dict[str, Any], out_dir: Path = EXECUTED_D
     tmp_in = out_dir / f".{src.stem}.input.ipynb"
     tmp_out = out_dir / f".{src.stem}.running.ipynb"
     nbformat.write(nb, tmp_in)
+    if km is not None:
+        wait_until_idle(km)
     try:
         pm.execute_notebook(str(tmp_in), str(tmp_out), parameters=parameters,
                             kernel_name=kernel or ensure_kernel(), progress_bar=progress,
                             cwd=str(REPO_ROOT), log_output=False,
-                            extra_arguments=KERNEL_ARGUMENTS)
+                            extra_arguments=KERNEL_ARGUMENTS, km=km)
     except BaseException:
         if tmp_out.exists():
             os.replace(tmp_out, out_dir / f"{src.stem}.failed.ipynb")
@@ -526,6 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kernel", default=None,
                     help=f"Jupyter kernel to execute with (default: {KERNEL_NAME}, registered for this "
                          f"Python on first use)")
+    ap.add_argument("--no-warm", dest="warm", action="store_false",
+                    help="do not start the next chapter's kernel (and its imports) while a chapter "
+                         "runs (default: warm, which hides about 10 s of imports per chapter on a "
+                         "machine with a spare core)")
     ap.add_argument("--list-params", action="store_true",
                     help="print the chapters' parameters, defaults, types and valid values, then exit "
                          "(default: off)")
@@ -572,29 +678,42 @@ def _run_chapters(chapters: Sequence[str], params: dict[str, dict[str, Any]], pl
     from tqdm.auto import tqdm
 
     times_file = output_dir(args.profile) / "run_times.json"
-    for c in tqdm(chapters, desc=f"chapters ({args.profile})", unit="chapter"):
-        t0, load0 = time.perf_counter(), os.getloadavg()[0]
-        shown = {k: v for k, v in params[c].items() if k != "profile"}
-        tqdm.write(f"{c}: profile {args.profile}, " + (", ".join(
-            f"{k}={v!r}" for k, v in shown.items()) or "every other parameter at its default"),
-            file=sys.stderr)
-        try:
-            with _quick_env(plan.quick[c]):
-                path = execute(c, params[c], args.out, args.kernel)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted during {c}; its previous executed copy (if any) is unchanged", file=sys.stderr)
-            return 130
-        except Exception as e:  # noqa: BLE001 - one message per failed chapter, not a traceback
-            print(f"error: {_failure_message(c, e, args.out)}", file=sys.stderr)
-            return 1
-        dt = time.perf_counter() - t0
-        for w in chapter_warnings(path):
-            tqdm.write(f"{Path(c).stem}: warning: {w}", file=sys.stderr)
-        quick = f" (quick run: {plan.quick[c]})" if plan.quick[c] else ""
-        tqdm.write(f"{c}: {dt:.1f} s -> {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}"
-                   f"{quick}")
-        record_time(times_file, c, dt, params[c], load=(load0, os.getloadavg()[0]))
-        record_parameters(c, params[c], plan, args.profile)
+    kernel = args.kernel or ensure_kernel()
+    warm = None  # the next chapter's kernel, importing while this one runs
+    try:
+        for i, c in enumerate(tqdm(chapters, desc=f"chapters ({args.profile})", unit="chapter")):
+            t0, load0, cpu0 = time.perf_counter(), os.getloadavg()[0], _children_cpu_s()
+            shown = {k: v for k, v in params[c].items() if k != "profile"}
+            tqdm.write(f"{c}: profile {args.profile}, " + (", ".join(
+                f"{k}={v!r}" for k, v in shown.items()) or "every other parameter at its default"),
+                file=sys.stderr)
+            km, warm = warm or start_warm_kernel(c, plan.quick[c], kernel), None
+            if args.warm and i + 1 < len(chapters):
+                nxt = chapters[i + 1]
+                warm = start_warm_kernel(nxt, plan.quick[nxt], kernel)
+            try:
+                with _quick_env(plan.quick[c]):
+                    path = execute(c, params[c], args.out, kernel, km=km)
+            except KeyboardInterrupt:
+                print(f"\ninterrupted during {c}; its previous executed copy (if any) is unchanged",
+                      file=sys.stderr)
+                return 130
+            except Exception as e:  # noqa: BLE001 - one message per failed chapter, not a traceback
+                print(f"error: {_failure_message(c, e, args.out)}", file=sys.stderr)
+                return 1
+            finally:
+                stop_kernel(km)
+            dt = time.perf_counter() - t0
+            for w in chapter_warnings(path):
+                tqdm.write(f"{Path(c).stem}: warning: {w}", file=sys.stderr)
+            quick = f" (quick run: {plan.quick[c]})" if plan.quick[c] else ""
+            where = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+            tqdm.write(f"{c}: {dt:.1f} s -> {where}{quick}")
+            record_time(times_file, c, dt, params[c], load=(load0, os.getloadavg()[0]),
+                        cpu_s=_children_cpu_s() - cpu0)
+            record_parameters(c, params[c], plan, args.profile)
+    finally:
+        stop_kernel(warm)
     return 0
 
 
@@ -612,10 +731,21 @@ def _failure_message(chapter: str, e: Exception, out_dir: Path) -> str:
     return f"chapter {chapter} failed: {what.strip()}{where}"
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's finished children and their own children:
+    a chapter's kernel and the workers it forked, once the kernel has exited."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def record_time(path: Path, chapter: str, seconds: float, params: dict[str, Any],
-                load: tuple[float, float] | None = None) -> None:
+                load: tuple[float, float] | None = None, cpu_s: float | None = None) -> None:
     """Add one chapter's execution time to ``run_times.json`` (the benchmark page reads it), with
-    ``load``: the machine's 1-minute load average when the chapter started and when it ended.
+    ``load``: the machine's 1-minute load average when the chapter started and when it ended, and
+    ``cpu_s``: the CPU seconds its kernel used (over every core; ``cpu_s / seconds`` is the number
+    of cores it kept busy on average).
 
     An unreadable ``run_times.json`` is replaced (a warning names it)."""
     import datetime as dt
@@ -626,6 +756,8 @@ def record_time(path: Path, chapter: str, seconds: float, params: dict[str, Any]
                     "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     if load is not None:
         old[chapter].update(load_avg_1min_start=load[0], load_avg_1min_end=load[1])
+    if cpu_s is not None:
+        old[chapter]["cpu_s"] = round(cpu_s, 2)
     atomic_write_json(path, old)
 
 
