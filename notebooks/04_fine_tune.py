@@ -357,8 +357,9 @@ plt.close(fig)
 
 # %%
 def logits_of(result, rows):
-    return finetune.predict_logits(result.scorer, study.pixels, rows, study.info.mean,
-                                   study.info.std, device=study.device)
+    """Label logits (n, k) of a run on ``rows``, from its cached image embeddings."""
+    emb_run = repeats.run_embeddings(study, result.scorer)
+    return finetune.logits_from_embeddings(result.scorer, emb_run[rows])
 
 
 def test_scores(results, targets):
@@ -488,10 +489,7 @@ display.against_floors(ours, refs, metrics.HEADLINE)
 
 # %%
 def probe_on(scorer):
-    from helpers.protocols.embeddings import compute_image_embeddings
-
-    e = compute_image_embeddings(scorer.clip, study.pixels, study.info.mean,
-                                 study.info.std, device=study.device, progress=False)
+    e = repeats.run_embeddings(study, scorer)
     fit = probe.fit_probe(e[train], Y[train], e[val], Y[val], Cs=(lp_probe.C,),
                           class_weight=lp_probe.class_weight)
     z = fit.decision_function(e[test])

@@ -354,3 +354,37 @@ def test_runs_side_by_side_equal_runs_one_after_another(setup, tmp_path, monkeyp
         for (k, va), vb in zip(a.scorer.state_dict().items(), b.scorer.state_dict().values()):
             assert torch.equal(va, vb), k
     assert a.resumed_from == a.history[-1]["epoch"]  # loaded here, trained in a worker
+    # each worker left its run's image embeddings cached: reading them computes nothing
+    from helpers.protocols import embeddings as E
+
+    before = E.STATS["image"]
+    for r in side[0]:
+        got = repeats.run_embeddings(study("side"), r.scorer)
+        assert got.shape == (len(cache), r.scorer.clip.visual.head.proj.out_features)
+    assert E.STATS["image"] == before
+    assert repeats.weights_id(side[0][0].scorer) != repeats.weights_id(side[0][1].scorer)
+    assert repeats.weights_id(side[0][0].scorer) == repeats.weights_id(alone[0][0].scorer)
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "bce", "lp-ft"])
+def test_logits_from_cached_embeddings_equal_a_forward_pass(setup, objective):
+    """Chapter 4 reads a run's logits from its cached embeddings: the same logits as the
+    forward pass (predict_logits) for every objective, head or paired prompts."""
+    from helpers.protocols.embeddings import compute_image_embeddings
+
+    model, tok, info, cache, y, _ = setup
+    d = model.visual.head.proj.out_features
+    rng = np.random.default_rng(0)
+    head = (rng.normal(size=(len(CHEXPERT_LABELS), d)).astype(np.float32),
+            rng.normal(size=len(CHEXPERT_LABELS)).astype(np.float32))
+    sc = F.build_scorer(model, tok, CHEXPERT_LABELS, F.FinetuneConfig(objective=objective),
+                        head if objective == "lp-ft" else None).train()
+    rows = np.arange(12)
+    emb = compute_image_embeddings(sc.clip, cache, info.mean, info.std, rows=rows,
+                                   batch_size=5, progress=False)
+    ref = F.predict_logits(sc, cache, rows, info.mean, info.std, batch_size=4)
+    got = F.logits_from_embeddings(sc.train(), emb)
+    assert got.shape == (12, len(CHEXPERT_LABELS))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert sc.training  # the scorer's mode is left as it was
+    assert F.logits_from_embeddings(sc, emb[:0]).shape == (0, len(CHEXPERT_LABELS))

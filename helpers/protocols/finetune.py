@@ -297,6 +297,19 @@ def predict_logits(scorer: nn.Module, pixels, rows: Sequence[int], mean, std, ba
     return _predict(scorer, DevicePixels(pixels, rows, dev, resident=False), rows, mean, std, batch_size, dev, cpu_bf16)
 
 
+@torch.inference_mode()
+def logits_from_embeddings(scorer: LabelScorer, emb: np.ndarray) -> np.ndarray:
+    """Label logits (n, k) of a :class:`LabelScorer` from its own image embeddings (n, d),
+    unnormalised as ``scorer.clip.encode_image`` gives them: :func:`predict_logits` of the
+    same images, up to float round-off, without a pass through the image tower."""
+    was = scorer.training
+    scorer.eval()
+    d = scorer.text_directions() if scorer.head is None else None
+    z = scorer.embedding_logits(torch.as_tensor(np.asarray(emb, np.float32)), d).float()
+    scorer.train(was)
+    return z.cpu().numpy()
+
+
 def run_key(cfg: FinetuneConfig, base_weights: str, pixel_key: str, train_rows, val_rows, y) -> str:
     """Hash of everything that determines a run: config (as :meth:`FinetuneConfig.resolved`, less
     :data:`SPEED_FIELDS`), base weights, images, split, labels."""

@@ -15,6 +15,7 @@ chapters load them by (variant, seed) instead of by file name:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ import torch
 from helpers.book.artefacts import Artefacts
 from helpers.book.progress import bar
 from helpers.config import data_dir
-from helpers.protocols.embeddings import compute_image_embeddings
+from helpers.protocols.embeddings import image_embeddings
 from helpers.protocols.finetune import FinetuneConfig, finetune, load_finetuned
 from helpers.protocols.training import rank_and_world
 from helpers.storage import atomic_write_json
@@ -97,12 +98,36 @@ def _one_run(study, cfg: FinetuneConfig, seed: int, variant: str, probe, progres
 
 
 def _train_job(i: int) -> int:
-    """Worker: train job ``i`` of :data:`_PLANNED` on one thread, without a progress bar."""
+    """Worker: train job ``i`` of :data:`_PLANNED` on one thread, without a progress bar, then
+    embed every image with the trained model (:func:`run_embeddings`), so that the chapters
+    that read the run's embeddings find them cached."""
     study, jobs = _PLANNED
     plan, seed = jobs[i]
     torch.set_num_threads(1)
-    _one_run(study, plan.cfg, seed, plan.variant, plan.probe, progress=False)
+    result = _one_run(study, plan.cfg, seed, plan.variant, plan.probe, progress=False)
+    run_embeddings(study, result.scorer)
     return i
+
+
+def weights_id(scorer) -> str:
+    """A name for a fine-tuned model's image tower: ``finetuned-`` and the SHA-256 of its
+    weights (every tensor of ``scorer.clip.visual``, by name), so two models share it only if
+    every image embedding they give is the same."""
+    h = hashlib.sha256()
+    for name, t in sorted(scorer.clip.visual.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return "finetuned-" + h.hexdigest()[:32]
+
+
+def run_embeddings(study, scorer) -> np.ndarray:
+    """Image embeddings (N, d), unnormalised, of every row of the study's pixel cache under a
+    fine-tuned model (a :class:`finetune.LabelScorer`), cached in the data folder under
+    :func:`weights_id` (:func:`embeddings.image_embeddings`). Computed once, by the worker that
+    trained the run (:func:`train_side_by_side`), and read by chapter 4 (its test and
+    validation logits, the probe on fine-tuned features) and chapter 5."""
+    return image_embeddings(scorer.clip, weights_id(scorer), study.pixels, study.info.mean,
+                            study.info.std, device=study.device, progress=False)
 
 
 def train_side_by_side(study, plans: Sequence[RunPlan], workers: int = SIDE_BY_SIDE,
@@ -187,12 +212,11 @@ def finetuned_seeds(study, variant: str = "") -> list[int]:
 
 def finetuned_embeddings(study, rows: np.ndarray, variant: str = "") -> list[np.ndarray]:
     """Image embeddings (len(rows), d) of every fine-tuned seed of a variant, one array per seed
-    (computed for ``rows`` only: no cache, a few seconds per seed on the demo)."""
+    (:func:`run_embeddings`: cached when chapter 4 trained the run)."""
 
     seeds = finetuned_seeds(study, variant)
     if not seeds:
         raise FileNotFoundError("chapter 4 has not trained any model for variant "
                                 f"{variant or 'real'!r}; run python -m helpers.book.runner 04_fine_tune")
-    return [compute_image_embeddings(finetuned_scorer(study, variant, s).clip, study.pixels,
-                                     study.info.mean, study.info.std, rows=rows,
-                                     device=study.device, progress=False) for s in seeds]
+    return [run_embeddings(study, finetuned_scorer(study, variant, s))[np.asarray(rows)]
+            for s in seeds]
